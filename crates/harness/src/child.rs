@@ -1,0 +1,448 @@
+//! Child control: fork a child that runs a closure, re-execute this program as a sacrificial
+//! child, and wait for children with a deadline that always reaps them.
+//!
+//! Every child's stdout and stderr are pipes to the parent, read while it waits, so a worker
+//! can deliver results (see [`deliver`]) and a crash message never spills onto the terminal.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
+
+use crate::cleanup;
+use crate::faults;
+
+/// The hidden first argument that makes a row binary run a sacrificial child.
+pub const CHILD_SUBCOMMAND: &str = "__child";
+
+/// The exit code of a child whose closure panicked (the same as an uncaught Rust panic).
+pub const PANIC_EXIT_CODE: i32 = 101;
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Exited(i32),
+    Killed(Signal),
+    /// Still running at its deadline: it was killed with SIGKILL and reaped.
+    TimedOut,
+}
+
+impl Status {
+    pub fn signal(self) -> Option<Signal> {
+        match self {
+            Status::Killed(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Status::Exited(0)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Exited(code) => write!(f, "exited {code}"),
+            Status::Killed(sig) => write!(f, "killed by {}", sig.as_str()),
+            Status::TimedOut => f.write_str("timed out and was killed"),
+        }
+    }
+}
+
+/// A child's resource usage, from wait4(2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub voluntary_switches: i64,
+    pub involuntary_switches: i64,
+    pub minor_faults: i64,
+    pub major_faults: i64,
+}
+
+/// What a child left: how it ended, what it printed, what it used.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub pid: i32,
+    pub status: Status,
+    pub stdout: String,
+    pub stderr: String,
+    pub usage: Usage,
+    /// When the parent saw it end.
+    pub ended: Instant,
+}
+
+impl Exit {
+    /// The first line of what the child printed on stderr: a panic or runtime message.
+    pub fn message(&self) -> Option<&str> {
+        self.stderr.lines().map(str::trim).find(|l| !l.is_empty())
+    }
+
+    /// Fails with the child's own words unless it exited 0.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.status.success() {
+            return Ok(());
+        }
+        match self.message() {
+            Some(m) => bail!("{what} {}: {m}", self.status),
+            None => bail!("{what} {}", self.status),
+        }
+    }
+}
+
+/// A running child of ours, registered for cleanup until it is reaped.
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    /// Set once wait4 has collected it: its pid may then belong to another process.
+    reaped: bool,
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// Waits for the child to end, or kills it at the deadline; always reaps it.
+    pub fn wait(self, deadline: Duration) -> Result<Exit> {
+        let mut exits = wait_all(vec![self], deadline)?;
+        Ok(exits.remove(0))
+    }
+}
+
+/// Forks a child that runs `work` and ends with `_exit`: 0 when it returns `Ok`, 1 with the
+/// error on stderr when it returns `Err`, [`PANIC_EXIT_CODE`] when it panics.
+///
+/// Call this only while the process is single-threaded: after fork(2) the child has one
+/// thread, and a lock another thread held at that moment would stay locked forever.
+/// The child keeps stdin and gets pipes as stdout and stderr; every other descriptor is
+/// closed, so it holds nothing it does not need. It never returns into the caller and never
+/// runs the destructors it inherited.
+pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
+    // Unflushed output would otherwise be written twice: once by each process.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stdout")?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stderr")?;
+    let hang = faults::take_hang();
+    let forked = cleanup::with_signals_blocked(|| -> Result<Pid> {
+        // Safety: the caller guarantees the process is single-threaded (see above), so the
+        // child may allocate and run any code.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                cleanup::reset_in_child();
+                let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), hang, work);
+                // Safety: _exit ends the child at once, without running inherited destructors.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                cleanup::register_child(child.as_raw())?;
+                Ok(child)
+            }
+        }
+    })?;
+    drop((out_w, err_w));
+    adopt(forked, Some(out_r), Some(err_r))
+}
+
+fn run_in_child(out: RawFd, err: RawFd, hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {
+    // Safety: dup2(2) onto 1 and 2 replaces the inherited stdout and stderr with our pipes.
+    let redirected = unsafe { libc::dup2(out, 1) >= 0 && libc::dup2(err, 2) >= 0 };
+    if !redirected {
+        return 1;
+    }
+    close_other_descriptors();
+    if hang {
+        faults::hang_forever();
+    }
+    let code = match catch_unwind(AssertUnwindSafe(work)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+        Err(_) => PANIC_EXIT_CODE,
+    };
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// Closes every descriptor above stderr (close_range(2)).
+fn close_other_descriptors() {
+    // Safety: plain syscall on descriptor numbers; nothing in the child uses them after this.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Starts this program again as a sacrificial child: `<row> __child NAME ARGS...`.
+///
+/// The new process has only the threads it creates itself, so it can host threads that may
+/// bring it down while the caller survives to report. Its stdout and stderr are pipes to us.
+pub fn spawn_sacrificial(name: &str, args: &[String]) -> Result<Child> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(CHILD_SUBCOMMAND).arg(name).args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if faults::take_hang() {
+        cmd.env(faults::HANG_NOW_ENV, "1");
+    }
+    spawn_command(cmd)
+}
+
+/// Spawns any command as a registered child whose stdout and stderr we read.
+/// Rust's `Command` opens every descriptor close-on-exec, so the child inherits only 0, 1, 2.
+pub fn spawn_command(mut cmd: Command) -> Result<Child> {
+    let program: OsString = cmd.get_program().to_owned();
+    let spawned = cleanup::with_signals_blocked(|| -> Result<std::process::Child> {
+        let child = cmd.spawn().with_context(|| format!("spawning {}", program.to_string_lossy()))?;
+        cleanup::register_child(child.id() as i32)?;
+        Ok(child)
+    })?;
+    let pid = Pid::from_raw(spawned.id() as i32);
+    let mut spawned = spawned;
+    let out = spawned.stdout.take().map(OwnedFd::from);
+    let err = spawned.stderr.take().map(OwnedFd::from);
+    // We reap the child ourselves with wait4; dropping std's handle neither waits nor kills.
+    drop(spawned);
+    adopt(pid, out, err)
+}
+
+fn adopt(pid: Pid, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<Child> {
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_and_reap(pid);
+            return Err(e);
+        }
+    };
+    for fd in stdout.iter().chain(stderr.iter()) {
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("fcntl O_NONBLOCK")?;
+    }
+    Ok(Child { pid, pidfd, stdout, stderr, out: Vec::new(), err: Vec::new(), reaped: false })
+}
+
+/// A descriptor that becomes readable when the process ends (pidfd_open(2)).
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // Safety: the kernel just gave us this descriptor and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn kill_and_reap(pid: Pid) {
+    // Safety: plain syscalls on our own child's pid.
+    unsafe {
+        libc::kill(pid.as_raw(), libc::SIGKILL);
+        libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0);
+    }
+    cleanup::forget_child(pid.as_raw());
+}
+
+/// Waits for every child, reading their output meanwhile. A child still running at the
+/// deadline is killed with SIGKILL, reaped, and reported as [`Status::TimedOut`].
+/// The exits come back in the order of `children`.
+pub fn wait_all(children: Vec<Child>, deadline: Duration) -> Result<Vec<Exit>> {
+    let mut pending: Vec<(usize, Child)> = children.into_iter().enumerate().collect();
+    let mut done: Vec<(usize, Exit)> = Vec::with_capacity(pending.len());
+    let until = Instant::now() + deadline;
+    while !pending.is_empty() {
+        let (i, exit) = wait_next(&mut pending, until)?;
+        done.push((i, exit));
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Waits for whichever child ends first and removes it from `children`.
+/// Returns its index in `children` (before removal) and how it ended.
+pub fn wait_any(children: &mut Vec<Child>, deadline: Duration) -> Result<(usize, Exit)> {
+    let mut pending: Vec<(usize, Child)> = std::mem::take(children).into_iter().enumerate().collect();
+    let result = wait_next(&mut pending, Instant::now() + deadline);
+    *children = pending.into_iter().map(|(_, c)| c).collect();
+    result
+}
+
+fn wait_next(pending: &mut Vec<(usize, Child)>, until: Instant) -> Result<(usize, Exit)> {
+    loop {
+        for k in 0..pending.len() {
+            if let Some(exit) = try_reap(&mut pending[k].1)? {
+                let (i, _) = pending.remove(k);
+                return Ok((i, exit));
+            }
+        }
+        let now = Instant::now();
+        if now >= until {
+            // Past the deadline: the first child still running is killed.
+            let (i, mut child) = pending.remove(0);
+            // Safety: plain syscall on our own child's pid.
+            unsafe { libc::kill(child.pid.as_raw(), libc::SIGKILL) };
+            let mut exit = reap_blocking(&mut child)?;
+            exit.status = Status::TimedOut;
+            return Ok((i, exit));
+        }
+        let mut fds: Vec<PollFd> = Vec::new();
+        for (_, c) in pending.iter() {
+            fds.push(PollFd::new(c.pidfd.as_fd(), PollFlags::POLLIN));
+            for fd in c.stdout.iter().chain(c.stderr.iter()) {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let left = (until - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        drop(fds);
+        for (_, c) in pending.iter_mut() {
+            drain(c)?;
+        }
+    }
+}
+
+/// Reads whatever the child's pipes hold now; closes a pipe at end of file.
+fn drain(c: &mut Child) -> Result<()> {
+    drain_one(&mut c.stdout, &mut c.out)?;
+    drain_one(&mut c.stderr, &mut c.err)
+}
+
+fn drain_one(fd: &mut Option<OwnedFd>, into: &mut Vec<u8>) -> Result<()> {
+    let Some(f) = fd.as_ref() else { return Ok(()) };
+    let mut buf = [0u8; 8192];
+    loop {
+        match nix::unistd::read(f, &mut buf) {
+            Ok(0) => {
+                *fd = None;
+                return Ok(());
+            }
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("read from a child's pipe"),
+        }
+    }
+}
+
+/// Reaps the child if it has ended (wait4 with WNOHANG).
+fn try_reap(c: &mut Child) -> Result<Option<Exit>> {
+    wait4(c, libc::WNOHANG)
+}
+
+fn reap_blocking(c: &mut Child) -> Result<Exit> {
+    loop {
+        if let Some(exit) = wait4(c, 0)? {
+            return Ok(exit);
+        }
+    }
+}
+
+fn wait4(c: &mut Child, flags: libc::c_int) -> Result<Option<Exit>> {
+    let mut status: libc::c_int = 0;
+    // Safety: rusage is plain data that wait4 fills in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // Safety: wait4 on our own child with valid pointers (wait4(2)).
+    let r = unsafe { libc::wait4(c.pid.as_raw(), &mut status, flags, &mut ru) };
+    if r == 0 {
+        return Ok(None);
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(None);
+        }
+        return Err(e).context("wait4");
+    }
+    let ended = Instant::now();
+    c.reaped = true;
+    cleanup::forget_child(c.pid.as_raw());
+    // The child is gone, so its pipes hold all it wrote; a grandchild that kept a write end
+    // (none of ours do) would only delay the end of file, so read what is there now.
+    drain(c)?;
+    let status = if libc::WIFSIGNALED(status) {
+        Status::Killed(Signal::try_from(libc::WTERMSIG(status)).context("unknown signal number")?)
+    } else {
+        Status::Exited(libc::WEXITSTATUS(status))
+    };
+    Ok(Some(Exit {
+        pid: c.pid.as_raw(),
+        status,
+        stdout: String::from_utf8_lossy(&c.out).into_owned(),
+        stderr: String::from_utf8_lossy(&c.err).into_owned(),
+        usage: Usage {
+            voluntary_switches: ru.ru_nvcsw,
+            involuntary_switches: ru.ru_nivcsw,
+            minor_faults: ru.ru_minflt,
+            major_faults: ru.ru_majflt,
+        },
+        ended,
+    }))
+}
+
+impl Drop for Child {
+    /// A child dropped without being waited for is killed and reaped: nothing is left behind,
+    /// even when an experiment returns early with an error.
+    fn drop(&mut self) {
+        if !self.reaped {
+            kill_and_reap(self.pid);
+        }
+    }
+}
+
+/// Delivers one message to the observer: `tag value value ...` and a newline on stdout, in a
+/// single write(2) so that messages from several threads or processes never interleave
+/// (writes of up to PIPE_BUF bytes to a pipe are atomic, pipe(7)). Unbuffered: once this
+/// returns, the message is in the pipe and survives a crash of the sender.
+pub fn deliver(tag: &str, values: &[u64]) {
+    let mut line = String::from(tag);
+    for v in values {
+        line.push(' ');
+        line.push_str(&v.to_string());
+    }
+    line.push('\n');
+    // Safety: writes our own buffer to descriptor 1.
+    let n = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    debug_assert_eq!(n, line.len() as isize);
+}
+
+/// The messages with one tag in what a child printed, in the order they were written.
+pub fn received(stdout: &str, tag: &str) -> Vec<Vec<u64>> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(tag)).then(|| words.filter_map(|w| w.parse().ok()).collect())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_parsed_by_tag() {
+        let out = "result 1 10\nnoise\nresult 2 20\nstart 5\n";
+        assert_eq!(received(out, "result"), vec![vec![1, 10], vec![2, 20]]);
+        assert_eq!(received(out, "start"), vec![vec![5]]);
+    }
+
+    #[test]
+    fn statuses_read_like_sentences() {
+        assert_eq!(Status::Exited(0).to_string(), "exited 0");
+        assert_eq!(Status::Killed(Signal::SIGSEGV).to_string(), "killed by SIGSEGV");
+        assert_eq!(Status::TimedOut.to_string(), "timed out and was killed");
+    }
+}

@@ -1,0 +1,235 @@
+//! Nothing left behind: every child is known, every segment is known, and Ctrl-C or SIGTERM
+//! kills and reaps the children and unlinks the segments before the program exits.
+//!
+//! The registries are fixed arrays of atomics so that the signal handler can read them
+//! without taking a lock or allocating: a handler may interrupt any code, including code that
+//! holds a lock or is inside the allocator. Everything the handler calls is on the list of
+//! async-signal-safe functions in signal-safety(7): kill, waitpid, unlink, write, _exit.
+
+use std::cell::UnsafeCell;
+use std::sync::Once;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+use anyhow::{Result, bail};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, signal};
+
+/// The prefix of every shared-memory segment this project creates (in /dev/shm).
+pub const SEGMENT_PREFIX: &str = "pvt-";
+
+const CHILD_SLOTS: usize = 1024;
+const SEGMENT_SLOTS: usize = 64;
+const NAME_LEN: usize = 128;
+
+/// The process that installed the handlers; a forked child that still has the inherited
+/// handler for a moment must not clean up its parent's children.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+static CHILDREN: [AtomicI32; CHILD_SLOTS] = [const { AtomicI32::new(0) }; CHILD_SLOTS];
+
+/// A segment's /dev/shm path, written once before it is marked ready.
+struct SegmentSlot {
+    state: AtomicU8,
+    path: UnsafeCell<[u8; NAME_LEN]>,
+}
+// Safety: `path` is written only by the thread that moved `state` from FREE to WRITING, and
+// read only after `state` is READY (Release/Acquire), so no two parties touch it at once.
+unsafe impl Sync for SegmentSlot {}
+
+const FREE: u8 = 0;
+const WRITING: u8 = 1;
+const READY: u8 = 2;
+static SEGMENTS: [SegmentSlot; SEGMENT_SLOTS] =
+    [const { SegmentSlot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; NAME_LEN]) } }; SEGMENT_SLOTS];
+
+/// Installs the SIGINT and SIGTERM handlers, once per process.
+pub fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        OWNER.store(std::process::id() as i32, Ordering::SeqCst);
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            // Safety: the handler only calls async-signal-safe functions (see the module doc).
+            unsafe { signal(sig, SigHandler::Handler(on_signal)) }.expect("installing a signal handler");
+        }
+    });
+}
+
+/// Runs `f` with SIGINT and SIGTERM blocked, so that a child cannot be created without
+/// being registered (the signal is delivered, and handled, right after).
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).expect("pthread_sigmask");
+    let out = f();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).expect("pthread_sigmask");
+    out
+}
+
+/// In a freshly forked child: the default dispositions back, and the signals unblocked.
+pub(crate) fn reset_in_child() {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // Safety: SIG_DFL installs no code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Remembers a child so that an interrupt kills and reaps it.
+pub fn register_child(pid: i32) -> Result<()> {
+    for slot in &CHILDREN {
+        if slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return Ok(());
+        }
+    }
+    bail!("more than {CHILD_SLOTS} live children: refusing to create another")
+}
+
+/// Forgets a child once it has been reaped.
+pub fn forget_child(pid: i32) {
+    for slot in &CHILDREN {
+        if slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return;
+        }
+    }
+}
+
+/// How many children are registered now.
+pub fn live_children() -> usize {
+    CHILDREN.iter().filter(|s| s.load(Ordering::SeqCst) != 0).count()
+}
+
+/// Remembers a segment (its /dev/shm path) so that an interrupt unlinks it.
+pub fn register_segment(path: &str) -> Result<()> {
+    let bytes = path.as_bytes();
+    if bytes.len() >= NAME_LEN {
+        bail!("segment path {path} is too long");
+    }
+    for slot in &SEGMENTS {
+        if slot.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            // Safety: this thread owns the slot while its state is WRITING.
+            let buf = unsafe { &mut *slot.path.get() };
+            buf.fill(0);
+            buf[..bytes.len()].copy_from_slice(bytes);
+            slot.state.store(READY, Ordering::Release);
+            return Ok(());
+        }
+    }
+    bail!("more than {SEGMENT_SLOTS} live segments: refusing to create another")
+}
+
+/// Forgets a segment once it has been unlinked.
+pub fn forget_segment(path: &str) {
+    for slot in &SEGMENTS {
+        if slot.state.load(Ordering::Acquire) != READY {
+            continue;
+        }
+        // Safety: a READY slot is only read until it is moved back to FREE below.
+        let buf = unsafe { &*slot.path.get() };
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        if &buf[..len] == path.as_bytes() {
+            slot.state.store(FREE, Ordering::Release);
+            return;
+        }
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Safety, for the whole handler: only async-signal-safe calls, on memory that was
+    // fully written before it was published (see the registries above).
+    unsafe {
+        if libc::getpid() != OWNER.load(Ordering::SeqCst) {
+            // A forked child before it reset its handlers: die as the signal says.
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+            return;
+        }
+        let mut killed = 0u64;
+        for slot in &CHILDREN {
+            let pid = slot.swap(0, Ordering::SeqCst);
+            if pid > 0 {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                killed += 1;
+            }
+        }
+        let mut removed = 0u64;
+        for slot in &SEGMENTS {
+            if slot.state.load(Ordering::Acquire) == READY {
+                let path = slot.path.get() as *const libc::c_char;
+                if libc::unlink(path) == 0 {
+                    removed += 1;
+                }
+            }
+        }
+        let mut line = LineBuf::new();
+        line.push(if sig == libc::SIGINT { b"interrupted (SIGINT)" } else { b"terminated (SIGTERM)" });
+        line.push(b": killed and reaped ");
+        line.push_num(killed);
+        line.push(b" children, unlinked ");
+        line.push_num(removed);
+        line.push(b" shared-memory segments\n");
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(128 + sig);
+    }
+}
+
+/// A fixed buffer to format the handler's one line without allocating.
+struct LineBuf {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl LineBuf {
+    fn new() -> LineBuf {
+        LineBuf { buf: [0; 160], len: 0 }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn push_num(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let d = digits;
+        self.push(&d[i..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handler_line_formats_numbers_without_allocating() {
+        let mut l = LineBuf::new();
+        l.push(b"n=");
+        l.push_num(0);
+        l.push(b",");
+        l.push_num(1234567);
+        assert_eq!(&l.buf[..l.len], b"n=0,1234567");
+    }
+
+    #[test]
+    fn registries_take_and_release_slots() {
+        register_child(999_999).unwrap();
+        assert!(live_children() >= 1);
+        forget_child(999_999);
+        register_segment("/dev/shm/pvt-test-slot").unwrap();
+        forget_segment("/dev/shm/pvt-test-slot");
+        assert!(SEGMENTS.iter().all(|s| s.state.load(Ordering::SeqCst) != READY));
+    }
+}

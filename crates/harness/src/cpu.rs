@@ -1,0 +1,65 @@
+//! CPU placement: pin the calling task to a CPU and find out where it really ran.
+
+use anyhow::{Context, Result};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+
+/// The CPUs this process may run on (sched_getaffinity(2)), in ascending order.
+pub fn allowed() -> Result<Vec<usize>> {
+    let set = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+}
+
+/// Pins the calling thread (or process, before any thread exists) to one CPU
+/// (sched_setaffinity(2) with pid 0 means "the calling thread").
+pub fn pin(cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).with_context(|| format!("CPU {cpu} is out of range"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("sched_setaffinity to CPU {cpu}"))
+}
+
+/// Restores the calling thread's affinity to a set of CPUs.
+pub fn pin_to_all(cpus: &[usize]) -> Result<()> {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c).with_context(|| format!("CPU {c} is out of range"))?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
+}
+
+/// The CPU the calling thread is running on right now (sched_getcpu(3)).
+pub fn current() -> usize {
+    // Safety: sched_getcpu takes no arguments and only reads the kernel's answer.
+    let cpu = unsafe { libc::sched_getcpu() };
+    cpu.max(0) as usize
+}
+
+/// Two distinct CPUs this process may use, if it may use two.
+pub fn two_distinct() -> Result<Option<(usize, usize)>> {
+    let cpus = allowed()?;
+    Ok(match cpus.as_slice() {
+        [a, b, ..] => Some((*a, *b)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_a_thread_keeps_it_there() {
+        let cpus = allowed().unwrap();
+        assert!(!cpus.is_empty());
+        let target = *cpus.last().unwrap();
+        std::thread::spawn(move || {
+            pin(target).unwrap();
+            for _ in 0..100 {
+                std::thread::yield_now();
+                assert_eq!(current(), target);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}

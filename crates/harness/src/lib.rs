@@ -1,0 +1,18 @@
+//! The shared plumbing of the rows, so that each row's `process.rs` and `thread.rs` read like
+//! textbook examples: child control and cleanup, timing and statistics, CPU placement, the
+//! report model with its JSON and table rendering, and the common row CLI.
+
+pub mod child;
+pub mod cleanup;
+pub mod cpu;
+pub mod faults;
+pub mod panics;
+pub mod render;
+pub mod report;
+pub mod row;
+pub mod shm;
+pub mod stats;
+
+pub use child::{Child, Exit, Status, deliver, fork_child, received, spawn_sacrificial, wait_all, wait_any};
+pub use report::{Better, Expected, Kind, Report, Side, Verdict};
+pub use row::{Ctx, Findings, Row, Spec};

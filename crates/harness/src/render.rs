@@ -1,0 +1,61 @@
+//! The human rendering of reports: a table per row, then the evidence behind each verdict.
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::Value;
+
+use crate::report::{Experiment, Report, Side, fmt_num};
+
+/// A row's report as people read it.
+pub fn row(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{}: {}\n", report.row, report.claim));
+    if !report.optimized {
+        out.push_str("note: built without optimisations; timings mean little (use --release)\n");
+    }
+    out.push_str(&experiments_table(&report.experiments));
+    out.push('\n');
+    out.push_str(&format!("verdicts: {}\n", report.tally()));
+    out.push_str(&details(&report.experiments));
+    out
+}
+
+/// One line per experiment: what each side showed, the ratio and the verdict.
+pub fn experiments_table(experiments: &[Experiment]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(120);
+    t.set_header(vec!["Experiment", "Process", "Thread", "Ratio P/T", "Verdict"]);
+    for e in experiments {
+        let side = |s: &Option<Side>| s.as_ref().map(|s| s.summary.clone()).unwrap_or_else(|| "-".to_string());
+        let ratio = e.ratio.map(fmt_num).unwrap_or_else(|| "-".to_string());
+        t.add_row(vec![e.id.clone(), side(&e.process), side(&e.thread), ratio, e.verdict.to_string()]);
+    }
+    format!("{t}\n")
+}
+
+/// The evidence: every side's facts and the note, experiment by experiment.
+pub fn details(experiments: &[Experiment]) -> String {
+    let mut out = String::new();
+    for e in experiments {
+        out.push_str(&format!("\n{} ({}): {}\n", e.id, e.verdict, e.title));
+        for (name, side) in [("process", &e.process), ("thread", &e.thread)] {
+            if let Some(s) = side
+                && !s.facts.is_empty()
+            {
+                let facts: Vec<String> = s.facts.iter().map(|(k, v)| format!("{k}={}", show(v))).collect();
+                out.push_str(&format!("  {name:<7} {}\n", facts.join(", ")));
+            }
+        }
+        if let Some(n) = &e.note {
+            out.push_str(&format!("  note: {n}\n"));
+        }
+    }
+    out
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map(fmt_num).unwrap_or_else(|| n.to_string()),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,281 @@
+//! The common row CLI and runner: every row's `main` is a call to [`main`] with its
+//! experiments, so that `--json`, `--quick`, `--only`, `--side` and `--list` behave the same
+//! in every row, and bad input always ends with clap's error and exit code 2.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, builder::PossibleValuesParser};
+
+use crate::report::{self, Better, Expected, Experiment, Kind, Report, Side, Verdict};
+use crate::{child, cleanup, faults, render};
+
+/// A row: one difference between processes and threads.
+pub struct Row {
+    /// The crate and binary name: "stability".
+    pub name: &'static str,
+    /// Its line of the textbook table, in our words.
+    pub claim: &'static str,
+    pub experiments: &'static [Spec],
+    /// Hidden entry points for sacrificial children: `<row> __child NAME ARGS...`.
+    pub children: &'static [(&'static str, ChildMain)],
+}
+
+/// The entry point of a sacrificial child: it gets the arguments after its name.
+pub type ChildMain = fn(&[String]) -> Result<()>;
+
+/// One experiment of a row.
+pub struct Spec {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub kind: Kind,
+    /// For `measure`: the unit of the numbers and which way is better.
+    pub unit: Option<(&'static str, Better)>,
+    pub expected: Expected,
+    pub run: fn(&Ctx) -> Result<Findings>,
+}
+
+/// Which side(s) to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    Process,
+    Thread,
+}
+
+/// What an experiment gets to know about this run.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub quick: bool,
+    pub side: Option<Which>,
+}
+
+impl Ctx {
+    /// True when the process side is to run.
+    pub fn process(&self) -> bool {
+        self.side != Some(Which::Thread)
+    }
+
+    /// True when the thread side is to run.
+    pub fn thread(&self) -> bool {
+        self.side != Some(Which::Process)
+    }
+
+    /// Timed runs per number: never fewer than [`crate::stats::MIN_RUNS`].
+    pub fn runs(&self) -> usize {
+        if self.quick { crate::stats::MIN_RUNS } else { 11 }
+    }
+
+    /// Untimed warm-up runs before them.
+    pub fn warmup(&self) -> usize {
+        if self.quick { 1 } else { 2 }
+    }
+
+    /// How long any child may take before it is killed and the experiment fails.
+    /// `PVT_DEADLINE_MS` shortens it for the reliability tests.
+    pub fn deadline(&self) -> Duration {
+        std::env::var("PVT_DEADLINE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(if self.quick { 20 } else { 60 }))
+    }
+
+    /// Runs the process side if it was asked for.
+    pub fn process_side<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if self.process() { f().map(Some) } else { Ok(None) }
+    }
+
+    /// Runs the thread side if it was asked for.
+    pub fn thread_side<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if self.thread() { f().map(Some) } else { Ok(None) }
+    }
+}
+
+/// What an experiment found: each side that ran, and for `observe`, whether what was seen
+/// matches the claim (`None` when a side is missing).
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub process: Option<Side>,
+    pub thread: Option<Side>,
+    pub matches_claim: Option<bool>,
+    pub note: Option<String>,
+    pub skipped: Option<String>,
+}
+
+impl Findings {
+    /// An experiment that cannot run on this machine, and why.
+    pub fn skipped(reason: impl Into<String>) -> Findings {
+        Findings { skipped: Some(reason.into()), ..Findings::default() }
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Findings {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(disable_version_flag = true)]
+struct Args {
+    /// Print exactly one JSON report on stdout, nothing else.
+    #[arg(long)]
+    json: bool,
+    /// Small sizes for tests and CI: under about a second or two.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this experiment (repeatable); see --list.
+    #[arg(long = "only", value_name = "ID")]
+    only: Vec<String>,
+    /// Run only one side of every experiment.
+    #[arg(long, value_enum)]
+    side: Option<Which>,
+    /// List the experiments with a one-line description.
+    #[arg(long, conflicts_with_all = ["json", "only", "side", "quick"])]
+    list: bool,
+}
+
+/// True when this binary was built with optimisations: debug timings mean little.
+pub fn optimized() -> bool {
+    !cfg!(debug_assertions)
+}
+
+/// The whole of a row binary: parses the CLI, runs the experiments, prints the report.
+/// Exit codes: 0, 1 when an experiment failed to run, 2 for bad input.
+pub fn main(row: &Row) -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(child::CHILD_SUBCOMMAND) {
+        return run_child(row, &argv[2..]);
+    }
+    cleanup::install();
+    if let Err(e) = crate::shm::remove_stale() {
+        eprintln!("warning: could not remove stale segments: {e:#}");
+    }
+    let ids: Vec<&'static str> = row.experiments.iter().map(|s| s.id).collect();
+    let cmd = Args::command()
+        .name(row.name)
+        .bin_name(row.name)
+        .about(row.claim)
+        .mut_arg("only", |a| a.value_parser(PossibleValuesParser::new(ids)));
+    let args = match cmd.try_get_matches().and_then(|m| Args::from_arg_matches(&m)) {
+        Ok(a) => a,
+        // clap's usual message and usage lines, exit 2 for errors (0 for --help).
+        Err(e) => e.exit(),
+    };
+    if args.list {
+        for s in row.experiments {
+            println!("{:<18} {}", s.id, s.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let ctx = Ctx { quick: args.quick, side: args.side };
+    let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = run(row, &ctx, &args.only, progress);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: serializing the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", render::row(&report));
+    }
+    if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Runs the selected experiments in the row's order and builds the report.
+pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
+    let mut experiments = Vec::new();
+    for spec in row.experiments {
+        if !only.is_empty() && !only.iter().any(|o| o == spec.id) {
+            continue;
+        }
+        if progress {
+            eprint!("running {} ...\r", spec.id);
+        }
+        faults::enter_experiment(spec.id);
+        let outcome = (spec.run)(ctx);
+        if progress {
+            eprint!("{:<40}\r", "");
+        }
+        experiments.push(conclude(spec, ctx, outcome));
+    }
+    Report { row: row.name.to_string(), claim: row.claim.to_string(), optimized: optimized(), experiments }
+}
+
+/// Turns what an experiment found into its report entry, with the verdict computed here and
+/// nowhere else.
+pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment {
+    let mut e = Experiment {
+        id: spec.id.to_string(),
+        title: spec.title.to_string(),
+        kind: spec.kind,
+        unit: spec.unit.map(|(u, _)| u.to_string()),
+        better: spec.unit.map(|(_, b)| b),
+        expected: spec.expected,
+        process: None,
+        thread: None,
+        ratio: None,
+        verdict: Verdict::Error,
+        note: None,
+    };
+    let f = match outcome {
+        Ok(f) => f,
+        Err(err) => {
+            e.note = Some(format!("error: {err:#}"));
+            return e;
+        }
+    };
+    e.process = f.process;
+    e.thread = f.thread;
+    e.note = f.note;
+    if let Some(reason) = f.skipped {
+        e.verdict = Verdict::Skipped;
+        e.note = Some(reason);
+        return e;
+    }
+    let (Some(p), Some(t)) = (&e.process, &e.thread) else {
+        e.verdict = Verdict::Skipped;
+        let ran = if ctx.side == Some(Which::Process) { "process" } else { "thread" };
+        e.note = Some(format!("only the {ran} side was run (--side {ran}): no comparison"));
+        return e;
+    };
+    match (spec.kind, spec.unit) {
+        (Kind::Measure, Some((_, better))) => {
+            let (verdict, ratio) = report::judge(p, t, better, spec.expected);
+            e.verdict = verdict;
+            e.ratio = Some((ratio * 1000.0).round() / 1000.0);
+        }
+        (Kind::Measure, None) => {
+            e.note = Some("error: a measure experiment without a unit".to_string());
+        }
+        (Kind::Observe, _) => match f.matches_claim {
+            Some(m) => e.verdict = report::judge_observation(m),
+            None => e.note = Some("error: the experiment did not judge what it observed".to_string()),
+        },
+    }
+    e
+}
+
+fn run_child(row: &Row, args: &[String]) -> ExitCode {
+    let Some((name, rest)) = args.split_first() else {
+        eprintln!("error: {} needs the name of a child", child::CHILD_SUBCOMMAND);
+        return ExitCode::from(2);
+    };
+    let Some((_, entry)) = row.children.iter().find(|(n, _)| n == name) else {
+        eprintln!("error: no child named {name:?} in row {}", row.name);
+        return ExitCode::from(2);
+    };
+    if faults::hang_requested_here() {
+        faults::hang_forever();
+    }
+    match entry(rest) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
