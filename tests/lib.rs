@@ -35,3 +35,66 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(binary(name)).args(args).output().expect("running the row binary")
 }
+
+/// Runs a row with `--json` and parses the one document it must print.
+pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(name, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name} --json did not print one JSON document ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Replaces every measured number in a report with "[number]" so that a snapshot keeps the
+/// facts that are claims (who saw the write, which signal killed whom) and drops the noise.
+/// Numbers inside `facts` survive when their key is listed in `keep` (counts that are
+/// observed, not measured). In `measure` experiments the digits of the sides' summary lines
+/// become `N`.
+pub fn redact_numbers(v: &mut serde_json::Value, keep: &[&str]) {
+    redact(v, keep, false, false);
+}
+
+fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: bool) {
+    use serde_json::Value;
+    match v {
+        Value::Number(_) => *v = Value::String("[number]".into()),
+        Value::Array(items) => items.iter_mut().for_each(|i| redact(i, keep, in_facts, measure)),
+        Value::Object(map) => {
+            let measure = measure || map.get("kind").and_then(Value::as_str) == Some("measure");
+            for (k, item) in map.iter_mut() {
+                if in_facts && keep.contains(&k.as_str()) {
+                    continue;
+                }
+                if k == "summary" && measure {
+                    if let Value::String(s) = item {
+                        *s = digits_to_n(s);
+                    }
+                    continue;
+                }
+                redact(item, keep, in_facts || k == "facts", measure);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// "1081 ns (1050.2–1119.8, 7 runs)" becomes "N ns (N–N, N runs)".
+pub fn digits_to_n(s: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in s.chars() {
+        let digit = c.is_ascii_digit() || (in_number && c == '.');
+        if digit && !in_number {
+            out.push('N');
+        } else if !digit {
+            out.push(c);
+        }
+        in_number = digit;
+    }
+    out
+}
