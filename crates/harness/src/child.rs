@@ -164,6 +164,7 @@ fn run_in_child(out: RawFd, err: RawFd, hang: bool, work: impl FnOnce() -> Resul
         return 1;
     }
     close_other_descriptors();
+    crate::panics::one_line_messages();
     if hang {
         faults::hang_forever();
     }
@@ -426,6 +427,18 @@ pub fn received(stdout: &str, tag: &str) -> Vec<Vec<u64>> {
             (words.next() == Some(tag)).then(|| words.filter_map(|w| w.parse().ok()).collect())
         })
         .collect()
+}
+
+/// Makes sure a crash of this process writes no core file: a demonstration crash must leave
+/// nothing behind. RLIMIT_CORE 0 (setrlimit(2)) stops a core file in the working directory;
+/// PR_SET_DUMPABLE 0 (prctl(2)) also stops a core_pattern pipe helper from being fed one.
+pub fn no_core_dump() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: plain syscalls on this process with valid arguments.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 #[cfg(test)]

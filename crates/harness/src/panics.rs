@@ -5,21 +5,33 @@ use std::sync::Mutex;
 
 static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// "thread 'worker 2' panicked: the message", the same wherever the panic happened.
+fn describe(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let msg = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "<non-string panic>".to_string());
+    format!("thread '{name}' panicked: {msg}")
+}
+
+/// In a child that panics on purpose: print each panic as one line on stderr, without a
+/// backtrace even when RUST_BACKTRACE is set, so that writing a backtrace does not add to
+/// the time being measured.
+pub fn one_line_messages() {
+    std::panic::set_hook(Box::new(|info| eprintln!("{}", describe(info))));
+}
+
 /// Runs `f` with a panic hook that records each panic's message (and the thread it happened
 /// in) instead of printing it, then puts the default hook back. Threads that `f` starts use
 /// the same hook. Returns what `f` returned and the messages, in order.
 pub fn captured<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).clear();
     std::panic::set_hook(Box::new(|info| {
-        let thread = std::thread::current();
-        let name = thread.name().unwrap_or("<unnamed>");
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "<non-string panic>".to_string());
-        CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).push(format!("thread '{name}' panicked: {msg}"));
+        CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).push(describe(info));
     }));
     let out = f();
     let _ = std::panic::take_hook();

@@ -271,6 +271,7 @@ fn run_child(row: &Row, args: &[String]) -> ExitCode {
     if faults::hang_requested_here() {
         faults::hang_forever();
     }
+    crate::panics::one_line_messages();
     match entry(rest) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,1 +1,239 @@
-fn main() {}
+//! The stability row: does a crash stay inside its process, and can a crashing thread take
+//! its whole process down?
+//!
+//! Every experiment runs process::X and thread::X and turns what they observed into
+//! findings; the harness computes the verdicts. See docs/stability.md.
+
+mod process;
+mod thread;
+mod work;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use harness::{Better, Ctx, Expected, Findings, Kind, Row, Side, Spec, Status, stats::Summary};
+use nix::sys::signal::Signal;
+
+use work::{FAULTY, Fault, WORKERS};
+
+/// The workers that did not fault.
+const OTHERS: usize = WORKERS - 1;
+
+static ROW: Row = Row {
+    name: "stability",
+    claim: "A crash in one process leaves the other processes running; a crash in one thread can take down \
+            the whole process and every thread in it.",
+    experiments: &[
+        observe("segfault", "One of 4 workers writes through an invalid pointer (SIGSEGV)", segfault),
+        observe("abort", "One of 4 workers calls abort() (SIGABRT)", abort),
+        observe("stack-overflow", "One of 4 workers recurses without end into its stack's guard page", stack_overflow),
+        observe("panic", "One of 4 workers panics: Rust unwinds instead of signalling", panic),
+        observe("poison", "A worker panics while holding the lock on shared state", poison),
+        Spec {
+            id: "restart",
+            title: "A supervisor replaces a crashed worker: time from the crash to the replacement running",
+            kind: Kind::Measure,
+            unit: Some(("µs", Better::Lower)),
+            expected: Expected::Thread,
+            run: restart,
+        },
+    ],
+    children: &[("crash", thread::crash_child)],
+};
+
+const fn observe(id: &'static str, title: &'static str, run: fn(&Ctx) -> Result<Findings>) -> Spec {
+    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, run }
+}
+
+fn main() -> ExitCode {
+    harness::row::main(&ROW)
+}
+
+/// What was left after a worker faulted.
+pub struct Aftermath {
+    /// How the faulty worker ended, as observed by whoever could observe it.
+    pub faulty_worker: String,
+    /// The process version: how the faulty worker process ended (waitpid).
+    pub faulty_status: Option<Status>,
+    /// The thread version: how the whole process hosting the threads ended.
+    pub whole_process: Option<Status>,
+    /// Results of the other workers that reached the observer.
+    pub others_delivered: usize,
+    /// What the runtime printed: a panic or stack-overflow message.
+    pub message: Option<String>,
+}
+
+/// What a panic under a lock did to the others.
+pub struct Poisoning {
+    pub crasher: String,
+    pub others_poisoned: usize,
+    pub others: usize,
+    pub observer_poisoned: bool,
+    pub message: Option<String>,
+}
+
+/// Replacing a crashed worker, over repeated jobs.
+pub struct Restart {
+    pub latency_us: Summary,
+    pub jobs: usize,
+    pub correct_jobs: usize,
+}
+
+fn segfault(ctx: &Ctx) -> Result<Findings> {
+    crash(ctx, Fault::Segfault)
+}
+
+fn abort(ctx: &Ctx) -> Result<Findings> {
+    crash(ctx, Fault::Abort)
+}
+
+fn stack_overflow(ctx: &Ctx) -> Result<Findings> {
+    crash(ctx, Fault::StackOverflow)
+}
+
+fn panic(ctx: &Ctx) -> Result<Findings> {
+    crash(ctx, Fault::Panic)
+}
+
+/// How long the healthy workers' job takes: long enough that the fault happens first.
+fn job_time(ctx: &Ctx) -> Duration {
+    Duration::from_millis(if ctx.quick { 30 } else { 150 })
+}
+
+fn crash(ctx: &Ctx, fault: Fault) -> Result<Findings> {
+    let process = ctx.process_side(|| process::crash(fault, job_time(ctx), ctx.deadline()))?;
+    let thread = ctx.thread_side(|| thread::crash(fault, job_time(ctx), ctx.deadline()))?;
+    let signals = expected_signals(fault);
+    // The claim, as observed: the faulty process died alone and the others delivered ...
+    let isolated = process.as_ref().map(|p| {
+        let died_as_expected = match fault {
+            Fault::Panic => p.faulty_status == Some(Status::Exited(harness::child::PANIC_EXIT_CODE)),
+            _ => p.faulty_status.and_then(Status::signal).is_some_and(|s| signals.contains(&s)),
+        };
+        died_as_expected && p.others_delivered == OTHERS
+    });
+    // ... while the faulty thread took its whole process, and undelivered results, with it.
+    let shared_fate = thread.as_ref().map(|t| {
+        t.whole_process.and_then(Status::signal).is_some_and(|s| signals.contains(&s)) && t.others_delivered < OTHERS
+    });
+    let note = match fault {
+        Fault::Panic => {
+            "The textbook claim is about faults the kernel answers with a signal. A Rust panic unwinds \
+                         only its own thread: join() returns Err and the process lives on. With panic = \"abort\" \
+                         in the profile it would end the whole process like abort() does. Rust contains a panic \
+                         in a thread as well as in a process."
+        }
+        Fault::StackOverflow => {
+            "Rust's runtime catches the SIGSEGV on the guard page, prints \"has overflowed its \
+                                 stack\" and aborts, so the process usually ends by SIGABRT; either signal ends \
+                                 every thread."
+        }
+        _ => {
+            "A signal caused by a fault is delivered to the faulting thread, but its default action ends the whole \
+              process (signal(7))."
+        }
+    };
+    Ok(Findings {
+        process: process.map(|p| crash_side(p, "supervisor lived")),
+        thread: thread.map(|t| crash_side(t, "observer lived")),
+        matches_claim: isolated.zip(shared_fate).map(|(i, s)| i && s),
+        note: Some(note.to_string()),
+        skipped: None,
+    })
+}
+
+/// The signals that the textbook expects for a fault: the ones that end a process.
+fn expected_signals(fault: Fault) -> &'static [Signal] {
+    match fault {
+        Fault::Segfault => &[Signal::SIGSEGV],
+        Fault::Abort => &[Signal::SIGABRT],
+        Fault::StackOverflow => &[Signal::SIGSEGV, Signal::SIGABRT],
+        // The textbook would have the panicking thread end its process; any signal would do.
+        Fault::Panic => &[Signal::SIGABRT, Signal::SIGSEGV],
+    }
+}
+
+fn crash_side(a: Aftermath, observer: &str) -> Side {
+    let summary = match a.whole_process {
+        Some(p) => format!("process {p}; {}/{OTHERS} others delivered", a.others_delivered),
+        None => format!("worker {FAULTY} {}; {}/{OTHERS} others delivered", a.faulty_worker, a.others_delivered),
+    };
+    let mut side = Side::observed(format!("{summary}; {observer}"))
+        .fact("faulty_worker", &a.faulty_worker)
+        .fact("others_delivered", a.others_delivered)
+        .fact("results_lost", OTHERS - a.others_delivered);
+    if let Some(p) = a.whole_process {
+        side.set("whole_process", p.to_string());
+    }
+    side.set("observer_survived", true);
+    if let Some(m) = &a.message {
+        side.set("message", m);
+    }
+    side
+}
+
+fn poison(ctx: &Ctx) -> Result<Findings> {
+    let process = ctx.process_side(|| process::poison(ctx.deadline()))?;
+    let thread = ctx.thread_side(thread::poison)?;
+    let matches = process.as_ref().zip(thread.as_ref()).map(|(p, t)| {
+        p.others_poisoned == 0 && !p.observer_poisoned && t.others_poisoned == t.others && t.observer_poisoned
+    });
+    let side = |p: Poisoning| {
+        let summary = format!(
+            "crasher {}; {}/{} others got PoisonError; observer's lock {}",
+            p.crasher,
+            p.others_poisoned,
+            p.others,
+            if p.observer_poisoned { "poisoned" } else { "clean" }
+        );
+        let mut s = Side::observed(summary)
+            .fact("crasher", &p.crasher)
+            .fact("others_poisoned", p.others_poisoned)
+            .fact("others", p.others)
+            .fact("observer_poisoned", p.observer_poisoned);
+        if let Some(m) = &p.message {
+            s.set("message", m);
+        }
+        s
+    };
+    Ok(Findings {
+        process: process.map(side),
+        thread: thread.map(side),
+        matches_claim: matches,
+        note: Some(
+            "A poisoned Mutex says the state it guards may be half-updated. Threads share that state, so all \
+             of them inherit the doubt; each process had its own copy, so there was nothing to poison."
+                .to_string(),
+        ),
+        skipped: None,
+    })
+}
+
+fn restart(ctx: &Ctx) -> Result<Findings> {
+    let process = ctx.process_side(|| process::restart(ctx.warmup(), ctx.runs(), ctx.deadline()))?;
+    let thread = ctx.thread_side(|| thread::restart(ctx.warmup(), ctx.runs(), ctx.deadline()))?;
+    let side = |r: Restart, detected_by: &str, replaced_by: &str| {
+        Side::measured(&r.latency_us, "µs")
+            .fact("jobs", r.jobs)
+            .fact("jobs_with_correct_result", r.correct_jobs)
+            .fact("replacements_per_job", 1)
+            .fact("crash_detected_by", detected_by)
+            .fact("replaced_by", replaced_by)
+    };
+    let all_correct = |r: &Restart| r.correct_jobs == r.jobs;
+    if let Some(r) = process.as_ref().filter(|r| !all_correct(r)).or(thread.as_ref().filter(|r| !all_correct(r))) {
+        anyhow::bail!("only {} of {} jobs had the correct result after the restart", r.correct_jobs, r.jobs);
+    }
+    Ok(Findings {
+        process: process.map(|r| side(r, "waitpid (pidfd readable)", "fork")),
+        thread: thread.map(|r| side(r, "a guard dropped while the thread unwound", "thread spawn")),
+        matches_claim: None,
+        note: Some(
+            "Isolation has a price: replacing a process means exit, reap and fork; replacing a thread means \
+             unwind, join and spawn. Every job still delivered its full, correct result."
+                .to_string(),
+        ),
+        skipped: None,
+    })
+}

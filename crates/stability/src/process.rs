@@ -1,0 +1,139 @@
+//! Stability, the process version: a crash stays inside the process that crashed.
+//!
+//! A supervisor forks four worker processes; one of them commits a fault. Each worker has
+//! its own address space, so the fault can only end that one process: waitpid tells the
+//! supervisor which signal killed it, and the other three still deliver their results.
+//! Compare with thread.rs, where the same four workers are threads of one process.
+//!
+//! See also: fork(2), waitpid(2), signal(7); TLPI chapters 24–26.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use harness::{Status, deliver, fork_child, received, stats, wait_all, wait_any};
+
+use crate::work::{self, FAULTY, Fault, WORKERS};
+use crate::{Aftermath, Poisoning, Restart};
+
+/// Four worker processes; worker 2 commits `fault`. The supervisor (this process) reaps them.
+pub fn crash(fault: Fault, job_time: Duration, deadline: Duration) -> Result<Aftermath> {
+    let mut workers = Vec::new();
+    for id in 0..WORKERS {
+        // The mechanism: each worker is a copy of this process in its own address space.
+        workers.push(fork_child(move || {
+            let result = work::worker(id, work::fault_of(id, fault), job_time);
+            deliver("result", &[id as u64, result]);
+            Ok(())
+        })?);
+    }
+    // waitpid(2) tells the supervisor how each worker ended; the supervisor itself goes on.
+    let exits = wait_all(workers, deadline)?;
+    let faulty = &exits[FAULTY];
+    let delivered =
+        exits.iter().enumerate().filter(|(id, e)| *id != FAULTY && !received(&e.stdout, "result").is_empty()).count();
+    Ok(Aftermath {
+        faulty_worker: faulty.status.to_string(),
+        faulty_status: Some(faulty.status),
+        whole_process: None,
+        others_delivered: delivered,
+        message: faulty.message().map(str::to_string),
+    })
+}
+
+/// A worker panics while it holds the lock on its state. The other workers and the
+/// supervisor have their own copies of that state, so none of them finds it poisoned.
+pub fn poison(deadline: Duration) -> Result<Poisoning> {
+    // The supervisor's state, behind a lock. Each child gets a private copy at fork.
+    let state = Mutex::new(0u64);
+    let crasher = fork_child(|| {
+        let mut guard = state.lock().map_err(|_| anyhow::anyhow!("already poisoned"))?;
+        *guard += 1;
+        panic!("worker {FAULTY} panicked while holding the lock");
+    })?;
+    let crashed = crasher.wait(deadline)?;
+    let mut others = Vec::new();
+    for _ in 0..WORKERS - 1 {
+        others.push(fork_child(|| {
+            // Changed line: this lock is the child's own copy, never touched by the crasher.
+            let poisoned = state.lock().is_err();
+            deliver("poisoned", &[poisoned as u64]);
+            Ok(())
+        })?);
+    }
+    let exits = wait_all(others, deadline)?;
+    let mut poisoned_seen = 0;
+    for e in &exits {
+        e.check("worker")?;
+        poisoned_seen += received(&e.stdout, "poisoned").iter().filter(|m| m.first() == Some(&1)).count();
+    }
+    Ok(Poisoning {
+        crasher: crashed.status.to_string(),
+        others_poisoned: poisoned_seen,
+        others: exits.len(),
+        observer_poisoned: state.is_poisoned(),
+        message: crashed.message().map(str::to_string),
+    })
+}
+
+/// One job of four chunks; the worker of chunk 2 panics, the supervisor notices through
+/// waitpid and forks a replacement, and the job still completes. Returns, per run, the time
+/// from the crash to the replacement running.
+pub fn restart(warmup: usize, runs: usize, deadline: Duration) -> Result<Restart> {
+    let (mut jobs, mut correct) = (0, 0);
+    let latency_us = stats::repeat(warmup, runs, || {
+        let (total, latency_ns) = restart_once(deadline)?;
+        jobs += 1;
+        correct += (total == work::expected_total()) as usize;
+        Ok(latency_ns as f64 / 1000.0)
+    })?;
+    Ok(Restart { latency_us, jobs, correct_jobs: correct })
+}
+
+fn restart_once(deadline: Duration) -> Result<(u64, u64)> {
+    let mut children = Vec::new();
+    let mut chunks = Vec::new();
+    for chunk in 0..WORKERS {
+        children.push(start_worker(chunk, false)?);
+        chunks.push(chunk);
+    }
+    let (mut total, mut crashed_at, mut started_at) = (0u64, None, None);
+    while !children.is_empty() {
+        // The supervisor learns of a death from waitpid(2) (here through a pidfd).
+        let (i, exit) = wait_any(&mut children, deadline)?;
+        let chunk = chunks.remove(i);
+        if let Some(m) = received(&exit.stdout, "result").first() {
+            total = total.wrapping_add(m[1]);
+        }
+        if let Some(m) = received(&exit.stdout, "start").first() {
+            started_at = Some(m[0]);
+        }
+        match exit.status {
+            Status::Exited(0) => {}
+            Status::TimedOut => bail!("worker {chunk} {}", exit.status),
+            _ if crashed_at.is_none() => {
+                crashed_at = received(&exit.stdout, "crash").first().map(|m| m[0]);
+                children.push(start_worker(chunk, true)?);
+                chunks.push(chunk);
+            }
+            _ => exit.check("replacement worker")?,
+        }
+    }
+    let latency = started_at.zip(crashed_at).map(|(s, c)| s.saturating_sub(c)).context("no crash was replaced")?;
+    Ok((total, latency))
+}
+
+/// Starts the worker of one chunk; the first worker of chunk 2 panics, its replacement not.
+fn start_worker(chunk: usize, replacement: bool) -> Result<harness::Child> {
+    // The mechanism: a replacement is a new process, forked from the supervisor.
+    fork_child(move || {
+        if replacement {
+            deliver("start", &[stats::monotonic_ns()]);
+        } else if chunk == FAULTY {
+            deliver("crash", &[stats::monotonic_ns()]);
+            panic!("worker {chunk} panicked on purpose");
+        }
+        deliver("result", &[chunk as u64, work::job(chunk)]);
+        Ok(())
+    })
+}
