@@ -1,20 +1,42 @@
-//! Project tasks, run as `cargo xtask TASK` (the alias is in .cargo/config.toml).
+//! Project tasks, run as `cargo xtask TASK` (the alias is in .cargo/config.toml):
+//!
+//! - `compare [--quick] [--json] [ROW...]`: every row, the summary table and the verdicts;
+//! - `anchors ROW`: a row's figures beside the standard tool's, as ratios from one run.
 
 mod anchors;
+mod compare;
+mod machine;
+mod run;
 
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: cargo xtask compare [--quick] [--json] [ROW...]\n       cargo xtask anchors ROW";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run::forward_interrupts() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.first().map(String::as_str) {
-        Some("anchors") => anchors::main(&args[1..]),
-        _ => {
-            eprintln!("usage: cargo xtask anchors ROW");
+        Some("compare") => compare::main(&args[1..]),
+        Some("anchors") => anchors::main(&args[1..]).map(|()| true),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("error: unknown task '{other}'\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("error: no task given\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

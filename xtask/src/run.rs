@@ -1,0 +1,94 @@
+//! Running the row binaries from the xtask: build them once in release mode, run each as a
+//! child, and pass an interrupt on to whichever child is running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{Context, Result, bail, ensure};
+use harness::Report;
+
+/// The child running now (0: none), so that SIGINT or SIGTERM reaches it.
+static CURRENT_CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the workspace").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// On SIGINT or SIGTERM: pass the signal on to the running child (a row cleans up after
+/// itself when it gets one), wait for it to end, and exit with 128 + the signal's number.
+pub fn forward_interrupts() -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .context("installing the SIGINT and SIGTERM handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let pid = CURRENT_CHILD.load(Ordering::SeqCst);
+            if pid > 0 {
+                // Safety: kill(2) on our own child's pid; the main thread has not reaped it
+                // yet, because it clears CURRENT_CHILD before it waits no more.
+                unsafe { libc::kill(pid, sig) };
+                // The child exits promptly once signalled; wait until it is gone.
+                while CURRENT_CHILD.load(Ordering::SeqCst) == pid {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            let name = if sig == libc::SIGINT { "interrupted (SIGINT)" } else { "terminated (SIGTERM)" };
+            eprintln!("{name}: stopped the running row");
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
+/// Runs a command to its end with its output captured, known to the interrupt forwarder.
+pub fn output(mut cmd: Command) -> Result<std::process::Output> {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = child.with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+    CURRENT_CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let out = child.wait_with_output();
+    CURRENT_CHILD.store(0, Ordering::SeqCst);
+    Ok(out?)
+}
+
+/// Runs a command with the terminal as its stdout and stderr.
+pub fn status(mut cmd: Command) -> Result<std::process::ExitStatus> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).spawn().context("starting cargo")?;
+    CURRENT_CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait();
+    CURRENT_CHILD.store(0, Ordering::SeqCst);
+    Ok(status?)
+}
+
+/// Builds the rows' binaries once, with optimisations, and returns their paths.
+pub fn build_release(rows: &[String]) -> Result<Vec<PathBuf>> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root()).args(["build", "--release", "--quiet"]);
+    for r in rows {
+        cmd.args(["--package", r, "--bin", r]);
+    }
+    // Cargo's own messages go to stderr; stdout stays for the report.
+    cmd.stdout(Stdio::null());
+    let status = status(cmd)?;
+    ensure!(status.success(), "cargo build --release failed ({status})");
+    Ok(rows.iter().map(|r| target_dir().join("release").join(r)).collect())
+}
+
+/// Runs a row binary with `--json` and reads its report.
+pub fn report_of(row: &str, cmd: Command) -> Result<Report> {
+    let out = output(cmd)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Report = match serde_json::from_str(&stdout) {
+        Ok(r) => r,
+        Err(e) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            bail!("{row} ({}) printed no report ({e}): {}", out.status, stderr.trim())
+        }
+    };
+    ensure!(report.row == row, "{row} reported as row {:?}", report.row);
+    Ok(report)
+}
