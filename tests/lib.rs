@@ -54,7 +54,7 @@ pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
 /// facts that are claims (who saw the write, which signal killed whom) and drops the noise.
 /// Numbers inside `facts` survive when their key is listed in `keep` (counts that are
 /// observed, not measured). In `measure` experiments the digits of the sides' summary lines
-/// become `N`.
+/// become `N`, their verdicts `[verdict]`, and the thread ids in runtime messages `TID`.
 pub fn redact_numbers(v: &mut serde_json::Value, keep: &[&str]) {
     redact(v, keep, false, false);
 }
@@ -73,6 +73,17 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
                 if k == "summary" && measure {
                     if let Value::String(s) = item {
                         *s = digits_to_n(s);
+                    }
+                    continue;
+                }
+                if k == "verdict" && measure {
+                    // A measured verdict depends on the timings of this run.
+                    *item = Value::String("[verdict]".into());
+                    continue;
+                }
+                if k == "message" {
+                    if let Value::String(s) = item {
+                        *s = without_thread_ids(s);
                     }
                     continue;
                 }
@@ -96,5 +107,25 @@ pub fn digits_to_n(s: &str) -> String {
         }
         in_number = digit;
     }
+    out
+}
+
+/// "thread 'main' (6709) has overflowed its stack" becomes "thread 'main' (TID) has ...".
+pub fn without_thread_ids(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('(') {
+        let (before, after) = rest.split_at(open);
+        out.push_str(before);
+        let close = after.find(')').unwrap_or(0);
+        if close > 1 && after[1..close].chars().all(|c| c.is_ascii_digit()) {
+            out.push_str("(TID)");
+            rest = &after[close + 1..];
+        } else {
+            out.push('(');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
     out
 }

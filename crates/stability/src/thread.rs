@@ -67,23 +67,23 @@ pub fn crash_child(args: &[String]) -> Result<()> {
 pub fn poison() -> Result<Poisoning> {
     // The process's state, behind a lock. Every thread sees this one copy.
     let state = Mutex::new(0u64);
-    let ((crashed, poisoned), messages) = panics::captured(|| {
+    let (outcome, messages) = panics::captured(|| {
         thread::scope(|s| {
-            let crashed = s
-                .spawn(|| {
-                    let mut guard = state.lock().expect("nobody has panicked yet");
-                    *guard += 1;
-                    panic!("worker {FAULTY} panicked while holding the lock");
-                })
-                .join();
+            let crasher = thread::Builder::new().name(format!("worker {FAULTY}")).spawn_scoped(s, || {
+                let mut guard = state.lock().expect("nobody has panicked yet");
+                *guard += 1;
+                panic!("worker {FAULTY} panicked while holding the lock");
+            });
+            let crashed = crasher.context("spawning a worker thread")?.join();
             let others: Vec<_> = (0..WORKERS - 1)
                 // Changed line: this is the very lock the crasher held when it panicked.
                 .map(|_| s.spawn(|| state.lock().is_err()))
                 .collect();
             let poisoned: Vec<bool> = others.into_iter().map(|h| h.join().unwrap_or(false)).collect();
-            (crashed, poisoned)
+            Ok::<_, anyhow::Error>((crashed, poisoned))
         })
     });
+    let (crashed, poisoned) = outcome?;
     Ok(Poisoning {
         crasher: if crashed.is_err() { "panicked; join returned Err" } else { "returned" }.to_string(),
         others_poisoned: poisoned.iter().filter(|p| **p).count(),

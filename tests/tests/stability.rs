@@ -1,0 +1,120 @@
+//! The stability row, driven as a user would drive it: its real binary as a subprocess.
+
+use serde_json::Value;
+
+/// Facts that are observed counts, not measurements: they stay in the snapshot.
+const KEEP: &[&str] = &[
+    "others_delivered",
+    "results_lost",
+    "others_poisoned",
+    "others",
+    "jobs",
+    "jobs_with_correct_result",
+    "replacements_per_job",
+];
+
+fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
+}
+
+#[test]
+fn json_report_matches_the_snapshot() {
+    let mut report = tests::report("stability", &["--quick"]);
+    tests::redact_numbers(&mut report, KEEP);
+    insta::assert_json_snapshot!("stability_quick_json", report);
+}
+
+#[test]
+fn fatal_signals_end_the_whole_threaded_process_but_one_worker_process() {
+    let report = tests::report("stability", &["--quick", "--only", "segfault", "--only", "abort"]);
+    for (id, signal) in [("segfault", "SIGSEGV"), ("abort", "SIGABRT")] {
+        let e = experiment(&report, id);
+        let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
+        assert_eq!(p["faulty_worker"], format!("killed by {signal}"), "{id}");
+        assert_eq!(p["others_delivered"], 3, "{id}: the other worker processes delivered");
+        assert_eq!(t["whole_process"], format!("killed by {signal}"), "{id}");
+        assert_eq!(t["results_lost"], 3, "{id}: the other threads' results died with the process");
+        assert_eq!(e["verdict"], "holds", "{id}");
+    }
+}
+
+#[test]
+fn a_panic_is_contained_on_both_sides_and_the_verdict_says_so() {
+    let report = tests::report("stability", &["--quick", "--only", "panic"]);
+    let e = experiment(&report, "panic");
+    assert_eq!(e["process"]["facts"]["faulty_worker"], "exited 101");
+    assert_eq!(e["thread"]["facts"]["whole_process"], "exited 0");
+    assert_eq!(e["thread"]["facts"]["faulty_worker"], "panicked; join returned Err");
+    assert_eq!(e["verdict"], "contradicted");
+    assert!(e["note"].as_str().unwrap().contains("panic = \"abort\""));
+}
+
+#[test]
+fn restart_completes_every_job_correctly_on_both_sides() {
+    let report = tests::report("stability", &["--quick", "--only", "restart"]);
+    let e = experiment(&report, "restart");
+    assert_eq!(e["kind"], "measure");
+    for side in ["process", "thread"] {
+        let s = &e[side];
+        assert!(s["runs"].as_u64().unwrap() >= 5, "{side}: at least 5 runs");
+        assert!(s["low"].as_f64().unwrap() <= s["median"].as_f64().unwrap());
+        assert!(s["median"].as_f64().unwrap() <= s["high"].as_f64().unwrap());
+        assert_eq!(s["facts"]["jobs"], s["facts"]["jobs_with_correct_result"], "{side}");
+    }
+    assert!(e["ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn one_side_only_is_reported_as_skipped_not_judged() {
+    let report = tests::report("stability", &["--quick", "--only", "poison", "--side", "process"]);
+    let e = experiment(&report, "poison");
+    assert!(e.get("thread").is_none());
+    assert_eq!(e["verdict"], "skipped");
+    assert_eq!(e["process"]["facts"]["others_poisoned"], 0);
+}
+
+#[test]
+fn human_output_matches_the_snapshot() {
+    // The observe experiments only: measured numbers would change the table's layout.
+    let ids = ["segfault", "abort", "stack-overflow", "panic", "poison"];
+    let mut args = vec!["--quick"];
+    for id in &ids {
+        args.extend(["--only", id]);
+    }
+    let out = tests::run("stability", &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    insta::with_settings!({filters => vec![(r" \(\d+\) ", " (TID) ")]}, {
+        insta::assert_snapshot!("stability_quick_human", stdout);
+    });
+}
+
+#[test]
+fn list_names_every_experiment() {
+    let out = tests::run("stability", &["--list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for id in ["segfault", "abort", "stack-overflow", "panic", "poison", "restart"] {
+        assert!(stdout.lines().any(|l| l.starts_with(id)), "{id} missing from --list:\n{stdout}");
+    }
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--only", "nosuch"], "invalid value 'nosuch'"),
+        (&["--side", "both"], "invalid value 'both'"),
+        (&["--frobnicate"], "unexpected argument '--frobnicate'"),
+        (&["--list", "--json"], "cannot be used with"),
+        (&["stray"], "unexpected argument 'stray'"),
+    ];
+    for (args, expected) in cases {
+        let out = tests::run("stability", args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage:") || stderr.contains("--help"), "{args:?}: clap's usage line: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}
