@@ -211,8 +211,11 @@ fn poison(ctx: &Ctx) -> Result<Findings> {
 }
 
 fn restart(ctx: &Ctx) -> Result<Findings> {
-    let process = ctx.process_side(|| process::restart(ctx.warmup(), ctx.runs(), ctx.deadline()))?;
-    let thread = ctx.thread_side(|| thread::restart(ctx.warmup(), ctx.runs(), ctx.deadline()))?;
+    // One job takes about a millisecond, so many runs are cheap, and with many runs the
+    // spread (10th to 90th percentile) is not decided by one scheduling hiccup.
+    let runs = if ctx.quick { ctx.runs() } else { 3 * ctx.runs() };
+    let process = ctx.process_side(|| process::restart(ctx.warmup(), runs, ctx.deadline()))?;
+    let thread = ctx.thread_side(|| thread::restart(ctx.warmup(), runs, ctx.deadline()))?;
     let side = |r: Restart, detected_by: &str, replaced_by: &str| {
         Side::measured(&r.latency_us, "µs")
             .fact("jobs", r.jobs)
