@@ -1,0 +1,505 @@
+//! The game both sides play, written once: two tasks pass a token back and forth, and each
+//! pass makes the sender block and the receiver run, which is one context switch when both
+//! tasks share a CPU. One round trip is two switches.
+//!
+//! `process.rs` and `thread.rs` decide only how the second task comes to exist and how the
+//! token travels between the two; what is timed and what is counted is here, so both sides
+//! measure exactly the same loop. The method is that of `perf bench sched pipe` and of
+//! lmbench's `lat_ctx` (with `-s`, each task also touches its own working set).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use harness::stats::{self, Summary};
+use harness::{Ctx, cpu};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::resource::{UsageWho, getrusage};
+
+/// The token's meaning, one byte over a pipe or the value of the futex word.
+pub const PING: u32 = 1;
+/// Both tasks take a snapshot of their counters: sent just before and after the timed runs.
+pub const MARK: u32 = 2;
+/// The partner ends its loop; no reply.
+pub const STOP: u32 = 3;
+/// The partner is pinned and its working set is in place: the start barrier.
+pub const READY: u32 = 4;
+/// Futex word only: nobody has said anything yet.
+pub const NOT_READY: u32 = 5;
+/// Futex word only: the command was handled, the driver may go on.
+pub const DONE: u32 = 0;
+/// Futex word only: the partner went away without stopping normally.
+pub const GONE: u32 = 6;
+
+/// Futex word only: set by a task about to sleep, so that the other knows to wake it.
+const SLEEPING: u32 = 1 << 31;
+
+/// How two tasks share a CPU, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The task that times the loop.
+    pub driver: usize,
+    /// The task that answers.
+    pub partner: usize,
+}
+
+/// The timing side of a link: sends a command and waits for the reply.
+pub trait Driver {
+    /// Waits at most `deadline` for the partner's READY. Nothing before it is timed.
+    fn wait_ready(&mut self, deadline: Duration) -> Result<()>;
+    /// One round trip: the command goes over, the reply comes back.
+    fn round_trip(&mut self, command: u32) -> Result<()>;
+    /// Tells the partner to stop; there is no reply.
+    fn stop(&mut self) -> Result<()>;
+}
+
+/// The answering side of a link.
+pub trait Partner {
+    fn ready(&mut self) -> Result<()>;
+    /// Blocks until the driver sends the next command.
+    fn next(&mut self) -> Result<u32>;
+    fn reply(&mut self) -> Result<()>;
+}
+
+/// Two pipes, one each way, one byte per message.
+pub struct Pipes {
+    pub rx: File,
+    pub tx: File,
+}
+
+impl Pipes {
+    fn send(&mut self, token: u32) -> Result<()> {
+        self.tx.write_all(&[token as u8]).context("write(2) to the pipe")
+    }
+
+    fn receive(&mut self) -> Result<u32> {
+        let mut byte = [0u8];
+        match self.rx.read(&mut byte).context("read(2) from the pipe")? {
+            0 => bail!("the other task closed its pipe"),
+            _ => Ok(u32::from(byte[0])),
+        }
+    }
+}
+
+impl Driver for Pipes {
+    fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let millis = deadline.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.rx.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)).context("poll(2)")?;
+        ensure!(n > 0, "the partner was not ready within {deadline:?}");
+        let token = self.receive()?;
+        ensure!(token == READY, "expected READY from the partner, got {token}");
+        Ok(())
+    }
+
+    fn round_trip(&mut self, command: u32) -> Result<()> {
+        self.send(command)?;
+        let reply = self.receive()?;
+        ensure!(reply == DONE, "expected DONE from the partner, got {reply}");
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.send(STOP)
+    }
+}
+
+impl Partner for Pipes {
+    fn ready(&mut self) -> Result<()> {
+        self.send(READY)
+    }
+
+    fn next(&mut self) -> Result<u32> {
+        self.receive()
+    }
+
+    fn reply(&mut self) -> Result<()> {
+        self.send(DONE)
+    }
+}
+
+/// Which futex operations to use (futex(2)).
+#[derive(Debug, Clone, Copy)]
+pub struct FutexOps {
+    pub wait: libc::c_int,
+    pub wake: libc::c_int,
+    pub name: &'static str,
+}
+
+/// Works across address spaces: the kernel finds the waiters by the word's physical page.
+pub const SHARED: FutexOps = FutexOps { wait: libc::FUTEX_WAIT, wake: libc::FUTEX_WAKE, name: "FUTEX_WAIT/FUTEX_WAKE" };
+
+/// Works only inside one address space: the kernel finds the waiters by (mm, virtual address).
+pub const PRIVATE: FutexOps = FutexOps {
+    wait: libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+    wake: libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+    name: "FUTEX_WAIT_PRIVATE/FUTEX_WAKE_PRIVATE",
+};
+
+/// One 32-bit word that says whose turn it is: a command means the partner's, DONE the
+/// driver's. Each task sleeps in FUTEX_WAIT while the word says it is the other's turn.
+pub struct Futex<'a> {
+    word: &'a AtomicU32,
+    ops: FutexOps,
+    /// The longest the wait for READY may take: a partner that never started must not hang us.
+    /// The waits of the timed loop have no timeout: on this VM one costs about 200 ns per
+    /// wait (an hrtimer armed and cancelled), as much as the effect we measure. A partner that
+    /// fails or panics still wakes us through `Drop` below.
+    timeout: Duration,
+    /// What to leave in the word if this end goes away early, so the other end wakes up.
+    on_drop: u32,
+}
+
+impl<'a> Futex<'a> {
+    pub fn driver(word: &'a AtomicU32, ops: FutexOps, timeout: Duration) -> Futex<'a> {
+        Futex { word, ops, timeout, on_drop: STOP }
+    }
+
+    pub fn partner(word: &'a AtomicU32, ops: FutexOps, timeout: Duration) -> Futex<'a> {
+        Futex { word, ops, timeout, on_drop: GONE }
+    }
+
+    /// Says `value`, and wakes the other task only if it said it would sleep: a futex costs
+    /// a system call only when somebody waits (the pattern of every futex-based lock).
+    fn set(&self, value: u32) -> Result<()> {
+        let old = self.word.swap(value, Ordering::AcqRel);
+        if old & SLEEPING != 0 {
+            futex(self.word, self.ops.wake, 1, None).context("futex FUTEX_WAKE")?;
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the word no longer says `value`, and returns what it says then.
+    fn wait_while(&self, value: u32, timeout: Option<Duration>) -> Result<u32> {
+        loop {
+            let now = self.word.load(Ordering::Acquire);
+            if now & !SLEEPING != value {
+                return Ok(now & !SLEEPING);
+            }
+            // Tell the other task to wake us; if the word changed meanwhile, look again.
+            if now == value
+                && self.word.compare_exchange(value, value | SLEEPING, Ordering::AcqRel, Ordering::Acquire).is_err()
+            {
+                continue;
+            }
+            // The kernel sleeps only if the word still says "value, and I sleep"; EAGAIN (it
+            // changed first) and EINTR just mean: look again.
+            match futex(self.word, self.ops.wait, value | SLEEPING, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::ETIMEDOUT) => bail!("no answer on the futex within {timeout:?}"),
+                Err(e) => return Err(e).context("futex FUTEX_WAIT"),
+            }
+        }
+    }
+}
+
+impl Driver for Futex<'_> {
+    fn wait_ready(&mut self, _deadline: Duration) -> Result<()> {
+        let now = self.wait_while(NOT_READY, Some(self.timeout))?;
+        ensure!(now == READY, "expected READY from the partner, got {now}");
+        Ok(())
+    }
+
+    fn round_trip(&mut self, command: u32) -> Result<()> {
+        self.set(command)?;
+        let reply = self.wait_while(command, None)?;
+        ensure!(reply == DONE, "expected DONE from the partner, got {reply}");
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.on_drop = STOP;
+        self.set(STOP)
+    }
+}
+
+impl Partner for Futex<'_> {
+    fn ready(&mut self) -> Result<()> {
+        self.set(READY)
+    }
+
+    fn next(&mut self) -> Result<u32> {
+        // READY and DONE both mean "the driver's turn": wait for a command.
+        loop {
+            let now = self.word.load(Ordering::Acquire) & !SLEEPING;
+            if now != READY && now != DONE {
+                return Ok(now);
+            }
+            self.wait_while(now, None)?;
+        }
+    }
+
+    fn reply(&mut self) -> Result<()> {
+        self.set(DONE)
+    }
+}
+
+impl Drop for Futex<'_> {
+    fn drop(&mut self) {
+        // After a normal STOP this changes nothing anybody waits for; after an error it wakes
+        // the other task, which then sees STOP or GONE instead of sleeping forever.
+        let _ = self.set(self.on_drop);
+    }
+}
+
+/// futex(2) on a 32-bit word: FUTEX_WAIT(_PRIVATE) with a relative timeout, or FUTEX_WAKE(_PRIVATE).
+fn futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: Option<Duration>) -> nix::Result<libc::c_long> {
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // Safety: futex(2) reads the aligned 32-bit word behind `word`, which stays valid for
+    // the call; `ts_ptr` is null or points at a timespec on our stack; uaddr2 and val3 are
+    // unused by FUTEX_WAIT and FUTEX_WAKE.
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts_ptr, std::ptr::null::<u32>(), 0u32) };
+    nix::errno::Errno::result(r)
+}
+
+/// A task's own buffer, touched one cache line at a time between switches (lmbench's
+/// `lat_ctx -s`): after a switch it must come back into the caches and the TLB.
+pub struct WorkingSet {
+    bytes: Vec<u8>,
+}
+
+impl WorkingSet {
+    /// Allocates and writes every page now, so that page faults stay out of the timed loop.
+    pub fn new(size: usize) -> WorkingSet {
+        WorkingSet { bytes: vec![1u8; size] }
+    }
+
+    pub fn touch(&self) {
+        let mut sum = 0u8;
+        for i in (0..self.bytes.len()).step_by(64) {
+            // Safety: `i` is in bounds; a volatile read cannot be skipped or hoisted out of
+            // the loop by the compiler (std::ptr::read_volatile).
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(self.bytes.as_ptr().add(i)) });
+        }
+        std::hint::black_box(sum);
+    }
+}
+
+/// The calling thread's switch counters and CPU, right now.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub cpu: usize,
+    pub voluntary: i64,
+    pub involuntary: i64,
+}
+
+impl Snapshot {
+    pub fn now() -> Result<Snapshot> {
+        // RUSAGE_THREAD: this task only, whether it is a process's only thread or one of many
+        // (getrusage(2)).
+        let usage = getrusage(UsageWho::RUSAGE_THREAD).context("getrusage(RUSAGE_THREAD)")?;
+        Ok(Snapshot {
+            cpu: cpu::current(),
+            voluntary: usage.voluntary_context_switches(),
+            involuntary: usage.involuntary_context_switches(),
+        })
+    }
+}
+
+/// What one task showed between the two marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskEvidence {
+    pub pinned: usize,
+    /// The CPU it ran on at each mark (sched_getcpu(3)).
+    pub seen: [usize; 2],
+    pub voluntary: i64,
+    pub involuntary: i64,
+}
+
+impl TaskEvidence {
+    pub fn between(pinned: usize, before: Snapshot, after: Snapshot) -> TaskEvidence {
+        TaskEvidence {
+            pinned,
+            seen: [before.cpu, after.cpu],
+            voluntary: after.voluntary - before.voluntary,
+            involuntary: after.involuntary - before.involuntary,
+        }
+    }
+
+    pub fn ran_where_pinned(&self) -> bool {
+        self.seen.iter().all(|&c| c == self.pinned)
+    }
+
+    /// As a message for `harness::deliver`.
+    pub fn to_message(self) -> Vec<u64> {
+        vec![
+            self.pinned as u64,
+            self.seen[0] as u64,
+            self.seen[1] as u64,
+            self.voluntary as u64,
+            self.involuntary as u64,
+        ]
+    }
+
+    pub fn from_message(m: &[u64]) -> Result<TaskEvidence> {
+        let &[pinned, a, b, voluntary, involuntary] = m else { bail!("a malformed evidence message: {m:?}") };
+        Ok(TaskEvidence {
+            pinned: pinned as usize,
+            seen: [a as usize, b as usize],
+            voluntary: voluntary as i64,
+            involuntary: involuntary as i64,
+        })
+    }
+}
+
+/// The partner's whole life: get ready, then answer every command until STOP.
+pub fn serve(link: &mut impl Partner, pinned: usize, working_set: usize) -> Result<TaskEvidence> {
+    let own = WorkingSet::new(working_set);
+    link.ready()?;
+    let mut marks = Vec::with_capacity(2);
+    loop {
+        match link.next()? {
+            PING => own.touch(),
+            MARK => marks.push(Snapshot::now()?),
+            STOP => break,
+            other => bail!("unexpected command {other}"),
+        }
+        link.reply()?;
+    }
+    let &[before, after] = marks.as_slice() else { bail!("expected two marks, got {}", marks.len()) };
+    Ok(TaskEvidence::between(pinned, before, after))
+}
+
+/// What the driver measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// ns per switch (half a round trip) of each timed run.
+    pub summary: Summary,
+    /// Round trips between the two marks: the timed ones and the closing mark.
+    pub round_trips: u64,
+    pub driver: TaskEvidence,
+    /// For a working set: ns to touch it once with warm caches and no switch.
+    pub touch_ns: f64,
+}
+
+/// What one side of a ping-pong found: the driver's numbers and the partner's evidence.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub measured: Measured,
+    pub partner: TaskEvidence,
+}
+
+/// How long one timed run lasts: every run is sized by time, not by a count, because a
+/// same-CPU switch costs about 1 µs here and a cross-CPU wake-up tens of µs.
+pub fn run_budget(ctx: &Ctx) -> Duration {
+    if ctx.quick { Duration::from_millis(2) } else { Duration::from_millis(7) }
+}
+
+/// The driver's part, after the start barrier: size the loop, warm up, then time the runs
+/// between two marks.
+pub fn drive(link: &mut impl Driver, ctx: &Ctx, pinned: usize, working_set: usize) -> Result<Measured> {
+    let own = WorkingSet::new(working_set);
+    let touch_ns = touch_cost(&own);
+    let n = stats::iterations_for(run_budget(ctx), |n| timed(link, &own, n))?;
+    for _ in 0..ctx.warmup() {
+        timed(link, &own, n)?;
+    }
+    link.round_trip(MARK)?;
+    let before = Snapshot::now()?;
+    let summary = stats::repeat(0, ctx.runs(), || Ok(timed(link, &own, n)?.as_nanos() as f64 / (2 * n) as f64))?;
+    link.round_trip(MARK)?;
+    let after = Snapshot::now()?;
+    link.stop()?;
+    Ok(Measured {
+        summary,
+        round_trips: n * ctx.runs() as u64 + 1,
+        driver: TaskEvidence::between(pinned, before, after),
+        touch_ns,
+    })
+}
+
+/// The timed loop: `n` round trips, the driver touching its own working set before each.
+fn timed(link: &mut impl Driver, own: &WorkingSet, n: u64) -> Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..n {
+        own.touch();
+        link.round_trip(PING)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// ns to touch a working set once, caches warm, no switch in between.
+fn touch_cost(own: &WorkingSet) -> f64 {
+    if own.bytes.is_empty() {
+        return 0.0;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_micros(500) {
+        own.touch();
+        n += 1;
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// The baselines: what the loop costs without any switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// One task writes a byte into its own pipe and reads it back: the system calls of one
+    /// switch of the pipe ping-pong, without the switch.
+    Pipe,
+    /// One trivial system call, getppid(2).
+    Syscall,
+}
+
+/// A baseline measured in one task.
+#[derive(Debug, Clone)]
+pub struct Alone {
+    /// ns per write+read pair (Pipe) or per call (Syscall).
+    pub summary: Summary,
+    pub task: TaskEvidence,
+}
+
+/// Measures a baseline in the calling task, pinned to `pinned`.
+pub fn alone(ctx: &Ctx, pinned: usize, what: Baseline) -> Result<Alone> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+    let (mut rx, mut tx) = (File::from(rx), File::from(tx));
+    let mut timed = |n: u64| -> Result<Duration> {
+        let mut byte = [0u8];
+        let start = Instant::now();
+        for _ in 0..n {
+            match what {
+                Baseline::Pipe => {
+                    tx.write_all(&byte).context("write(2) to the pipe")?;
+                    rx.read_exact(&mut byte).context("read(2) from the pipe")?;
+                }
+                Baseline::Syscall => {
+                    std::hint::black_box(nix::unistd::getppid());
+                }
+            }
+        }
+        Ok(start.elapsed())
+    };
+    let n = stats::iterations_for(run_budget(ctx), &mut timed)?;
+    for _ in 0..ctx.warmup() {
+        timed(n)?;
+    }
+    let before = Snapshot::now()?;
+    let summary = stats::repeat(0, ctx.runs(), || Ok(timed(n)?.as_nanos() as f64 / n as f64))?;
+    let after = Snapshot::now()?;
+    Ok(Alone { summary, task: TaskEvidence::between(pinned, before, after) })
+}
+
+/// Pins the calling thread to one CPU until the guard is dropped, then lets it run anywhere
+/// it could before.
+pub struct Pinned {
+    before: Vec<usize>,
+}
+
+impl Pinned {
+    pub fn to(cpu: usize) -> Result<Pinned> {
+        let before = cpu::allowed()?;
+        cpu::pin(cpu)?;
+        Ok(Pinned { before })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = cpu::pin_to_all(&self.before);
+    }
+}
