@@ -129,3 +129,59 @@ pub fn without_thread_ids(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Starts a binary of the workspace in a process group of its own, so that everything it
+/// starts can be found by group afterwards, even a child whose parent is gone.
+pub fn spawn_in_own_group(name: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args).envs(envs.iter().copied()).process_group(0);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("starting the binary")
+}
+
+/// The live processes of a process group (zombies included), with their state letter.
+pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_string()) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (state, pgrp) = (fields[0].chars().next().unwrap_or('?'), fields[2]);
+        if pgrp == pgid.to_string() {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// True once a process has a handler installed for a signal (SigCgt in /proc/PID/status).
+pub fn catches_signal(pid: u32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+    u64::from_str_radix(mask, 16).map(|m| m & (1 << (signal - 1)) != 0).unwrap_or(false)
+}
+
+/// Segments of this project in /dev/shm owned by `pid`.
+pub fn segments_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("pvt-{pid}-")))
+        .collect()
+}
+
+/// Polls `cond` every 5 ms for up to `secs` seconds.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}

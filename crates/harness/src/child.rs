@@ -202,9 +202,20 @@ pub fn spawn_sacrificial(name: &str, args: &[String]) -> Result<Child> {
 }
 
 /// Spawns any command as a registered child whose stdout and stderr we read.
-/// Rust's `Command` opens every descriptor close-on-exec, so the child inherits only 0, 1, 2.
+/// The child inherits only 0, 1 and 2: Rust opens its own descriptors close-on-exec, and a
+/// descriptor this process inherited without that flag (a make jobserver pipe, say) gets it
+/// in the child just before exec.
 pub fn spawn_command(mut cmd: Command) -> Result<Child> {
     let program: OsString = cmd.get_program().to_owned();
+    // Safety: the closure runs in the child between fork and exec and makes one
+    // async-signal-safe syscall: close_range(2) with CLOSE_RANGE_CLOEXEC only sets the
+    // close-on-exec flag, so std's own pipe for reporting exec errors keeps working.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
     let spawned = cleanup::with_signals_blocked(|| -> Result<std::process::Child> {
         let child = cmd.spawn().with_context(|| format!("spawning {}", program.to_string_lossy()))?;
         cleanup::register_child(child.id() as i32)?;
@@ -254,8 +265,9 @@ fn kill_and_reap(pid: Pid) {
 }
 
 /// Waits for every child, reading their output meanwhile. A child still running at the
-/// deadline is killed with SIGKILL, reaped, and reported as [`Status::TimedOut`].
-/// The exits come back in the order of `children`.
+/// deadline is killed with SIGKILL and reaped, and then the whole wait fails: a hung child
+/// is an error of the experiment, never a result. The exits come back in the order of
+/// `children`.
 pub fn wait_all(children: Vec<Child>, deadline: Duration) -> Result<Vec<Exit>> {
     let mut pending: Vec<(usize, Child)> = children.into_iter().enumerate().collect();
     let mut done: Vec<(usize, Exit)> = Vec::with_capacity(pending.len());
@@ -264,17 +276,33 @@ pub fn wait_all(children: Vec<Child>, deadline: Duration) -> Result<Vec<Exit>> {
         let (i, exit) = wait_next(&mut pending, until)?;
         done.push((i, exit));
     }
+    if let Some((_, hung)) = done.iter().find(|(_, e)| e.status == Status::TimedOut) {
+        return Err(deadline_error(hung, deadline));
+    }
     done.sort_by_key(|(i, _)| *i);
     Ok(done.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Waits for whichever child ends first and removes it from `children`.
-/// Returns its index in `children` (before removal) and how it ended.
+/// Returns its index in `children` (before removal) and how it ended. Fails if no child
+/// ended by the deadline (the first one is then killed and reaped; the rest stay in
+/// `children`, and are killed and reaped when dropped).
 pub fn wait_any(children: &mut Vec<Child>, deadline: Duration) -> Result<(usize, Exit)> {
     let mut pending: Vec<(usize, Child)> = std::mem::take(children).into_iter().enumerate().collect();
     let result = wait_next(&mut pending, Instant::now() + deadline);
     *children = pending.into_iter().map(|(_, c)| c).collect();
-    result
+    match result {
+        Ok((_, exit)) if exit.status == Status::TimedOut => Err(deadline_error(&exit, deadline)),
+        other => other,
+    }
+}
+
+fn deadline_error(hung: &Exit, deadline: Duration) -> anyhow::Error {
+    anyhow::anyhow!(
+        "child {} did not finish within its deadline of {} ms: killed with SIGKILL and reaped",
+        hung.pid,
+        deadline.as_millis()
+    )
 }
 
 fn wait_next(pending: &mut Vec<(usize, Child)>, until: Instant) -> Result<(usize, Exit)> {

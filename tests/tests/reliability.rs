@@ -1,0 +1,155 @@
+//! Nothing left behind and nothing crashes on bad input: interrupts, hung children, the
+//! descriptors children inherit, and malformed invocations. Every test drives the real
+//! binaries as subprocesses.
+
+use std::process::Child;
+
+fn finish(child: Child) -> (Option<i32>, String, String) {
+    let out = child.wait_with_output().expect("waiting for the row");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn experiment(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_hung_worker_process_is_killed_at_its_deadline_and_the_run_goes_on() {
+    let child = tests::spawn_in_own_group(
+        "stability",
+        &["--quick", "--json", "--only", "segfault", "--only", "abort"],
+        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "400")],
+    );
+    let pgid = child.id();
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, Some(1), "a failed experiment makes the exit code non-zero: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("still one JSON report");
+    let hung = experiment(&report, "segfault");
+    assert_eq!(hung["verdict"], "error");
+    assert!(hung["note"].as_str().unwrap().contains("deadline of 400 ms"), "{hung}");
+    assert_eq!(experiment(&report, "abort")["verdict"], "holds", "the next experiment still ran");
+    assert!(tests::group_members(pgid).is_empty(), "left: {:?}", tests::group_members(pgid));
+}
+
+#[test]
+fn a_hung_sacrificial_child_hosting_threads_is_killed_at_its_deadline() {
+    let child = tests::spawn_in_own_group(
+        "stability",
+        &["--quick", "--json", "--side", "thread", "--only", "segfault", "--only", "abort"],
+        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "400")],
+    );
+    let pgid = child.id();
+    let (code, stdout, _) = finish(child);
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(experiment(&report, "segfault")["verdict"], "error");
+    assert_eq!(experiment(&report, "abort")["thread"]["facts"]["whole_process"], "killed by SIGABRT");
+    assert!(tests::group_members(pgid).is_empty());
+}
+
+/// Interrupts a run at a point, then checks the one line, the exit code, and that nothing
+/// of the run is left. `hang` holds the run at a known point with live children.
+fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
+    let mut envs = vec![("PVT_DEADLINE_MS", "20000")];
+    if let Some(id) = hang {
+        envs.push(("PVT_HANG", id));
+    }
+    let child = tests::spawn_in_own_group("stability", args, &envs);
+    let pid = child.id();
+    assert!(tests::wait_until(10, || tests::catches_signal(pid, signal)), "the row never installed its handler");
+    if hang.is_some() {
+        // Hold on until the run has children: the hung one and its siblings.
+        assert!(tests::wait_until(10, || tests::group_members(pid).len() >= 2), "no child appeared");
+        for (member, _) in tests::group_members(pid).into_iter().filter(|(m, _)| *m != pid) {
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{member}/fd"))
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            if !fds.is_empty() {
+                let mut sorted = fds.clone();
+                sorted.sort();
+                assert_eq!(sorted, ["0", "1", "2"], "child {member} inherited descriptors it does not need");
+            }
+        }
+    }
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, signal) };
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(128 + signal), "exit code after signal {signal}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    assert!(tests::wait_until(2, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
+    assert!(tests::segments_of(pid).is_empty(), "segments left: {:?}", tests::segments_of(pid));
+    lines[0].to_string()
+}
+
+#[test]
+fn ctrl_c_early_in_a_run_exits_130_with_one_line() {
+    let line = interrupt(libc::SIGINT, &["--quick", "--json"], None);
+    assert!(line.starts_with("interrupted (SIGINT)"), "{line}");
+}
+
+#[test]
+fn sigterm_mid_experiment_kills_and_reaps_every_child() {
+    let line = interrupt(libc::SIGTERM, &["--quick", "--json", "--only", "restart"], Some("restart"));
+    assert!(line.starts_with("terminated (SIGTERM): killed and reaped"), "{line}");
+    assert!(!line.contains("reaped 0 children"), "the hung worker and its siblings were alive: {line}");
+}
+
+#[test]
+fn ctrl_c_during_a_crash_experiment_kills_and_reaps_every_child() {
+    let line = interrupt(libc::SIGINT, &["--json", "--only", "segfault"], Some("segfault"));
+    assert!(line.starts_with("interrupted (SIGINT): killed and reaped"), "{line}");
+    assert!(!line.contains("reaped 0 children"), "{line}");
+}
+
+#[test]
+fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
+    let line = interrupt(libc::SIGINT, &["--json", "--side", "thread", "--only", "abort"], Some("abort"));
+    assert!(line.contains("killed and reaped 1 children"), "{line}");
+}
+
+/// Malformed invocations across the rows and the xtask: exit code 2, a short clear message
+/// on stderr, nothing on stdout, never a panic or a backtrace.
+#[test]
+fn bad_input_is_refused_with_exit_code_2_everywhere() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("stability", &["--only", "nosuch"], "invalid value 'nosuch'"),
+        ("stability", &["--only", ""], "a value is required"),
+        ("stability", &["--only", "0"], "invalid value '0'"),
+        ("stability", &["--only", "-1"], "unexpected argument '-1'"),
+        ("stability", &["--only", "99999999999999999999999"], "invalid value"),
+        ("stability", &["--only"], "a value is required"),
+        ("stability", &["--side", "both"], "invalid value 'both'"),
+        ("stability", &["--side", "0"], "invalid value '0'"),
+        ("stability", &["--side"], "a value is required"),
+        ("stability", &["--quick=5"], "unexpected value '5'"),
+        ("stability", &["--json=1"], "unexpected value '1'"),
+        ("stability", &["--list", "--json"], "cannot be used with"),
+        ("stability", &["--list", "--only", "abort"], "cannot be used with"),
+        ("stability", &["--json", "--json"], "cannot be used multiple times"),
+        ("stability", &["--side", "thread", "--side", "process"], "cannot be used multiple times"),
+        ("stability", &["stray"], "unexpected argument 'stray'"),
+        ("stability", &["-x"], "unexpected argument '-x'"),
+        ("switching", &["--only", "nosuch"], "invalid value 'nosuch'"),
+        ("switching", &["--side", "-5"], "unexpected argument '-5'"),
+        ("switching", &["--bogus"], "unexpected argument '--bogus'"),
+        ("xtask", &[], "no task given"),
+        ("xtask", &["nosuchtask"], "unknown task 'nosuchtask'"),
+        ("xtask", &["compare", "nosuchrow"], "invalid value 'nosuchrow'"),
+        ("xtask", &["compare", "--quick=3"], "unexpected value '3'"),
+        ("xtask", &["compare", "--frobnicate"], "unexpected argument '--frobnicate'"),
+    ];
+    for (bin, args, expected) in cases {
+        let out = tests::run(bin, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{bin} {args:?}: expected {expected:?} in: {stderr}");
+        assert!(stderr.lines().count() <= 8, "{bin} {args:?}: short message: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{bin} {args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bin} {args:?}: nothing on stdout");
+    }
+}
