@@ -1,0 +1,169 @@
+//! The switching row, driven as a user would drive it: its real binary as a subprocess.
+//! These tests assert facts (switches happened, tasks ran where they were pinned, the futex
+//! side used the shared ops), never timings.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// One `--quick` run shared by the tests: several switching binaries at once would pin their
+/// tasks to the same CPU and preempt each other, which is noise these tests need not see.
+fn quick_report() -> &'static Value {
+    static REPORT: OnceLock<Value> = OnceLock::new();
+    REPORT.get_or_init(|| tests::report("switching", &["--quick"]))
+}
+
+fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
+}
+
+/// The experiments that ran both sides, with their sides.
+fn sides(report: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
+    report["experiments"].as_array().unwrap().iter().flat_map(|e| {
+        ["process", "thread"].into_iter().filter_map(move |s| e.get(s).map(|side| (e["id"].as_str().unwrap(), s, side)))
+    })
+}
+
+#[test]
+fn json_report_matches_the_snapshot() {
+    let mut report = quick_report().clone();
+    let skipped: Vec<bool> =
+        report["experiments"].as_array().unwrap().iter().map(|e| e["verdict"] == "skipped").collect();
+    tests::redact_numbers(&mut report, &[]);
+    // A measured verdict depends on this run's noise and is redacted; a skip does not.
+    for (e, skipped) in report["experiments"].as_array_mut().unwrap().iter_mut().zip(skipped) {
+        if skipped {
+            e["verdict"] = Value::String("skipped".into());
+        }
+    }
+    insta::assert_json_snapshot!("switching_quick_json", report);
+}
+
+#[test]
+fn every_listed_experiment_is_reported_with_its_unit() {
+    let report = quick_report();
+    let ids: Vec<&str> = report["experiments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "pipe-same-cpu",
+            "futex-same-cpu",
+            "pipe-cross-cpu",
+            "working-set-0",
+            "working-set-16k",
+            "working-set-256k",
+            "working-set-2m",
+            "baseline-pipe",
+            "baseline-syscall"
+        ]
+    );
+    for e in report["experiments"].as_array().unwrap() {
+        assert_eq!(e["kind"], "measure");
+        assert_eq!(e["better"], "lower");
+        let unit = if e["id"] == "baseline-syscall" { "ns/call" } else { "ns/switch" };
+        assert_eq!(e["unit"], unit, "{}", e["id"]);
+        assert_ne!(e["verdict"], "error", "{}: {}", e["id"], e["note"]);
+    }
+}
+
+#[test]
+fn two_switches_happen_per_round_trip_on_every_side() {
+    let mut checked = 0;
+    for (id, side, s) in sides(quick_report()) {
+        let f = &s["facts"];
+        let Some(expected) = f["expected_switches"].as_i64() else { continue };
+        let round_trips = f["round_trips"].as_i64().unwrap();
+        assert_eq!(expected, 2 * round_trips, "{id} {side}");
+        let counted = f["voluntary_switches"].as_i64().unwrap() + f["involuntary_switches"].as_i64().unwrap();
+        // The closing mark and a stray preemption may add a few; a loop that did not switch
+        // would count about none.
+        assert!(
+            (counted - expected).abs() <= expected / 10 + 4,
+            "{id} {side}: {counted} switches for {expected} expected"
+        );
+        assert!(f["voluntary_switches"].as_i64().unwrap() >= expected / 3, "{id} {side}: tasks really blocked");
+        let ratio = f["switch_ratio"].as_f64().unwrap();
+        assert!(round_trips < 100 || (0.9..=1.1).contains(&ratio), "{id} {side}: switch_ratio {ratio}");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} ping-pong sides ran");
+}
+
+#[test]
+fn the_baselines_do_not_switch() {
+    for id in ["baseline-pipe", "baseline-syscall"] {
+        let e = experiment(quick_report(), id);
+        for side in ["process", "thread"] {
+            let v = e[side]["facts"]["voluntary_switches"].as_i64().unwrap();
+            assert!(v <= 2, "{id} {side}: {v} voluntary switches in a loop that never blocks");
+        }
+    }
+}
+
+#[test]
+fn every_task_ran_on_the_cpu_it_was_pinned_to() {
+    for (id, side, s) in sides(quick_report()) {
+        let f = &s["facts"];
+        let ran = f.get("ran_on_pinned_cpus").or_else(|| f.get("ran_on_pinned_cpu"));
+        assert_eq!(ran, Some(&Value::Bool(true)), "{id} {side}");
+        if let Some(pinned) = f.get("pinned_cpus") {
+            assert_eq!(pinned, &f["ran_on_cpus"], "{id} {side}");
+            let same = pinned[0] == pinned[1];
+            assert_eq!(same, id != "pipe-cross-cpu", "{id} {side}: placement");
+        }
+    }
+}
+
+#[test]
+fn the_futex_side_uses_the_shared_ops_for_processes() {
+    let e = experiment(quick_report(), "futex-same-cpu");
+    assert_eq!(e["process"]["facts"]["futex_ops"], "FUTEX_WAIT/FUTEX_WAKE");
+    assert_eq!(e["thread"]["facts"]["futex_ops"], "FUTEX_WAIT_PRIVATE/FUTEX_WAKE_PRIVATE");
+    assert!(e["process"]["median"].as_f64().unwrap() > 0.0);
+    assert!(e["thread"]["median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn every_number_is_a_median_of_at_least_five_runs_with_its_spread() {
+    for (id, side, s) in sides(quick_report()) {
+        assert!(s["runs"].as_u64().unwrap() >= 5, "{id} {side}");
+        let (low, median, high) =
+            (s["low"].as_f64().unwrap(), s["median"].as_f64().unwrap(), s["high"].as_f64().unwrap());
+        assert!(low <= median && median <= high, "{id} {side}");
+    }
+}
+
+#[test]
+fn quick_skips_the_middle_working_sets_and_says_why() {
+    for id in ["working-set-16k", "working-set-256k"] {
+        let e = experiment(quick_report(), id);
+        assert_eq!(e["verdict"], "skipped");
+        assert!(e["note"].as_str().unwrap().contains("--quick"), "{id}");
+        assert!(e.get("process").is_none() && e.get("thread").is_none(), "{id}: no placeholder numbers");
+    }
+}
+
+#[test]
+fn one_side_only_is_reported_as_skipped_not_judged() {
+    let report = tests::report("switching", &["--quick", "--only", "baseline-syscall", "--side", "thread"]);
+    let e = experiment(&report, "baseline-syscall");
+    assert!(e.get("process").is_none());
+    assert_eq!(e["verdict"], "skipped");
+}
+
+#[test]
+fn list_names_every_experiment() {
+    let out = tests::run("switching", &["--list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ids.len(), 9, "{text}");
+    assert!(ids.contains(&"futex-same-cpu") && ids.contains(&"pipe-cross-cpu"), "{text}");
+}
+
+#[test]
+fn an_unknown_experiment_is_refused_with_exit_2() {
+    let out = tests::run("switching", &["--only", "no-such-thing"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-thing"));
+}
