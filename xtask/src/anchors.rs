@@ -22,7 +22,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let usage = "usage: cargo xtask anchors switching [--rounds N]";
     let (row, rest) = args.split_first().context(usage)?;
     let rounds = match rest {
-        [] => 3,
+        [] => 5,
         [flag, n] if flag == "--rounds" => n.parse().with_context(|| format!("--rounds {n}: not a number"))?,
         _ => bail!("{usage}"),
     };

@@ -386,7 +386,7 @@ pub struct Outcome {
 /// How long one timed run lasts: every run is sized by time, not by a count, because a
 /// same-CPU switch costs about 1 µs here and a cross-CPU wake-up tens of µs.
 pub fn run_budget(ctx: &Ctx) -> Duration {
-    if ctx.quick { Duration::from_millis(2) } else { Duration::from_millis(7) }
+    if ctx.quick { Duration::from_millis(2) } else { Duration::from_millis(10) }
 }
 
 /// The driver's part, after the start barrier: size the loop, warm up, then time the runs
