@@ -503,3 +503,40 @@ impl Drop for Pinned {
         let _ = cpu::pin_to_all(&self.before);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_survives_the_trip_through_a_message() {
+        let e = TaskEvidence { pinned: 1, seen: [1, 1], voluntary: 4000, involuntary: 3 };
+        assert_eq!(TaskEvidence::from_message(&e.to_message()).unwrap(), e);
+        assert!(e.ran_where_pinned());
+        assert!(TaskEvidence::from_message(&[1, 2]).is_err());
+    }
+
+    /// The futex protocol between two threads (never a fork: the test harness has threads).
+    #[test]
+    fn futex_ping_pong_between_threads_counts_two_switches_per_round_trip() {
+        let ctx = Ctx { quick: true, side: None };
+        let cpu = cpu::allowed().unwrap()[0];
+        let word = AtomicU32::new(NOT_READY);
+        let (measured, partner) = std::thread::scope(|s| {
+            let partner = s.spawn(|| {
+                let _pinned = Pinned::to(cpu).unwrap();
+                serve(&mut Futex::partner(&word, PRIVATE, Duration::from_secs(5)), cpu, 0).unwrap()
+            });
+            let _pinned = Pinned::to(cpu).unwrap();
+            let mut link = Futex::driver(&word, PRIVATE, Duration::from_secs(5));
+            link.wait_ready(Duration::from_secs(5)).unwrap();
+            let measured = drive(&mut link, &ctx, cpu, 0).unwrap();
+            (measured, partner.join().unwrap())
+        });
+        assert_eq!(measured.summary.runs, ctx.runs());
+        let counted = measured.driver.voluntary + measured.driver.involuntary + partner.voluntary + partner.involuntary;
+        let expected = 2 * measured.round_trips as i64;
+        assert!((counted - expected).abs() <= expected / 10 + 4, "{counted} switches, {expected} expected");
+        assert!(measured.driver.ran_where_pinned() && partner.ran_where_pinned());
+    }
+}
