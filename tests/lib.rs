@@ -54,7 +54,7 @@ pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
 /// facts that are claims (who saw the write, which signal killed whom) and drops the noise.
 /// Numbers inside `facts` survive when their key is listed in `keep` (counts that are
 /// observed, not measured). In `measure` experiments the digits of the sides' summary lines
-/// become `N`, their verdicts `[verdict]`, and the thread ids in runtime messages `TID`.
+/// become `N`, their measured verdicts `[verdict]` (skips stay), and the thread ids in runtime messages `TID`.
 pub fn redact_numbers(v: &mut serde_json::Value, keep: &[&str]) {
     redact(v, keep, false, false);
 }
@@ -76,8 +76,9 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
                     }
                     continue;
                 }
-                if k == "verdict" && measure {
-                    // A measured verdict depends on the timings of this run.
+                let judged = matches!(item.as_str(), Some("holds" | "marginal" | "tie" | "reversed"));
+                if k == "verdict" && measure && judged {
+                    // A measured verdict depends on the timings of this run; a skip does not.
                     *item = Value::String("[verdict]".into());
                     continue;
                 }

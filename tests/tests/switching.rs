@@ -27,15 +27,7 @@ fn sides(report: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
 #[test]
 fn json_report_matches_the_snapshot() {
     let mut report = quick_report().clone();
-    let skipped: Vec<bool> =
-        report["experiments"].as_array().unwrap().iter().map(|e| e["verdict"] == "skipped").collect();
     tests::redact_numbers(&mut report, &[]);
-    // A measured verdict depends on this run's noise and is redacted; a skip does not.
-    for (e, skipped) in report["experiments"].as_array_mut().unwrap().iter_mut().zip(skipped) {
-        if skipped {
-            e["verdict"] = Value::String("skipped".into());
-        }
-    }
     insta::assert_json_snapshot!("switching_quick_json", report);
 }
 

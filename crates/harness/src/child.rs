@@ -131,6 +131,13 @@ impl Child {
 /// closed, so it holds nothing it does not need. It never returns into the caller and never
 /// runs the destructors it inherited.
 pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
+    fork_child_keeping(&[], work)
+}
+
+/// [`fork_child`], but the child also keeps the descriptors in `keep` (its ends of pipes the
+/// parent made for it). The parent's copies of anything `work` owns are dropped when this
+/// returns, so a pipe end moved into `work` lives on in the child only.
+pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
     // Unflushed output would otherwise be written twice: once by each process.
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -143,7 +150,7 @@ pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
                 cleanup::reset_in_child();
-                let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), hang, work);
+                let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), keep, hang, work);
                 // Safety: _exit ends the child at once, without running inherited destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -157,13 +164,13 @@ pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
     adopt(forked, Some(out_r), Some(err_r))
 }
 
-fn run_in_child(out: RawFd, err: RawFd, hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {
+fn run_in_child(out: RawFd, err: RawFd, keep: &[RawFd], hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {
     // Safety: dup2(2) onto 1 and 2 replaces the inherited stdout and stderr with our pipes.
     let redirected = unsafe { libc::dup2(out, 1) >= 0 && libc::dup2(err, 2) >= 0 };
     if !redirected {
         return 1;
     }
-    close_other_descriptors();
+    close_other_descriptors(keep);
     crate::panics::one_line_messages();
     if hang {
         faults::hang_forever();
@@ -180,10 +187,20 @@ fn run_in_child(out: RawFd, err: RawFd, hang: bool, work: impl FnOnce() -> Resul
     code
 }
 
-/// Closes every descriptor above stderr (close_range(2)).
-fn close_other_descriptors() {
-    // Safety: plain syscall on descriptor numbers; nothing in the child uses them after this.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+/// Closes every descriptor above stderr but those in `keep` (close_range(2) on the gaps).
+fn close_other_descriptors(keep: &[RawFd]) {
+    let mut kept: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
+    kept.sort_unstable();
+    let mut from = 3u32;
+    for fd in kept {
+        if fd > from {
+            // Safety: plain syscall on descriptor numbers the child does not use.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = fd + 1;
+    }
+    // Safety: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }
 
 /// Starts this program again as a sacrificial child: `<row> __child NAME ARGS...`.

@@ -14,7 +14,8 @@ pub mod shm;
 pub mod stats;
 
 pub use child::{
-    Child, Exit, Status, deliver, fork_child, no_core_dump, received, spawn_sacrificial, wait_all, wait_any,
+    Child, Exit, Status, deliver, fork_child, fork_child_keeping, no_core_dump, received, spawn_sacrificial, wait_all,
+    wait_any,
 };
 pub use report::{Better, Expected, Kind, Report, Side, Verdict};
 pub use row::{Ctx, Findings, Row, Spec};

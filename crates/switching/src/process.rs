@@ -10,14 +10,14 @@
 //! See also: pingpong.rs (the loop both sides time), perf-bench(1) `sched pipe`, lmbench's
 //! lat_ctx, futex(2), pipe(7).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use anyhow::{Context, Result};
-use harness::{Ctx, deliver, fork_child, received};
+use harness::{Ctx, deliver, fork_child, fork_child_keeping, received};
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::unistd::pipe2;
@@ -30,21 +30,20 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize) -> Result<
     let _pinned = Pinned::to(place.driver)?;
     let (ping_rx, ping_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-    let (child_rx, child_tx) = (ping_rx.as_raw_fd(), pong_tx.as_raw_fd());
-    let parent = std::process::id();
+    let child_ends = [ping_rx.as_raw_fd(), pong_tx.as_raw_fd()];
     // process: a new process with its own address space; every switch to it changes CR3.
-    let child = fork_child(move || {
+    // It inherits its pipe ends through fork(2); our copies close when fork_child returns,
+    // so that its death reads as end of file here.
+    let child = fork_child_keeping(&child_ends, move || {
         let _pinned = Pinned::to(place.partner)?;
-        let mut link = Pipes { rx: reopen(parent, child_rx, false)?, tx: reopen(parent, child_tx, true)? };
+        let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
         let evidence = pingpong::serve(&mut link, place.partner, working_set)?;
         deliver("partner", &evidence.to_message());
         Ok(())
     })?;
     let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
-    let ready = link.wait_ready(ctx.deadline());
-    // process: the child has opened its ends; ours must go, so that its death reads as EOF.
-    drop((ping_rx, pong_tx));
-    let measured = ready.and_then(|()| pingpong::drive(&mut link, ctx, place.driver, working_set));
+    let measured =
+        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, ctx, place.driver, working_set));
     drop(link);
     finish(child, ctx, measured)
 }
@@ -103,16 +102,6 @@ fn finish(child: harness::Child, ctx: &Ctx, measured: Result<Measured>) -> Resul
     let message = received(&exit.stdout, "partner");
     let partner = TaskEvidence::from_message(message.first().map_or(&[][..], Vec::as_slice))?;
     Ok(Outcome { measured, partner })
-}
-
-/// Opens, in the child, the pipe the parent holds as descriptor `fd`.
-///
-/// Workaround: `harness::fork_child` closes every inherited descriptor above stderr, so the
-/// child cannot keep its ends; /proc/PID/fd/N opens the same pipe again (proc(5)). The kernel
-/// path of read and write is the same as for an inherited end.
-fn reopen(parent: u32, fd: RawFd, write: bool) -> Result<File> {
-    let path = format!("/proc/{parent}/fd/{fd}");
-    OpenOptions::new().read(!write).write(write).open(&path).with_context(|| format!("open {path}"))
 }
 
 /// One page of anonymous MAP_SHARED memory holding the futex word (mmap(2)).
