@@ -27,6 +27,26 @@ pub fn pin_to_all(cpus: &[usize]) -> Result<()> {
     sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
 }
 
+/// Pins the calling thread to one CPU until the guard is dropped, then lets it run anywhere
+/// it could before.
+pub struct Pinned {
+    before: Vec<usize>,
+}
+
+impl Pinned {
+    pub fn to(cpu: usize) -> Result<Pinned> {
+        let before = allowed()?;
+        pin(cpu)?;
+        Ok(Pinned { before })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = pin_to_all(&self.before);
+    }
+}
+
 /// The CPU the calling thread is running on right now (sched_getcpu(3)).
 pub fn current() -> usize {
     // Safety: sched_getcpu takes no arguments and only reads the kernel's answer.

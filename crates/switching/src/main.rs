@@ -16,7 +16,8 @@ use anyhow::Result;
 use harness::row::Which;
 use harness::{Better, Ctx, Expected, Findings, Kind, Side, Spec, cpu};
 
-use pingpong::{Alone, Baseline, Outcome, Pinned, Placement};
+use harness::cpu::Pinned;
+use pingpong::{Alone, Baseline, Outcome, Placement};
 
 const UNIT: &str = "ns/switch";
 

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use harness::Ctx;
+use harness::cpu;
 use harness::stats::{self, Summary};
-use harness::{Ctx, cpu};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::resource::{UsageWho, getrusage};
 
@@ -484,26 +485,6 @@ pub fn alone(ctx: &Ctx, pinned: usize, what: Baseline) -> Result<Alone> {
     Ok(Alone { summary, task: TaskEvidence::between(pinned, before, after) })
 }
 
-/// Pins the calling thread to one CPU until the guard is dropped, then lets it run anywhere
-/// it could before.
-pub struct Pinned {
-    before: Vec<usize>,
-}
-
-impl Pinned {
-    pub fn to(cpu: usize) -> Result<Pinned> {
-        let before = cpu::allowed()?;
-        cpu::pin(cpu)?;
-        Ok(Pinned { before })
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        let _ = cpu::pin_to_all(&self.before);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,10 +505,10 @@ mod tests {
         let word = AtomicU32::new(NOT_READY);
         let (measured, partner) = std::thread::scope(|s| {
             let partner = s.spawn(|| {
-                let _pinned = Pinned::to(cpu).unwrap();
+                let _pinned = cpu::Pinned::to(cpu).unwrap();
                 serve(&mut Futex::partner(&word, PRIVATE, Duration::from_secs(5)), cpu, 0).unwrap()
             });
-            let _pinned = Pinned::to(cpu).unwrap();
+            let _pinned = cpu::Pinned::to(cpu).unwrap();
             let mut link = Futex::driver(&word, PRIVATE, Duration::from_secs(5));
             link.wait_ready(Duration::from_secs(5)).unwrap();
             let measured = drive(&mut link, &ctx, cpu, 0).unwrap();

@@ -17,12 +17,13 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use anyhow::{Context, Result};
+use harness::cpu::Pinned;
 use harness::{Ctx, deliver, fork_child, fork_child_keeping, received};
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::unistd::pipe2;
 
-use crate::pingpong::{self, Alone, Baseline, Driver, Measured, Outcome, Pinned, Pipes, Placement, TaskEvidence};
+use crate::pingpong::{self, Alone, Baseline, Driver, Measured, Outcome, Pipes, Placement, TaskEvidence};
 
 /// Ping-pong over two pipes with a forked child, each task touching `working_set` bytes of
 /// its own between passes.

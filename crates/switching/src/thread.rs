@@ -16,10 +16,11 @@ use std::sync::atomic::AtomicU32;
 
 use anyhow::{Context, Result, anyhow};
 use harness::Ctx;
+use harness::cpu::Pinned;
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::pingpong::{self, Alone, Baseline, Driver, Measured, Outcome, Pinned, Pipes, Placement, TaskEvidence};
+use crate::pingpong::{self, Alone, Baseline, Driver, Measured, Outcome, Pipes, Placement, TaskEvidence};
 
 /// Ping-pong over two pipes with a second thread, each task touching `working_set` bytes of
 /// its own between passes.
