@@ -141,21 +141,31 @@ pub fn spawn_in_own_group(name: &str, args: &[&str], envs: &[(&str, &str)]) -> s
     cmd.spawn().expect("starting the binary")
 }
 
-/// The live processes of a process group (zombies included), with their state letter.
-pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
+/// Every process on the machine as (pid, state letter, parent pid, process group), from
+/// /proc/PID/stat (proc(5)).
+pub fn processes() -> Vec<(u32, char, u32, u32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // The fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_string()) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (state, pgrp) = (fields[0].chars().next().unwrap_or('?'), fields[2]);
-        if pgrp == pgid.to_string() {
-            found.push((pid, state));
-        }
+        let state = fields[0].chars().next().unwrap_or('?');
+        let (ppid, pgrp) = (fields[1].parse().unwrap_or(0), fields[2].parse().unwrap_or(0));
+        found.push((pid, state, ppid, pgrp));
     }
     found
+}
+
+/// The live processes of a process group (zombies included), with their state letter.
+pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    processes().into_iter().filter(|p| p.3 == pgid).map(|p| (p.0, p.1)).collect()
+}
+
+/// The children of a process (zombies included), with their state letter.
+pub fn children_of(parent: u32) -> Vec<(u32, char)> {
+    processes().into_iter().filter(|p| p.2 == parent).map(|p| (p.0, p.1)).collect()
 }
 
 /// True once a process has a handler installed for a signal (SigCgt in /proc/PID/status).
