@@ -12,7 +12,7 @@ fn a_whole_run_of_every_row_leaves_no_process_zombie_or_segment() {
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
     let me = std::process::id();
-    for row in ["stability", "switching"] {
+    for &row in tests::ROWS {
         // Build first, so that cargo's own processes are gone before we look.
         let bin = tests::binary(row);
         let child = Command::new(&bin).args(["--quick", "--json"]).stdout(Stdio::piped()).spawn().unwrap();

@@ -153,3 +153,72 @@ fn bad_input_is_refused_with_exit_code_2_everywhere() {
         assert!(out.stdout.is_empty(), "{bin} {args:?}: nothing on stdout");
     }
 }
+
+/// Runs a row with `--quick --json` under a shell limit (`ulimit -u 1`, say) and returns
+/// its exit code and report.
+fn under_limit(row: &str, limit: &str) -> (Option<i32>, serde_json::Value) {
+    let out = std::process::Command::new("bash")
+        .args(["-c", &format!(r#"{limit} && exec "$0" "$@""#)])
+        .arg(tests::binary(row))
+        .args(["--quick", "--json"])
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{row} under `{limit}`: {e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), report)
+}
+
+#[test]
+fn a_low_process_limit_is_refused_with_the_limit_named() {
+    // RLIMIT_NPROC counts every task of the user, so 1 leaves no room for a single worker.
+    // The kernel exempts root from it; the rows honour it anyway.
+    for &row in tests::ROWS {
+        let (code, report) = under_limit(row, "ulimit -u 1");
+        assert_eq!(code, Some(0), "{row}: a refusal is not a failure");
+        for e in report["experiments"].as_array().unwrap() {
+            assert_eq!(e["verdict"], "skipped", "{row} {}", e["id"]);
+            let note = e["note"].as_str().unwrap();
+            assert!(note.starts_with("refused: needs "), "{row}: {note}");
+            assert!(note.contains("ulimit -u (RLIMIT_NPROC) is 1 and user"), "{row}: {note}");
+        }
+    }
+}
+
+#[test]
+fn a_small_address_space_is_refused_with_the_limit_named() {
+    // 20 MB of address space: enough to start the row, not for 5 tasks' stacks.
+    let (code, report) = under_limit("stability", "ulimit -v 20000");
+    assert_eq!(code, Some(0));
+    for e in report["experiments"].as_array().unwrap() {
+        let note = e["note"].as_str().unwrap();
+        assert_eq!(e["verdict"], "skipped", "{note}");
+        assert!(note.contains("of address space") && note.contains("ulimit -v (RLIMIT_AS) is 19.5 MiB"), "{note}");
+    }
+}
+
+#[test]
+fn a_run_removes_stale_segments_of_dead_owners_and_keeps_live_ones() {
+    // A pid that was alive and is now certainly dead: a child we started and reaped.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let stale = format!("/dev/shm/pvt-{dead_pid}-00000000deadbeef");
+    // Ours, alive: the test process.
+    let live = format!("/dev/shm/pvt-{}-00000000a11ce000", std::process::id());
+    // Not of our prefix at all.
+    let foreign = format!("/dev/shm/other-{dead_pid}-0");
+    for p in [&stale, &live, &foreign] {
+        std::fs::write(p, b"").unwrap();
+    }
+    let out = tests::run("stability", &["--quick", "--json", "--only", "panic"]);
+    let gone = !std::path::Path::new(&stale).exists();
+    let kept = [&live, &foreign].map(|p| std::path::Path::new(p).exists());
+    for p in [&stale, &live, &foreign] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(out.status.success());
+    assert!(gone, "the segment of dead pid {dead_pid} was not removed");
+    assert_eq!(kept, [true, true], "a live owner's segment and a foreign file stay");
+}

@@ -147,7 +147,7 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
     let forked = cleanup::with_signals_blocked(|| -> Result<Pid> {
         // Safety: the caller guarantees the process is single-threaded (see above), so the
         // child may allocate and run any code.
-        match unsafe { fork() }.context("fork")? {
+        match unsafe { fork() }.map_err(fork_error)? {
             ForkResult::Child => {
                 cleanup::reset_in_child();
                 let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), keep, hang, work);
@@ -162,6 +162,16 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
     })?;
     drop((out_w, err_w));
     adopt(forked, Some(out_r), Some(err_r))
+}
+
+/// fork(2) fails with EAGAIN when a task limit is reached: say which limits those are.
+fn fork_error(e: nix::errno::Errno) -> anyhow::Error {
+    let hint = match e {
+        nix::errno::Errno::EAGAIN => ": a limit on tasks was reached (ulimit -u, the cgroup's pids.max or threads-max)",
+        nix::errno::Errno::ENOMEM => ": out of memory",
+        _ => "",
+    };
+    anyhow::anyhow!("fork: {e}{hint}")
 }
 
 fn run_in_child(out: RawFd, err: RawFd, keep: &[RawFd], hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {

@@ -6,6 +6,7 @@ pub mod child;
 pub mod cleanup;
 pub mod cpu;
 pub mod faults;
+pub mod limits;
 pub mod panics;
 pub mod render;
 pub mod report;
@@ -17,5 +18,6 @@ pub use child::{
     Child, Exit, Status, deliver, fork_child, fork_child_keeping, no_core_dump, received, spawn_sacrificial, wait_all,
     wait_any,
 };
+pub use limits::{Needs, Room};
 pub use report::{Better, Expected, Kind, Report, Side, Verdict};
 pub use row::{Ctx, Findings, Row, Spec};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, builder::PossibleValuesParser};
 
+use crate::limits::{Needs, Room};
 use crate::report::{self, Better, Expected, Experiment, Kind, Report, Side, Verdict};
 use crate::{child, cleanup, faults, render};
 
@@ -33,6 +34,8 @@ pub struct Spec {
     /// For `measure`: the unit of the numbers and which way is better.
     pub unit: Option<(&'static str, Better)>,
     pub expected: Expected,
+    /// The most it uses at once, checked against the machine's limits before it runs.
+    pub needs: Needs,
     pub run: fn(&Ctx) -> Result<Findings>,
 }
 
@@ -196,7 +199,14 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
             eprint!("running {} ...\r", spec.id);
         }
         faults::enter_experiment(spec.id);
-        let outcome = (spec.run)(ctx);
+        // Refuse, with the limit named, rather than run into it half-way.
+        let outcome = match Room::probe() {
+            Ok(room) => match room.refuse(spec.needs) {
+                Some(reason) => Ok(Findings::skipped(reason)),
+                None => (spec.run)(ctx),
+            },
+            Err(e) => Err(e.context("reading the machine's limits")),
+        };
         if progress {
             eprint!("{:<40}\r", "");
         }

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use harness::{Better, Ctx, Expected, Findings, Kind, Row, Side, Spec, Status, stats::Summary};
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Row, Side, Spec, Status, stats::Summary};
 use nix::sys::signal::Signal;
 
 use work::{FAULTY, Fault, WORKERS};
@@ -36,6 +36,7 @@ static ROW: Row = Row {
             kind: Kind::Measure,
             unit: Some(("µs", Better::Lower)),
             expected: Expected::Thread,
+            needs: TASKS,
             run: restart,
         },
     ],
@@ -43,8 +44,11 @@ static ROW: Row = Row {
 };
 
 const fn observe(id: &'static str, title: &'static str, run: fn(&Ctx) -> Result<Findings>) -> Spec {
-    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, run }
+    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, needs: TASKS, run }
 }
+
+/// At most, at once: the workers, plus the sacrificial process that hosts them as threads.
+const TASKS: Needs = Needs::tasks(WORKERS as u64 + 1);
 
 fn main() -> ExitCode {
     harness::row::main(&ROW)

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 use harness::row::Which;
-use harness::{Better, Ctx, Expected, Findings, Kind, Side, Spec, cpu};
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Side, Spec, cpu};
 
 use harness::cpu::Pinned;
 use pingpong::{Alone, Baseline, Outcome, Placement};
@@ -26,10 +26,14 @@ const fn measure(
     title: &'static str,
     unit: &'static str,
     expected: Expected,
+    needs: Needs,
     run: fn(&Ctx) -> Result<Findings>,
 ) -> Spec {
-    Spec { id, title, kind: Kind::Measure, unit: Some((unit, Better::Lower)), expected, run }
+    Spec { id, title, kind: Kind::Measure, unit: Some((unit, Better::Lower)), expected, needs, run }
 }
+
+/// Every experiment runs one partner task (a child process or a thread) beside the driver.
+const PARTNER: Needs = Needs::tasks(1);
 
 static ROW: harness::Row = harness::Row {
     name: "switching",
@@ -40,6 +44,7 @@ static ROW: harness::Row = harness::Row {
             "Ping-pong over two pipes, both tasks pinned to one CPU",
             UNIT,
             Expected::Thread,
+            PARTNER,
             pipe_same_cpu,
         ),
         measure(
@@ -47,6 +52,7 @@ static ROW: harness::Row = harness::Row {
             "Ping-pong with futex wait/wake on one 32-bit word, both tasks on one CPU",
             UNIT,
             Expected::Thread,
+            PARTNER,
             futex_same_cpu,
         ),
         measure(
@@ -54,6 +60,7 @@ static ROW: harness::Row = harness::Row {
             "Ping-pong over two pipes, the tasks pinned to two different CPUs",
             UNIT,
             Expected::Thread,
+            PARTNER,
             pipe_cross_cpu,
         ),
         measure(
@@ -61,6 +68,7 @@ static ROW: harness::Row = harness::Row {
             "Pipe ping-pong on one CPU, each task touching 0 bytes of its own per pass",
             UNIT,
             Expected::Thread,
+            PARTNER,
             working_set_0,
         ),
         measure(
@@ -68,6 +76,7 @@ static ROW: harness::Row = harness::Row {
             "Pipe ping-pong on one CPU, each task touching 16 KiB of its own per pass",
             UNIT,
             Expected::Thread,
+            PARTNER.and_memory(2 * (16 << 10)),
             working_set_16k,
         ),
         measure(
@@ -75,6 +84,7 @@ static ROW: harness::Row = harness::Row {
             "Pipe ping-pong on one CPU, each task touching 256 KiB of its own per pass",
             UNIT,
             Expected::Thread,
+            PARTNER.and_memory(2 * (256 << 10)),
             working_set_256k,
         ),
         measure(
@@ -82,6 +92,7 @@ static ROW: harness::Row = harness::Row {
             "Pipe ping-pong on one CPU, each task touching 2 MiB of its own per pass",
             UNIT,
             Expected::Thread,
+            PARTNER.and_memory(2 * (2 << 20)),
             working_set_2m,
         ),
         // The controls: no switch at all, so no difference is expected.
@@ -90,6 +101,7 @@ static ROW: harness::Row = harness::Row {
             "No switch: one task writes a byte to its own pipe and reads it back",
             UNIT,
             Expected::Same,
+            PARTNER,
             baseline_pipe,
         ),
         measure(
@@ -97,6 +109,7 @@ static ROW: harness::Row = harness::Row {
             "No switch: one trivial system call, getppid(2)",
             "ns/call",
             Expected::Same,
+            PARTNER,
             baseline_syscall,
         ),
     ],
