@@ -166,6 +166,11 @@ pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
     processes().into_iter().filter(|p| p.3 == pgid).map(|p| (p.0, p.1)).collect()
 }
 
+/// The command name of a process (/proc/PID/comm), while it lives.
+pub fn command_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim_end().to_string())
+}
+
 /// The children of a process (zombies included), with their state letter.
 pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     processes().into_iter().filter(|p| p.2 == parent).map(|p| (p.0, p.1)).collect()

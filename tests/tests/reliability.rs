@@ -222,3 +222,75 @@ fn a_run_removes_stale_segments_of_dead_owners_and_keeps_live_ones() {
     assert!(gone, "the segment of dead pid {dead_pid} was not removed");
     assert_eq!(kept, [true, true], "a live owner's segment and a foreign file stay");
 }
+
+/// Interrupts `cargo xtask compare` while the row it runs holds a hung worker, then checks
+/// the exit code, the one line, and that neither the row nor any of its children is left.
+fn interrupt_compare(signal: i32, whole_group: bool) -> String {
+    let child = tests::spawn_in_own_group(
+        "xtask",
+        &["compare", "--quick", "stability"],
+        &[("PVT_HANG", "restart"), ("PVT_DEADLINE_MS", "60000")],
+    );
+    let pgid = child.id();
+    // The release build comes first and may take minutes on a fresh clone.
+    let mut row = 0;
+    let holding = || {
+        let members = tests::group_members(pgid);
+        let found = members.into_iter().find(|(m, _)| tests::command_of(*m).as_deref() == Some("stability"));
+        row = found.map_or(0, |(r, _)| r);
+        row != 0 && tests::children_of(row).len() >= 2
+    };
+    assert!(tests::wait_until(600, holding), "the stability row never reached its hung worker");
+    let target = if whole_group { -(pgid as i32) } else { pgid as i32 };
+    // Safety: kill(2) on our own child, or on its process group as Ctrl-C in a terminal does.
+    unsafe { libc::kill(target, signal) };
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(128 + signal), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    assert!(tests::wait_until(2, || tests::group_members(pgid).is_empty()), "left: {:?}", tests::group_members(pgid));
+    assert!(tests::segments_of(row).is_empty(), "segments left: {:?}", tests::segments_of(row));
+    lines[0].to_string()
+}
+
+#[test]
+fn sigterm_to_cargo_xtask_compare_reaches_the_running_row() {
+    // Only the xtask gets the signal: it must pass it on to the row, which cleans up.
+    let line = interrupt_compare(libc::SIGTERM, false);
+    assert_eq!(line, "terminated (SIGTERM): stopped the running row");
+}
+
+#[test]
+fn ctrl_c_on_cargo_xtask_compare_stops_everything() {
+    // Ctrl-C in a terminal signals the whole foreground process group.
+    let line = interrupt_compare(libc::SIGINT, true);
+    assert_eq!(line, "interrupted (SIGINT): stopped the running row");
+}
+
+#[test]
+fn a_futex_partner_killed_outright_ends_the_experiment_with_an_error() {
+    // A futex word has no end-of-file: without a watch on the partner process, the driver
+    // would sleep on the word forever (here: until the 60 s deadline).
+    let child = tests::spawn_in_own_group(
+        "switching",
+        &["--json", "--only", "futex-same-cpu", "--side", "process"],
+        &[("PVT_DEADLINE_MS", "60000")],
+    );
+    let row = child.id();
+    let mut partner = 0;
+    let found = tests::wait_until(10, || {
+        partner = tests::children_of(row).first().map_or(0, |c| c.0);
+        partner != 0
+    });
+    assert!(found, "the partner process never appeared");
+    // Safety: kill(2) on a child of our child.
+    unsafe { libc::kill(partner as i32, libc::SIGKILL) };
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let e = experiment(&report, "futex-same-cpu");
+    assert_eq!(e["verdict"], "error");
+    let note = e["note"].as_str().unwrap();
+    assert!(note.contains("the partner process killed by SIGKILL"), "{note}");
+    assert!(tests::group_members(row).is_empty());
+}

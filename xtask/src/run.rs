@@ -3,13 +3,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail, ensure};
 use harness::Report;
 
-/// The child running now (0: none), so that SIGINT or SIGTERM reaches it.
-static CURRENT_CHILD: AtomicI32 = AtomicI32::new(0);
+/// The child running now, if any, and whether an interrupt has come: one lock, so that no
+/// child can be started between the interrupt and the exit (it would be left running).
+static RUNNING: Mutex<Running> = Mutex::new(Running { child: None, stopping: false });
+
+struct Running {
+    child: Option<i32>,
+    stopping: bool,
+}
+
+fn running() -> std::sync::MutexGuard<'static, Running> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -27,13 +37,17 @@ pub fn forward_interrupts() -> Result<()> {
         .context("installing the SIGINT and SIGTERM handlers")?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let pid = CURRENT_CHILD.load(Ordering::SeqCst);
-            if pid > 0 {
+            let child = {
+                let mut r = running();
+                r.stopping = true;
+                r.child
+            };
+            if let Some(pid) = child {
                 // Safety: kill(2) on our own child's pid; the main thread has not reaped it
-                // yet, because it clears CURRENT_CHILD before it waits no more.
+                // yet, because it clears `child` only after the wait.
                 unsafe { libc::kill(pid, sig) };
-                // The child exits promptly once signalled; wait until it is gone.
-                while CURRENT_CHILD.load(Ordering::SeqCst) == pid {
+                // The child exits promptly once signalled; wait until it is reaped.
+                while running().child == Some(pid) {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
@@ -45,22 +59,37 @@ pub fn forward_interrupts() -> Result<()> {
     Ok(())
 }
 
+/// Starts a command as the running child, unless an interrupt has come: then this thread
+/// waits for the interrupt handler to end the process.
+fn start(cmd: &mut Command) -> Result<std::process::Child> {
+    let mut r = running();
+    while r.stopping {
+        drop(r);
+        std::thread::park();
+        r = running();
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+    r.child = Some(child.id() as i32);
+    Ok(child)
+}
+
+fn finished() {
+    running().child = None;
+}
+
 /// Runs a command to its end with its output captured, known to the interrupt forwarder.
 pub fn output(mut cmd: Command) -> Result<std::process::Output> {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
-    let child = child.with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
-    CURRENT_CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let child = start(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))?;
     let out = child.wait_with_output();
-    CURRENT_CHILD.store(0, Ordering::SeqCst);
+    finished();
     Ok(out?)
 }
 
-/// Runs a command with the terminal as its stdout and stderr.
+/// Runs a command with the caller's choice of stdout and our stderr.
 pub fn status(mut cmd: Command) -> Result<std::process::ExitStatus> {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).spawn().context("starting cargo")?;
-    CURRENT_CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let mut child = start(cmd.stdin(Stdio::null()))?;
     let status = child.wait();
-    CURRENT_CHILD.store(0, Ordering::SeqCst);
+    finished();
     Ok(status?)
 }
 

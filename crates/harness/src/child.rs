@@ -122,6 +122,65 @@ impl Child {
     }
 }
 
+/// Why a [`Watch`] raised its alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alarm {
+    /// The child ended before the watch was dropped.
+    Ended,
+    /// The deadline passed with the child still running.
+    Deadline,
+}
+
+/// A thread that watches a child while the caller talks to it through something with no
+/// end-of-file (a futex word, shared memory): if the child ends, or the deadline passes,
+/// first, it runs the alarm, which must wake the caller. Dropping the watch stops it.
+pub struct Watch<'scope> {
+    stop: Option<OwnedFd>,
+    thread: Option<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+impl Child {
+    /// Starts a [`Watch`] on this child in the scope `s` (std::thread::scope).
+    pub fn watch<'scope>(
+        &self,
+        s: &'scope std::thread::Scope<'scope, '_>,
+        deadline: Duration,
+        alarm: impl FnOnce(Alarm) + Send + 'scope,
+    ) -> Result<Watch<'scope>> {
+        let pidfd = self.pidfd.try_clone().context("dup of a pidfd")?;
+        let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a watch")?;
+        let until = Instant::now() + deadline;
+        let thread = s.spawn(move || {
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return alarm(Alarm::Deadline);
+                }
+                let mut fds =
+                    [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
+                let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                    // The stop pipe's writer was closed: the caller is done.
+                    _ if fds[1].any().unwrap_or(false) => return,
+                    _ if fds[0].any().unwrap_or(false) => return alarm(Alarm::Ended),
+                    _ => {}
+                }
+            }
+        });
+        Ok(Watch { stop: Some(stop_w), thread: Some(thread) })
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        // Closing the write end makes the read end readable (end of file) for the poll.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Forks a child that runs `work` and ends with `_exit`: 0 when it returns `Ok`, 1 with the
 /// error on stderr when it returns `Err`, [`PANIC_EXIT_CODE`] when it panics.
 ///

@@ -15,8 +15,8 @@ pub mod shm;
 pub mod stats;
 
 pub use child::{
-    Child, Exit, Status, deliver, fork_child, fork_child_keeping, no_core_dump, received, spawn_sacrificial, wait_all,
-    wait_any,
+    Alarm, Child, Exit, Status, Watch, deliver, fork_child, fork_child_keeping, no_core_dump, received,
+    spawn_sacrificial, wait_all, wait_any,
 };
 pub use limits::{Needs, Room};
 pub use report::{Better, Expected, Kind, Report, Side, Verdict};

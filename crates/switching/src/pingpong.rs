@@ -148,7 +148,8 @@ pub struct Futex<'a> {
     /// The longest the wait for READY may take: a partner that never started must not hang us.
     /// The waits of the timed loop have no timeout: on this VM one costs about 200 ns per
     /// wait (an hrtimer armed and cancelled), as much as the effect we measure. A partner that
-    /// fails or panics still wakes us through `Drop` below.
+    /// fails or panics still wakes us through `Drop` below; one killed outright, through
+    /// [`Futex::abandon`], called by a watch on its process.
     timeout: Duration,
     /// What to leave in the word if this end goes away early, so the other end wakes up.
     on_drop: u32,
@@ -167,10 +168,22 @@ impl<'a> Futex<'a> {
     /// a system call only when somebody waits (the pattern of every futex-based lock).
     fn set(&self, value: u32) -> Result<()> {
         let old = self.word.swap(value, Ordering::AcqRel);
+        if old & !SLEEPING == GONE {
+            // GONE is final: put it back for whoever looks next.
+            self.word.store(GONE, Ordering::Release);
+            bail!("the other task is gone");
+        }
         if old & SLEEPING != 0 {
             futex(self.word, self.ops.wake, 1, None).context("futex FUTEX_WAKE")?;
         }
         Ok(())
+    }
+
+    /// Says GONE on behalf of a partner that died (a watch on its process calls this): the
+    /// driver, asleep or about to be, wakes up and stops instead of waiting forever.
+    pub fn abandon(word: &AtomicU32, ops: FutexOps) {
+        word.store(GONE, Ordering::Release);
+        let _ = futex(word, ops.wake, i32::MAX as u32, None);
     }
 
     /// Sleeps until the word no longer says `value`, and returns what it says then.
@@ -207,6 +220,7 @@ impl Driver for Futex<'_> {
     fn round_trip(&mut self, command: u32) -> Result<()> {
         self.set(command)?;
         let reply = self.wait_while(command, None)?;
+        ensure!(reply != GONE, "the partner is gone: it ended, or did not answer within the deadline");
         ensure!(reply == DONE, "expected DONE from the partner, got {reply}");
         Ok(())
     }

@@ -68,9 +68,13 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement) -> Result<Outcome> {
         deliver("partner", &evidence.to_message());
         Ok(())
     })?;
-    let mut link = pingpong::Futex::driver(word, pingpong::SHARED, ctx.deadline());
-    let measured = link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, ctx, place.driver, 0));
-    drop(link);
+    let measured = std::thread::scope(|s| {
+        // process: a futex word has no end-of-file either way: should the child die (or hang
+        // past the deadline), a watch on it says GONE in the word, so the driver stops.
+        let _watch = child.watch(s, ctx.deadline(), |_| pingpong::Futex::abandon(word, pingpong::SHARED))?;
+        let mut link = pingpong::Futex::driver(word, pingpong::SHARED, ctx.deadline());
+        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, ctx, place.driver, 0))
+    });
     finish(child, ctx, measured)
 }
 
@@ -98,7 +102,7 @@ pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline) -> Result<Alone> {
 /// Waits for the partner (with the deadline) and joins its evidence to the driver's numbers.
 fn finish(child: harness::Child, ctx: &Ctx, measured: Result<Measured>) -> Result<Outcome> {
     let exit = child.wait(ctx.deadline())?;
-    let measured = measured?;
+    let measured = measured.with_context(|| format!("the partner process {}", exit.status))?;
     exit.check("the partner process")?;
     let message = received(&exit.stdout, "partner");
     let partner = TaskEvidence::from_message(message.first().map_or(&[][..], Vec::as_slice))?;
