@@ -65,14 +65,18 @@ fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
         // Hold on until the run has children: the hung one and its siblings.
         assert!(tests::wait_until(10, || tests::group_members(pid).len() >= 2), "no child appeared");
         for (member, _) in tests::group_members(pid).into_iter().filter(|(m, _)| *m != pid) {
-            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{member}/fd"))
-                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            if !fds.is_empty() {
-                let mut sorted = fds.clone();
-                sorted.sort();
-                assert_eq!(sorted, ["0", "1", "2"], "child {member} inherited descriptors it does not need");
-            }
+            let fds = || {
+                let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{member}/fd"))
+                    .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                fds.sort();
+                fds
+            };
+            // A child caught between fork(2) and its close_range(2) still holds the parent's
+            // descriptors for a moment; once set up (or gone), it must hold 0, 1 and 2 only.
+            let settled = tests::wait_until(2, || matches!(fds().as_slice(), [] | [_, _, _]));
+            let fds = fds();
+            assert!(settled && (fds.is_empty() || fds == ["0", "1", "2"]), "child {member} inherited: {fds:?}");
         }
     }
     // Safety: kill(2) on our own child.
@@ -271,10 +275,11 @@ fn ctrl_c_on_cargo_xtask_compare_stops_everything() {
 fn a_futex_partner_killed_outright_ends_the_experiment_with_an_error() {
     // A futex word has no end-of-file: without a watch on the partner process, the driver
     // would sleep on the word forever (here: until the 60 s deadline).
+    // The partner hangs before it starts serving, so that it is surely the one killed.
     let child = tests::spawn_in_own_group(
         "switching",
         &["--json", "--only", "futex-same-cpu", "--side", "process"],
-        &[("PVT_DEADLINE_MS", "60000")],
+        &[("PVT_HANG", "futex-same-cpu"), ("PVT_DEADLINE_MS", "60000")],
     );
     let row = child.id();
     let mut partner = 0;

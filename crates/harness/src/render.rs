@@ -48,6 +48,9 @@ pub fn details(experiments: &[Experiment]) -> String {
         if let Some(n) = &e.note {
             out.push_str(&format!("  note: {n}\n"));
         }
+        if let Some(b) = &e.busy {
+            out.push_str(&format!("  busy: {b}\n"));
+        }
     }
     out
 }

@@ -98,6 +98,13 @@ pub struct Experiment {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// `measure` only: the share (0 to 1) of all CPU time that other programs used while the
+    /// experiment ran; the evidence that the machine was ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_cpu: Option<f64>,
+    /// Set when `others_cpu` was too high for a verdict: why the verdict is `tie`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<String>,
 }
 
 /// What one side measured or observed.
@@ -311,6 +318,8 @@ mod tests {
             ratio: Some(1.5),
             verdict: Verdict::Skipped,
             note: None,
+            others_cpu: None,
+            busy: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["kind"], "measure");

@@ -191,6 +191,9 @@ pub fn main(row: &Row) -> ExitCode {
 /// Runs the selected experiments in the row's order and builds the report.
 pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
     let mut experiments = Vec::new();
+    // Was the machine ours? Read how busy others kept it, from the start of the run on.
+    let mut machine = crate::busy::Monitor::default();
+    machine.mark();
     for spec in row.experiments {
         if !only.is_empty() && !only.iter().any(|o| o == spec.id) {
             continue;
@@ -199,6 +202,7 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
             eprint!("running {} ...\r", spec.id);
         }
         faults::enter_experiment(spec.id);
+        machine.mark();
         // Refuse, with the limit named, rather than run into it half-way.
         let outcome = match Room::probe() {
             Ok(room) => match room.refuse(spec.needs) {
@@ -210,7 +214,12 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         if progress {
             eprint!("{:<40}\r", "");
         }
-        experiments.push(conclude(spec, ctx, outcome));
+        let mut e = conclude(spec, ctx, outcome);
+        if e.kind == Kind::Measure && e.process.is_some() && e.thread.is_some() {
+            e.others_cpu = machine.others_share();
+            withhold_if_busy(&mut e);
+        }
+        experiments.push(e);
     }
     Report { row: row.name.to_string(), claim: row.claim.to_string(), optimized: optimized(), experiments }
 }
@@ -230,6 +239,8 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
         ratio: None,
         verdict: Verdict::Error,
         note: None,
+        others_cpu: None,
+        busy: None,
     };
     let f = match outcome {
         Ok(f) => f,
@@ -269,6 +280,23 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
     e
 }
 
+/// A timing taken while other programs used much of the machine measures them, not us: its
+/// verdict becomes `tie`, and `busy` says why and what the timings alone said.
+fn withhold_if_busy(e: &mut Experiment) {
+    let Some(share) = e.others_cpu.filter(|&s| s > crate::busy::BUSY_LIMIT) else { return };
+    if !matches!(e.verdict, Verdict::Holds | Verdict::Marginal | Verdict::Reversed) {
+        return;
+    }
+    e.busy = Some(format!(
+        "other programs used {:.0}% of the CPU time while this ran (the limit is {:.0}%): the timings alone said {}, \
+         but on a busy machine they measure the scheduler's queue; run it on a quiet machine",
+        share * 100.0,
+        crate::busy::BUSY_LIMIT * 100.0,
+        e.verdict
+    ));
+    e.verdict = Verdict::Tie;
+}
+
 fn run_child(row: &Row, args: &[String]) -> ExitCode {
     let Some((name, rest)) = args.split_first() else {
         eprintln!("error: {} needs the name of a child", child::CHILD_SUBCOMMAND);
@@ -288,5 +316,47 @@ fn run_child(row: &Row, args: &[String]) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(verdict: Verdict, others_cpu: f64) -> Experiment {
+        Experiment {
+            id: "x".into(),
+            title: "t".into(),
+            kind: Kind::Measure,
+            unit: Some("µs".into()),
+            better: Some(Better::Lower),
+            expected: Expected::Thread,
+            process: Some(Side::default()),
+            thread: Some(Side::default()),
+            ratio: Some(0.4),
+            verdict,
+            note: None,
+            others_cpu: Some(others_cpu),
+            busy: None,
+        }
+    }
+
+    #[test]
+    fn a_verdict_taken_on_a_busy_machine_becomes_a_tie_that_says_why() {
+        let mut e = measured(Verdict::Reversed, 0.8);
+        withhold_if_busy(&mut e);
+        assert_eq!(e.verdict, Verdict::Tie);
+        let why = e.busy.unwrap();
+        assert!(why.starts_with("other programs used 80% of the CPU time") && why.contains("said reversed"), "{why}");
+    }
+
+    #[test]
+    fn a_quiet_machine_keeps_its_verdict_and_other_verdicts_are_untouched() {
+        let mut quiet = measured(Verdict::Holds, 0.05);
+        withhold_if_busy(&mut quiet);
+        assert_eq!((quiet.verdict, quiet.busy), (Verdict::Holds, None));
+        let mut skipped = measured(Verdict::Skipped, 0.9);
+        withhold_if_busy(&mut skipped);
+        assert_eq!((skipped.verdict, skipped.busy), (Verdict::Skipped, None));
     }
 }

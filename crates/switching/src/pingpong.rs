@@ -213,6 +213,7 @@ impl<'a> Futex<'a> {
 impl Driver for Futex<'_> {
     fn wait_ready(&mut self, _deadline: Duration) -> Result<()> {
         let now = self.wait_while(NOT_READY, Some(self.timeout))?;
+        ensure!(now != GONE, "the partner is gone: it ended, or did not answer within the deadline");
         ensure!(now == READY, "expected READY from the partner, got {now}");
         Ok(())
     }
