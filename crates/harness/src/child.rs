@@ -203,12 +203,14 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stdout")?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stderr")?;
     let hang = faults::take_hang();
+    let parent = std::process::id() as libc::pid_t;
     let forked = cleanup::with_signals_blocked(|| -> Result<Pid> {
         // Safety: the caller guarantees the process is single-threaded (see above), so the
         // child may allocate and run any code.
         match unsafe { fork() }.map_err(fork_error)? {
             ForkResult::Child => {
                 cleanup::reset_in_child();
+                die_with(parent);
                 let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), keep, hang, work);
                 // Safety: _exit ends the child at once, without running inherited destructors.
                 unsafe { libc::_exit(code) }
@@ -221,6 +223,20 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
     })?;
     drop((out_w, err_w));
     adopt(forked, Some(out_r), Some(err_r))
+}
+
+/// Makes the calling child die with its parent: a row killed outright (SIGKILL, which no
+/// handler sees) must not leave its children running (prctl(2) PR_SET_PDEATHSIG, which
+/// survives execve). If the parent died before this call, the child ends here.
+/// Async-signal-safe: it runs between fork and exec too.
+fn die_with(parent: libc::pid_t) {
+    // Safety: prctl(2) and getppid(2) with plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if libc::getppid() != parent {
+            libc::_exit(PANIC_EXIT_CODE);
+        }
+    }
 }
 
 /// fork(2) fails with EAGAIN when a task limit is reached: say which limits those are.
@@ -293,12 +309,16 @@ pub fn spawn_sacrificial(name: &str, args: &[String]) -> Result<Child> {
 /// in the child just before exec.
 pub fn spawn_command(mut cmd: Command) -> Result<Child> {
     let program: OsString = cmd.get_program().to_owned();
-    // Safety: the closure runs in the child between fork and exec and makes one
-    // async-signal-safe syscall: close_range(2) with CLOSE_RANGE_CLOEXEC only sets the
-    // close-on-exec flag, so std's own pipe for reporting exec errors keeps working.
+    let parent = std::process::id() as libc::pid_t;
+    // Safety: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe syscalls: close_range(2) with CLOSE_RANGE_CLOEXEC only sets the
+    // close-on-exec flag, so std's own pipe for reporting exec errors keeps working; then
+    // prctl(2) and getppid(2). PR_SET_PDEATHSIG fires when the spawning *thread* ends, so
+    // children are spawned from the row's main thread, which lives as long as the row.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            die_with(parent);
             Ok(())
         });
     }
