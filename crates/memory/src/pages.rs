@@ -1,0 +1,486 @@
+//! The memory both sides write, and how we read what the kernel did with it.
+//!
+//! process.rs and thread.rs run exactly these functions, so that the only difference between
+//! the two versions of an experiment is the mechanism: a forked process or a thread. What a
+//! task writes and how it counts its page faults is here, once; so are the ways we read the
+//! kernel's accounts: getrusage(2) for page faults, /proc/PID/smaps_rollup for proportional
+//! set sizes and /proc/PID/status for the size of the page tables.
+//!
+//! See also: getrusage(2), proc_pid_smaps(5), proc_pid_status(5), madvise(2); TLPI 24.2
+//! (fork and copy-on-write).
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::unistd::pipe2;
+
+/// The value every private-write experiment starts from.
+pub const BEFORE: u64 = 1;
+/// The value the writer stores.
+pub const WRITTEN: u64 = 2;
+
+/// A value alone on its page. 64 KiB of alignment covers every page size Linux uses (4 KiB
+/// to 64 KiB), so no other variable shares the page and a fault on it is a fault for it.
+#[repr(C, align(65536))]
+pub struct OwnPage {
+    pub value: AtomicU64,
+}
+
+impl OwnPage {
+    pub const fn new(value: u64) -> OwnPage {
+        OwnPage { value: AtomicU64::new(value) }
+    }
+
+    /// Its virtual address in the calling task's address space.
+    pub fn address(&self) -> usize {
+        self as *const OwnPage as usize
+    }
+}
+
+/// A global variable: in the program's data segment, at the same address in every copy of it.
+pub static GLOBAL: OwnPage = OwnPage::new(0);
+
+/// What a writer did: where it wrote, what it read back, and the page faults the writes cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writes {
+    pub global_address: usize,
+    pub heap_address: usize,
+    pub read_back: [u64; 2],
+    pub minor_faults: u64,
+}
+
+impl Writes {
+    pub fn to_message(self) -> [u64; 5] {
+        let [g, h] = self.read_back;
+        [self.global_address as u64, self.heap_address as u64, g, h, self.minor_faults]
+    }
+
+    pub fn from_message(m: &[u64]) -> Result<Writes> {
+        let &[global_address, heap_address, g, h, minor_faults] = m else {
+            bail!("a writes message has 5 numbers, got {m:?}");
+        };
+        Ok(Writes {
+            global_address: global_address as usize,
+            heap_address: heap_address as usize,
+            read_back: [g, h],
+            minor_faults,
+        })
+    }
+}
+
+/// Writes [`WRITTEN`] into the global and into the heap value, counting the minor page faults
+/// of the two stores alone.
+pub fn write_both(heap: &OwnPage) -> Result<Writes> {
+    // A rehearsal on a page of our own runs the measured code once, so that the faults it
+    // causes besides the two stores are out of the way: in a forked child the first write to
+    // each stack page faults (it is copy-on-write like the rest), and so does the first run of
+    // each page of code (fork copies no page-table entries for file-backed pages).
+    let rehearsal = Box::new(OwnPage::new(0));
+    store_both(&rehearsal, &rehearsal)?;
+    let faults = store_both(&GLOBAL, heap)?;
+    Ok(Writes {
+        global_address: GLOBAL.address(),
+        heap_address: heap.address(),
+        read_back: [GLOBAL.value.load(Ordering::Relaxed), heap.value.load(Ordering::Relaxed)],
+        minor_faults: faults,
+    })
+}
+
+/// Stores [`WRITTEN`] into both values; returns the minor faults the two stores caused.
+#[inline(never)]
+fn store_both(global: &OwnPage, heap: &OwnPage) -> Result<u64> {
+    let before = minor_faults()?;
+    global.value.store(WRITTEN, Ordering::Relaxed);
+    heap.value.store(WRITTEN, Ordering::Relaxed);
+    Ok(minor_faults()? - before)
+}
+
+/// The minor page faults of the calling thread so far (getrusage(2), RUSAGE_THREAD): faults
+/// the kernel resolved without I/O, such as a copy-on-write copy or a fresh zero page.
+pub fn minor_faults() -> Result<u64> {
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).context("getrusage(RUSAGE_THREAD)")?;
+    Ok(usage.minor_page_faults() as u64)
+}
+
+/// The size of a page (sysconf(3) _SC_PAGESIZE).
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
+}
+
+/// An anonymous private buffer whose every page is present: written once by its owner.
+pub struct Buffer {
+    start: NonNull<libc::c_void>,
+    len: usize,
+    page: usize,
+}
+
+// Safety: the buffer is plain memory; every access goes through volatile reads and writes of
+// single bytes, and the experiments let one task at a time write it (the others wait in join
+// or waitpid), so moving or sharing the handle between threads is sound.
+unsafe impl Send for Buffer {}
+// Safety: as above.
+unsafe impl Sync for Buffer {}
+
+/// The first byte of page `i` after the owner's fill.
+fn fill(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The checksum of a buffer of `pages` pages after `passes` passes of [`Buffer::write_every_page`].
+pub fn expected_checksum(pages: usize, passes: u64) -> u64 {
+    (0..pages).map(|i| (fill(i) as u64 + passes) % 256).sum()
+}
+
+/// One pass over every page of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// How long the write loop took, and nothing else.
+    pub took_ns: u64,
+    pub minor_faults: u64,
+    /// The sum of the first byte of every page, after the pass.
+    pub checksum: u64,
+}
+
+impl Pass {
+    pub fn to_message(self) -> [u64; 3] {
+        [self.took_ns, self.minor_faults, self.checksum]
+    }
+
+    pub fn from_message(m: &[u64]) -> Result<Pass> {
+        let &[took_ns, minor_faults, checksum] = m else { bail!("a pass message has 3 numbers, got {m:?}") };
+        Ok(Pass { took_ns, minor_faults, checksum })
+    }
+}
+
+impl Buffer {
+    /// Maps `bytes` (rounded up to whole pages) and writes every page once, so that each is
+    /// present and private to this process.
+    pub fn filled(bytes: usize) -> Result<Buffer> {
+        let page = page_size();
+        let len = bytes.div_ceil(page).max(1) * page;
+        let length = NonZeroUsize::new(len).context("an empty buffer")?;
+        // Safety: a fresh anonymous mapping at an address the kernel picks (mmap(2)); no
+        // existing memory is affected.
+        let start = unsafe {
+            mmap_anonymous(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
+        }
+        .context("mmap MAP_PRIVATE|MAP_ANONYMOUS")?;
+        let buffer = Buffer { start, len, page };
+        // Base pages only: with transparent huge pages one write could stand for 512 pages,
+        // and whether the kernel then copies 2 MiB or splits the huge page depends on its version.
+        // Safety: advice on the mapping we just made (madvise(2)); it changes no contents.
+        unsafe { madvise(start, len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")?;
+        for i in 0..buffer.pages() {
+            // Safety: i * page < len, inside our mapping.
+            unsafe { buffer.byte(i).write_volatile(fill(i)) };
+        }
+        Ok(buffer)
+    }
+
+    pub fn pages(&self) -> usize {
+        self.len / self.page
+    }
+
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    fn byte(&self, page: usize) -> *mut u8 {
+        debug_assert!(page < self.pages());
+        // Safety (of the arithmetic): page * self.page < len, so the result stays inside
+        // the mapping.
+        unsafe { self.start.as_ptr().cast::<u8>().add(page * self.page) }
+    }
+
+    /// Adds one to the first byte of every page, timing the loop and counting the minor faults
+    /// it caused. One write per page, so that the cost per page is the cost of whatever the
+    /// kernel must do on the first write to it: nothing, or a copy.
+    pub fn write_every_page(&self) -> Result<Pass> {
+        // A rehearsal on a page of our own, for the reasons given in `write_both`.
+        Buffer::filled(self.page)?.write_every_page_counted()?;
+        self.write_every_page_counted()
+    }
+
+    #[inline(never)]
+    fn write_every_page_counted(&self) -> Result<Pass> {
+        let pages = self.pages();
+        let faults_before = minor_faults()?;
+        let start = Instant::now();
+        for i in 0..pages {
+            let p = self.byte(i);
+            // Safety: `p` is inside our mapping (see `byte`), and only this task writes now.
+            unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+        }
+        let took = start.elapsed();
+        let faults = minor_faults()? - faults_before;
+        Ok(Pass { took_ns: took.as_nanos() as u64, minor_faults: faults, checksum: self.checksum() })
+    }
+
+    /// The sum of the first byte of every page, as this task sees them.
+    pub fn checksum(&self) -> u64 {
+        // Safety: every byte read is inside our mapping (see `byte`).
+        (0..self.pages()).map(|i| unsafe { self.byte(i).read_volatile() } as u64).sum()
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // Safety: we mapped exactly this range in `filled`, and no reference into it outlives
+        // `self` (munmap(2)).
+        let _ = unsafe { munmap(self.start, self.len) };
+    }
+}
+
+/// Memory as the kernel accounts it, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Proportional set size of anonymous memory (Pss_Anon): each page divided by the
+    /// number of processes that map it, so that summing over processes counts it once.
+    pub anon: i64,
+    /// Proportional set size of file-backed pages (Pss_File): the program and its libraries,
+    /// which are in the page cache once, however many processes map them.
+    pub file: i64,
+    /// The page tables (VmPTE).
+    pub page_tables: i64,
+}
+
+impl Usage {
+    /// The usage of one process, from /proc/PID/smaps_rollup and /proc/PID/status.
+    pub fn of(process: &procfs::process::Process) -> Result<Usage> {
+        let pid = process.pid;
+        let rollup = process.smaps_rollup().with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+        let map = rollup.memory_map_rollup.0.first().with_context(|| format!("/proc/{pid}/smaps_rollup is empty"))?;
+        let field = |name: &str| {
+            map.extension
+                .map
+                .get(name)
+                .map(|&b| b as i64)
+                .with_context(|| format!("/proc/{pid}/smaps_rollup has no {name} (Linux 5.9 or later)"))
+        };
+        let status = process.status().with_context(|| format!("reading /proc/{pid}/status"))?;
+        let page_tables = status.vmpte.with_context(|| format!("/proc/{pid}/status has no VmPTE"))? as i64 * 1024;
+        Ok(Usage { anon: field("Pss_Anon")?, file: field("Pss_File")?, page_tables })
+    }
+
+    /// The usage of the calling process.
+    pub fn of_self() -> Result<Usage> {
+        Usage::of(&procfs::process::Process::myself().context("opening /proc/self")?)
+    }
+
+    /// What a worker costs: its anonymous memory and its page tables.
+    pub fn counted(self) -> i64 {
+        self.anon + self.page_tables
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage { anon: self.anon + o.anon, file: self.file + o.file, page_tables: self.page_tables + o.page_tables }
+    }
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, o: Usage) -> Usage {
+        Usage { anon: self.anon - o.anon, file: self.file - o.file, page_tables: self.page_tables - o.page_tables }
+    }
+}
+
+/// What N idle workers added, as a footprint host measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    pub workers: u64,
+    /// Workers asleep in their idle wait when the memory was read: all of them, or the
+    /// measurement did not happen.
+    pub idle_when_measured: u64,
+    pub usage: Usage,
+}
+
+impl Added {
+    pub fn to_message(self) -> [u64; 5] {
+        let u = self.usage;
+        [self.workers, self.idle_when_measured, u.anon as u64, u.page_tables as u64, u.file as u64]
+    }
+
+    pub fn from_message(m: &[u64]) -> Result<Added> {
+        let &[workers, idle_when_measured, anon, page_tables, file] = m else {
+            bail!("a footprint message has 5 numbers, got {m:?}");
+        };
+        // Two's complement round trip: a share of file pages may shrink.
+        let usage = Usage { anon: anon as i64, file: file as i64, page_tables: page_tables as i64 };
+        Ok(Added { workers, idle_when_measured, usage })
+    }
+
+    /// KiB of anonymous memory and page tables per worker.
+    pub fn kib_per_worker(self) -> f64 {
+        self.usage.counted() as f64 / 1024.0 / self.workers.max(1) as f64
+    }
+}
+
+/// Heap and stack every idle worker touches: a small, typical working memory.
+pub const HEAP_TOUCHED: usize = 16 << 10;
+pub const STACK_TOUCHED: usize = 16 << 10;
+
+/// How a footprint host starts its workers and lets them go: two pipes. Every worker writes
+/// one byte to `ready` once it has touched its memory, then sleeps in read(2) on `release`
+/// until the host closes the write end. Processes and threads use the very same gate, so
+/// that only the way the workers come to exist differs.
+pub struct Gate {
+    ready_rx: OwnedFd,
+    ready_tx: OwnedFd,
+    release_rx: OwnedFd,
+    release_tx: Mutex<Option<OwnedFd>>,
+}
+
+impl Gate {
+    pub fn new() -> Result<Gate> {
+        let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the ready pipe")?;
+        let (release_rx, release_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the release pipe")?;
+        Ok(Gate { ready_rx, ready_tx, release_rx, release_tx: Mutex::new(Some(release_tx)) })
+    }
+
+    /// The descriptors a worker uses: a forked worker must keep them.
+    pub fn worker_ends(&self) -> [RawFd; 2] {
+        [self.ready_tx.as_raw_fd(), self.release_rx.as_raw_fd()]
+    }
+
+    /// A worker's life: touch its heap and stack, say it is ready, sleep until released.
+    /// Returns a sum of what it touched, so that nothing is optimised away.
+    #[inline(never)]
+    pub fn work_then_idle(&self) -> Result<u64> {
+        let heap = std::hint::black_box(vec![1u8; HEAP_TOUCHED]);
+        let mut stack = [1u8; STACK_TOUCHED];
+        std::hint::black_box(&mut stack);
+        nix::unistd::write(&self.ready_tx, &[1]).context("write(2) to the ready pipe")?;
+        let mut byte = [0u8];
+        loop {
+            match nix::unistd::read(&self.release_rx, &mut byte) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("read(2) from the release pipe"),
+            }
+        }
+        let page = page_size();
+        Ok(heap.iter().step_by(page).chain(stack.iter().step_by(page)).map(|&b| b as u64).sum())
+    }
+
+    /// Waits until `workers` workers said they are ready, at most until `deadline` has passed.
+    pub fn wait_ready(&self, workers: usize, deadline: Duration) -> Result<()> {
+        let until = Instant::now() + deadline;
+        let mut seen = 0;
+        let mut buf = [0u8; 256];
+        while seen < workers {
+            let left = until.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "only {seen} of {workers} workers were ready within {} ms", deadline.as_millis());
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            let mut fds = [PollFd::new(self.ready_rx.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e).context("poll(2) on the ready pipe"),
+            }
+            match nix::unistd::read(&self.ready_rx, &mut buf) {
+                Ok(0) => bail!("the ready pipe closed after {seen} of {workers} workers"),
+                Ok(n) => seen += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).context("read(2) from the ready pipe"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every worker go: their read(2) on the release pipe returns end of file.
+    pub fn release(&self) {
+        drop(self.release_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// How many of these tasks sleep (state S in /proc/.../stat): an idle worker waits in read(2).
+pub fn sleeping(states: impl Iterator<Item = char>) -> u64 {
+    states.filter(|&s| s == 'S').count() as u64
+}
+
+/// Waits until `idle()` counts `workers` sleeping workers: a worker that said it is ready may
+/// still be on its way into read(2), and its memory is settled only once it sleeps there.
+pub fn wait_until_idle(workers: u64, deadline: Duration, mut idle: impl FnMut() -> Result<u64>) -> Result<()> {
+    let until = Instant::now() + deadline;
+    loop {
+        let now = idle()?;
+        if now == workers {
+            return Ok(());
+        }
+        ensure!(Instant::now() < until, "only {now} of {workers} workers were idle within {} ms", deadline.as_millis());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A hexadecimal address, as people read them.
+pub fn hex(address: usize) -> String {
+    format!("{address:#x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pass_adds_one_to_every_page_and_a_writable_buffer_does_not_fault() {
+        let b = Buffer::filled(64 * page_size()).unwrap();
+        assert_eq!(b.pages(), 64);
+        assert_eq!(b.checksum(), expected_checksum(64, 0));
+        let first = b.write_every_page().unwrap();
+        assert_eq!(first.checksum, expected_checksum(64, 1));
+        // The owner filled every page: they are present and writable, nothing to copy.
+        assert_eq!(first.minor_faults, 0);
+    }
+
+    #[test]
+    fn writing_pages_this_process_already_wrote_costs_no_fault() {
+        // The thread side in miniature: the observer's writes make both pages present and
+        // writable, so the writer's stores need nothing from the kernel.
+        GLOBAL.value.store(BEFORE, Ordering::Relaxed);
+        let heap = Box::new(OwnPage::new(BEFORE));
+        let w = write_both(&heap).unwrap();
+        assert_eq!(w.read_back, [WRITTEN, WRITTEN]);
+        assert_eq!(w.global_address, GLOBAL.address());
+        assert_eq!(w.minor_faults, 0, "{w:?}");
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let w = Writes { global_address: 0x1000, heap_address: 0x2000, read_back: [1, 2], minor_faults: 2 };
+        assert_eq!(Writes::from_message(&w.to_message()).unwrap(), w);
+        let p = Pass { took_ns: 5, minor_faults: 6, checksum: 7 };
+        assert_eq!(Pass::from_message(&p.to_message()).unwrap(), p);
+        let a = Added { workers: 4, idle_when_measured: 4, usage: Usage { anon: 10, file: -3, page_tables: 8 } };
+        assert_eq!(Added::from_message(&a.to_message()).unwrap(), a);
+    }
+
+    #[test]
+    fn this_process_has_anonymous_memory_and_page_tables() {
+        let u = Usage::of_self().unwrap();
+        assert!(u.anon > 0 && u.page_tables > 0, "{u:?}");
+    }
+
+    #[test]
+    fn released_workers_end() {
+        let gate = Gate::new().unwrap();
+        std::thread::scope(|s| {
+            let w = s.spawn(|| gate.work_then_idle());
+            gate.wait_ready(1, Duration::from_secs(5)).unwrap();
+            gate.release();
+            assert!(w.join().unwrap().unwrap() > 0);
+        });
+    }
+}

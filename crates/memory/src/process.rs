@@ -1,0 +1,281 @@
+//! Memory, the process version: a process has its own address space, and shares nothing it
+//! did not map on purpose.
+//!
+//! fork(2) gives the child a copy of the parent's address space: the same virtual addresses,
+//! the same contents, but its own memory. The kernel does not copy the pages at fork; it marks
+//! them read-only in both processes and copies a page when one of them first writes it
+//! (copy-on-write). So a child's write is invisible to its parent, it costs a page fault and
+//! a copy, and every child costs its own page tables. To share memory, processes must ask:
+//! here a named POSIX shared-memory segment that a separately started program opens by name.
+//! Compare with thread.rs: the same functions in the same order, and only the lines marked
+//! "process:" differ in mechanism.
+//!
+//! See also: fork(2), mmap(2), shm_open(3), shm_overview(7), proc_pid_smaps(5); TLPI 24.2
+//! (copy-on-write), 49 (memory mappings) and 54 (POSIX shared memory).
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use harness::shm::Segment;
+use harness::stats;
+use harness::{Child, Ctx, deliver, fork_child, fork_child_keeping, received, spawn_sacrificial, wait_all};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use shared_memory::{ShmemConf, ShmemError};
+
+use crate::pages::{self, Added, BEFORE, Buffer, Gate, OwnPage, Pass, Usage, Writes};
+use crate::{CowCopy, Footprint, PrivateWrite, SEGMENT_VALUE, SegmentFacts, SharedSegment};
+
+/// A child process writes a global and a heap value; the parent looks at both afterwards.
+pub fn private_write(deadline: Duration) -> Result<PrivateWrite> {
+    // The observer sets both values; its writes also make both pages present and writable.
+    pages::GLOBAL.value.store(BEFORE, Ordering::Relaxed);
+    let heap = Box::new(OwnPage::new(BEFORE));
+    // process: the writer is a copy of this process. Both pages are now shared read-only, and
+    // the child's first write to each makes the kernel copy it for the child alone.
+    let writer = fork_child(|| {
+        let writes = pages::write_both(&heap)?;
+        deliver("wrote", &writes.to_message());
+        Ok(())
+    })?;
+    let exit = writer.wait(deadline)?;
+    exit.check("the writing process")?;
+    let message = received(&exit.stdout, "wrote");
+    let writer = Writes::from_message(message.first().context("the writing process delivered nothing")?)?;
+    Ok(PrivateWrite {
+        writer,
+        observer_addresses: [pages::GLOBAL.address(), heap.address()],
+        observer_saw: [pages::GLOBAL.value.load(Ordering::Relaxed), heap.value.load(Ordering::Relaxed)],
+    })
+}
+
+/// The calls this side needs before two processes share one value: the crate shared_memory
+/// makes them for us (shm_open(3), ftruncate(2), mmap(2), fstat(2), shm_unlink(3)).
+const SEGMENT_SETUP: &[&str] = &[
+    "shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)",
+    "ftruncate",
+    "mmap(MAP_SHARED)",
+    "shm_open(O_RDWR) in the other program",
+    "fstat in the other program",
+    "mmap(MAP_SHARED) in the other program",
+    "shm_unlink once both have it mapped",
+];
+
+/// The first page of the segment: a handshake word and the shared value.
+#[repr(C)]
+struct Handshake {
+    state: AtomicU32,
+    value: AtomicU64,
+}
+
+/// Handshake states, in order after 0 (as created: ftruncate(2) fills with zeros).
+const MAPPED: u32 = 1;
+const UNLINKED: u32 = 2;
+
+impl Handshake {
+    /// # Safety
+    /// `start` must point to a mapping of at least `size_of::<Handshake>()` bytes, aligned
+    /// for it, that stays mapped while the reference is used; its bytes are zero or a valid
+    /// Handshake, and every access goes through the atomics.
+    unsafe fn at<'a>(start: *mut u8) -> &'a Handshake {
+        // Safety: guaranteed by the caller (see above); all-zero bytes are a valid Handshake.
+        unsafe { &*start.cast::<Handshake>() }
+    }
+}
+
+/// A separately started program opens a named segment by its name and writes a value into it.
+pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
+    // process: nothing is shared unless it is mapped on purpose. Create a named segment,
+    // mode 0600, exclusively: shm_open(3), ftruncate(2), mmap(2).
+    let mut segment = Segment::create(pages::page_size())?;
+    let path = format!("/dev/shm/{}", segment.name());
+    let mode = std::fs::metadata(&path).with_context(|| format!("stat {path}"))?.permissions().mode() & 0o777;
+    // Safety: the segment is one page, page-aligned, zero-filled by ftruncate(2), and stays
+    // mapped until `segment` is dropped at the end of this function, after the last use.
+    let shared = unsafe { Handshake::at(segment.as_ptr()) };
+    let args = [segment.name().to_string(), deadline.as_millis().to_string()];
+    // process: the other program is started with exec(2): it shares nothing with us but the
+    // name we pass it.
+    let child = spawn_sacrificial("open-segment", &args)?;
+    if !wait_until_mapped(&child, shared, deadline)? {
+        child.wait(deadline)?.check("the program that opened the segment")?;
+        bail!("the program that opened the segment ended before it mapped it");
+    }
+    // Both sides have it mapped, so the name can go: from now on nobody can open it, and the
+    // memory lives exactly as long as the two mappings.
+    segment.unlink()?;
+    let unlinked = !std::path::Path::new(&path).exists();
+    shared.state.store(UNLINKED, Ordering::Release);
+    let exit = child.wait(deadline)?;
+    exit.check("the program that opened the segment")?;
+    let mapped = received(&exit.stdout, "mapped");
+    let wrote = received(&exit.stdout, "wrote");
+    let (Some(&[child_address]), Some(&[written, name_gone])) =
+        (mapped.first().map(Vec::as_slice), wrote.first().map(Vec::as_slice))
+    else {
+        bail!("the program that opened the segment did not say what it did: {:?}", exit.stdout);
+    };
+    Ok(SharedSegment {
+        written,
+        seen: shared.value.load(Ordering::Acquire),
+        setup_calls: SEGMENT_SETUP,
+        segment: Some(SegmentFacts {
+            mode,
+            unlinked_while_both_mapped: unlinked,
+            other_found_name_gone: name_gone == 1,
+            owner_address: segment.as_ptr() as usize,
+            other_address: child_address as usize,
+        }),
+    })
+}
+
+/// Waits until the child has mapped the segment (true) or has ended without mapping it
+/// (false). Fails if it is still running at the deadline: the caller's return then kills and
+/// reaps it, and only then unlinks the segment (dropping it), so that a hung child keeps the
+/// segment until its deadline, and an interrupt meanwhile leaves it to the harness's cleanup.
+fn wait_until_mapped(child: &Child, shared: &Handshake, deadline: Duration) -> Result<bool> {
+    let until = Instant::now() + deadline;
+    let ended = pidfd_open(child.pid())?;
+    while shared.state.load(Ordering::Acquire) < MAPPED {
+        if Instant::now() >= until {
+            bail!(
+                "child {} did not map the segment within its deadline of {} ms: killed with SIGKILL and reaped",
+                child.pid(),
+                deadline.as_millis()
+            );
+        }
+        // A pidfd becomes readable when its process ends (pidfd_open(2)); poll a millisecond
+        // at a time, because the handshake word cannot be polled.
+        let mut fds = [PollFd::new(ended.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1u8)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            // Ended: it may still have mapped it just before.
+            Ok(_) => return Ok(shared.state.load(Ordering::Acquire) >= MAPPED),
+            Err(e) => return Err(e).context("poll(2) on a pidfd"),
+        }
+    }
+    Ok(true)
+}
+
+/// A descriptor that becomes readable when the process ends (pidfd_open(2)).
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1; the pid is
+    // our unreaped child's, so it cannot have been reused.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // Safety: the kernel just gave us this descriptor and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs in the separately started program: open the segment by name, map it, say so, wait
+/// until the owner has unlinked the name, then write the value.
+pub fn open_segment(args: &[String]) -> Result<()> {
+    let [name, deadline_ms] = args else { bail!("usage: open-segment NAME DEADLINE_MS") };
+    let deadline = Duration::from_millis(deadline_ms.parse().context("DEADLINE_MS")?);
+    // If the owner dies, we must not wait on: end with it (prctl(2) PR_SET_PDEATHSIG).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("prctl PR_SET_PDEATHSIG")?;
+    // process: find the memory by its name and map it: shm_open(3), fstat(2), mmap(2).
+    let shmem =
+        ShmemConf::new().os_id(name).open().map_err(|e| anyhow!("{e}")).with_context(|| format!("shm_open {name}"))?;
+    anyhow::ensure!(shmem.len() >= size_of::<Handshake>(), "the segment {name} is too small");
+    // Safety: the mapping is page-aligned, at least a Handshake long (checked above), and
+    // lives until `shmem` is dropped at the end of this function.
+    let shared = unsafe { Handshake::at(shmem.as_ptr()) };
+    deliver("mapped", &[shmem.as_ptr() as u64]);
+    shared.state.store(MAPPED, Ordering::Release);
+    let until = Instant::now() + deadline;
+    while shared.state.load(Ordering::Acquire) != UNLINKED {
+        anyhow::ensure!(Instant::now() < until, "the owner did not unlink the segment within {deadline_ms} ms");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    // The name is gone, the mapping is not: a second open by name must fail with ENOENT.
+    let name_gone =
+        matches!(ShmemConf::new().os_id(name).open(), Err(ShmemError::MapOpenFailed(e)) if e == libc::ENOENT as u32);
+    shared.value.store(SEGMENT_VALUE, Ordering::Release);
+    deliver("wrote", &[SEGMENT_VALUE, name_gone as u64]);
+    Ok(())
+}
+
+/// A forked child writes one byte to every page of a buffer its parent filled; each first
+/// write makes the kernel copy the page.
+pub fn cow_copy(ctx: &Ctx, bytes: usize) -> Result<CowCopy> {
+    let buffer = Buffer::filled(bytes)?;
+    let mut passes: Vec<Pass> = Vec::new();
+    let ns_per_page = stats::repeat(ctx.warmup(), ctx.runs(), || {
+        // process: the child gets the parent's pages write-protected and shared; the fork is
+        // setup, outside the timed loop (the child times only its own loop).
+        let writer = fork_child(|| {
+            let pass = buffer.write_every_page()?;
+            deliver("pass", &pass.to_message());
+            Ok(())
+        })?;
+        let exit = writer.wait(ctx.deadline())?;
+        exit.check("the writing process")?;
+        let pass = Pass::from_message(received(&exit.stdout, "pass").first().context("no pass delivered")?)?;
+        passes.push(pass);
+        Ok(pass.took_ns as f64 / buffer.pages() as f64)
+    })?;
+    // process: every child started from the parent's copy, so each pass was the first.
+    let checksums_ok = passes.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages(), 1));
+    let timed = &passes[passes.len() - ctx.runs()..];
+    Ok(CowCopy {
+        ns_per_page,
+        pages: buffer.pages(),
+        page_bytes: buffer.page(),
+        faults_per_run: timed.iter().map(|p| p.minor_faults).collect(),
+        checksums_ok,
+        checksum: timed.last().map_or(0, |p| p.checksum),
+        owner_sees_writes: buffer.checksum() != pages::expected_checksum(buffer.pages(), 0),
+    })
+}
+
+/// N idle worker processes: what they add to the machine's memory, per worker.
+pub fn footprint(ctx: &Ctx, workers: u64) -> Result<Footprint> {
+    let args = [workers.to_string(), ctx.deadline().as_millis().to_string()];
+    crate::footprint_runs(ctx, "footprint-processes", &args)
+}
+
+/// Runs in a fresh copy of this program: fork N workers, let each touch a little memory and
+/// go idle, then add up what the whole family uses.
+pub fn footprint_child(args: &[String]) -> Result<()> {
+    let [workers, deadline_ms] = args else { bail!("usage: footprint-processes WORKERS DEADLINE_MS") };
+    let workers: usize = workers.parse().context("WORKERS")?;
+    let deadline = Duration::from_millis(deadline_ms.parse().context("DEADLINE_MS")?);
+    Usage::of_self()?; // the first read allocates what later reads reuse
+    let before = Usage::of_self()?;
+    let gate = Gate::new()?;
+    let mut children = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        // process: each worker is a copy of this process; it shares our pages until it writes
+        // one, and gets page tables of its own.
+        children.push(fork_child_keeping(&gate.worker_ends(), || gate.work_then_idle().map(drop))?);
+    }
+    let processes: Vec<procfs::process::Process> = children
+        .iter()
+        .map(|c| procfs::process::Process::new(c.pid()).with_context(|| format!("opening /proc/{}", c.pid())))
+        .collect::<Result<_>>()?;
+    let idle = || -> Result<u64> {
+        let states = processes.iter().map(|p| p.stat().map(|s| s.state).context("reading a worker's stat"));
+        Ok(pages::sleeping(states.collect::<Result<Vec<char>>>()?.into_iter()))
+    };
+    let measured = gate.wait_ready(workers, deadline).and_then(|()| {
+        pages::wait_until_idle(workers as u64, deadline, idle)?;
+        // process: the family's memory is ours plus every worker's. Pss divides each shared
+        // page among the processes that map it, so the sum counts every page once.
+        let mut after = Usage::of_self()?;
+        for p in &processes {
+            after = after + Usage::of(p)?;
+        }
+        Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before })
+    });
+    gate.release();
+    for exit in wait_all(children, deadline)? {
+        exit.check("a worker process")?;
+    }
+    deliver("added", &measured?.to_message());
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The memory row, driven as a user would drive it: its real binary as a subprocess.
+//! These tests assert what was observed (who saw the write, which pages the kernel copied,
+//! what became of the segment), never timings.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Facts that are observed values or counts, not measurements: they stay in the snapshot.
+const KEEP: &[&str] = &[
+    "writer_wrote",
+    "writer_read_back",
+    "observer_saw_global",
+    "observer_saw_heap",
+    "pages_written",
+    "writer_minor_faults",
+    "value_written",
+    "value_seen",
+    "setup_call_count",
+    "page_bytes",
+    "checksum",
+    "heap_and_stack_touched_kib",
+];
+
+/// One `--quick` run shared by the tests that read the whole report.
+fn quick_report() -> &'static Value {
+    static REPORT: OnceLock<Value> = OnceLock::new();
+    REPORT.get_or_init(|| tests::report("memory", &["--quick"]))
+}
+
+fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
+}
+
+/// Addresses change from run to run (address-space layout randomisation): every fact whose
+/// name ends in `_address` becomes "[address]".
+fn redact_addresses(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                if k.ends_with("_address") && item.is_string() {
+                    *item = Value::String("[address]".into());
+                } else {
+                    redact_addresses(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_addresses),
+        _ => {}
+    }
+}
+
+#[test]
+fn json_report_matches_the_snapshot() {
+    let mut report = quick_report().clone();
+    tests::redact_numbers(&mut report, KEEP);
+    redact_addresses(&mut report);
+    insta::assert_json_snapshot!("memory_quick_json", report);
+}
+
+#[test]
+fn every_experiment_ran_and_none_failed() {
+    let ids: Vec<&str> =
+        quick_report()["experiments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["private-write", "shared-segment", "cow-copy", "footprint"]);
+    for e in quick_report()["experiments"].as_array().unwrap() {
+        assert!(e["verdict"] != "error" && e["verdict"] != "skipped", "{}: {}", e["id"], e["note"]);
+    }
+}
+
+#[test]
+fn a_childs_write_stays_in_the_child_and_a_threads_write_is_seen() {
+    let e = experiment(quick_report(), "private-write");
+    let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
+    for (side, f) in [("process", p), ("thread", t)] {
+        assert_eq!(f["writer_read_back"], serde_json::json!([2, 2]), "{side}: the writer really wrote");
+        assert_eq!(f["same_addresses"], true, "{side}: writer and observer used the same addresses");
+    }
+    assert_eq!((&p["observer_saw_global"], &p["observer_saw_heap"]), (&Value::from(1), &Value::from(1)));
+    assert_eq!(p["write_seen"], false);
+    assert_eq!((&t["observer_saw_global"], &t["observer_saw_heap"]), (&Value::from(2), &Value::from(2)));
+    assert_eq!(t["write_seen"], true);
+    assert_eq!(p["global_address"], t["global_address"], "the global is at one address in every copy");
+    // Copy-on-write: the child's first write to each page faults; the thread's page is writable.
+    let pages = p["pages_written"].as_u64().unwrap();
+    assert!(p["writer_minor_faults"].as_u64().unwrap() >= pages, "{p}");
+    assert!(t["writer_minor_faults"].as_u64().unwrap() < pages, "{t}");
+    assert_eq!(e["verdict"], "holds");
+}
+
+#[test]
+fn the_segment_is_private_shared_by_name_and_unlinked_while_mapped() {
+    let e = experiment(quick_report(), "shared-segment");
+    let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
+    assert_eq!(p["segment_mode"], "0600");
+    assert_eq!(p["name_unlinked_while_both_mapped"], true);
+    assert_eq!(p["other_could_not_open_it_by_name_after_unlink"], true);
+    assert_eq!(p["write_seen"], true);
+    assert_eq!(t["write_seen"], true);
+    assert!(p["setup_call_count"].as_u64().unwrap() > 0);
+    assert_eq!(t["setup_call_count"], 0);
+    assert_eq!(e["verdict"], "holds");
+}
+
+#[test]
+fn the_child_copies_every_page_it_writes_and_the_thread_none() {
+    let e = experiment(quick_report(), "cow-copy");
+    let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
+    let pages = p["pages_written"].as_u64().unwrap();
+    assert!(pages >= 1024, "a buffer of {pages} pages");
+    assert_eq!(t["pages_written"], pages);
+    assert!(p["minor_faults_per_run"].as_u64().unwrap() >= pages, "at least one fault per page: {p}");
+    assert!(t["minor_faults_per_run"].as_u64().unwrap() <= pages / 100, "far fewer than one per page: {t}");
+    for (side, f) in [("process", p), ("thread", t)] {
+        assert_eq!(f["checksums_ok"], true, "{side}");
+    }
+    assert_eq!(p["owner_sees_writes"], false, "the parent's buffer kept its contents");
+    assert_eq!(t["owner_sees_writes"], true);
+}
+
+#[test]
+fn every_footprint_worker_was_alive_and_idle_when_measured() {
+    let e = experiment(quick_report(), "footprint");
+    for side in ["process", "thread"] {
+        let f = &e[side]["facts"];
+        let workers = f["workers"].as_u64().unwrap();
+        assert!(workers >= 4, "{side}: {workers} workers");
+        assert_eq!(f["workers_idle_when_measured"], workers, "{side}");
+        assert!(f["page_tables_kib_per_worker"].as_f64().unwrap() >= 0.0, "{side}");
+        assert!(e[side]["median"].as_f64().unwrap() > 0.0, "{side}: each worker added memory");
+    }
+    assert_eq!(e["process"]["facts"]["workers"], e["thread"]["facts"]["workers"], "as many workers on each side");
+}
+
+#[test]
+fn every_number_is_a_median_of_at_least_five_runs_with_its_spread() {
+    for id in ["cow-copy", "footprint"] {
+        let e = experiment(quick_report(), id);
+        for side in ["process", "thread"] {
+            let s = &e[side];
+            assert!(s["runs"].as_u64().unwrap() >= 5, "{id} {side}");
+            let (low, median, high) =
+                (s["low"].as_f64().unwrap(), s["median"].as_f64().unwrap(), s["high"].as_f64().unwrap());
+            assert!(low <= median && median <= high, "{id} {side}");
+        }
+        assert!(e["ratio"].as_f64().unwrap() > 0.0, "{id}");
+    }
+}
+
+#[test]
+fn human_output_matches_the_snapshot() {
+    // The observe experiments only: measured numbers would change the table's layout.
+    let out = tests::run("memory", &["--quick", "--only", "private-write", "--only", "shared-segment"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    insta::with_settings!({filters => vec![(r"0x[0-9a-f]+", "[address]")]}, {
+        insta::assert_snapshot!("memory_quick_human", stdout);
+    });
+}
+
+#[test]
+fn a_hung_child_keeps_the_segment_until_its_deadline_then_nothing_is_left() {
+    let child = tests::spawn_in_own_group(
+        "memory",
+        &["--quick", "--json", "--only", "shared-segment", "--only", "private-write"],
+        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "1500")],
+    );
+    let pid = child.id();
+    // While the child hangs before mapping it, the segment must still be there.
+    assert!(tests::wait_until(5, || !tests::segments_of(pid).is_empty()), "the segment never appeared");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
+    let hung = experiment(&report, "shared-segment");
+    assert_eq!(hung["verdict"], "error");
+    assert!(hung["note"].as_str().unwrap().contains("deadline of 1500 ms"), "{hung}");
+    assert_eq!(experiment(&report, "private-write")["verdict"], "holds", "the other experiment still ran");
+    assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
+    assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
+}
+
+#[test]
+fn one_side_only_is_reported_as_skipped_not_judged() {
+    let report = tests::report("memory", &["--quick", "--only", "private-write", "--side", "thread"]);
+    let e = experiment(&report, "private-write");
+    assert!(e.get("process").is_none());
+    assert_eq!(e["verdict"], "skipped");
+    assert_eq!(e["thread"]["facts"]["write_seen"], true);
+}
+
+#[test]
+fn list_names_every_experiment() {
+    let out = tests::run("memory", &["--list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ids, ["private-write", "shared-segment", "cow-copy", "footprint"], "{text}");
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--only", "nosuch"], "invalid value 'nosuch'"),
+        (&["--only"], "a value is required"),
+        (&["--side", "both"], "invalid value 'both'"),
+        (&["--quick=1"], "unexpected value '1'"),
+        (&["--list", "--json"], "cannot be used with"),
+        (&["stray"], "unexpected argument 'stray'"),
+    ];
+    for (args, expected) in cases {
+        let out = tests::run("memory", args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage:") || stderr.contains("--help"), "{args:?}: clap's usage line: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}
