@@ -299,3 +299,30 @@ fn a_futex_partner_killed_outright_ends_the_experiment_with_an_error() {
     assert!(note.contains("the partner process killed by SIGKILL"), "{note}");
     assert!(tests::group_members(row).is_empty());
 }
+
+#[test]
+fn a_row_killed_outright_leaves_its_segment_and_the_next_run_removes_it() {
+    // The memory row's shared-segment experiment holds a named segment until the other
+    // program has mapped it; PVT_HANG makes that program hang first, so the segment lives.
+    let child = tests::spawn_in_own_group(
+        "memory",
+        &["--quick", "--json", "--only", "shared-segment"],
+        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "60000")],
+    );
+    let row = child.id();
+    assert!(tests::wait_until(10, || !tests::segments_of(row).is_empty()), "the segment never appeared");
+    let held = tests::segments_of(row);
+    // SIGKILL, as `kill -9` does: no handler runs, nothing is cleaned up.
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(row as i32, libc::SIGKILL) };
+    let (code, _, _) = finish(child);
+    assert_eq!(code, None, "killed by a signal");
+    // Its children die with it (PR_SET_PDEATHSIG): none is left running.
+    let live = || tests::group_members(row).into_iter().filter(|(_, state)| *state != 'Z').collect::<Vec<_>>();
+    assert!(tests::wait_until(2, || live().is_empty()), "left running: {:?}", live());
+    assert_eq!(tests::segments_of(row), held, "SIGKILL leaves the segment behind");
+    // Any next run removes segments whose owner is dead.
+    let out = tests::run("stability", &["--quick", "--json", "--only", "panic"]);
+    assert!(out.status.success());
+    assert!(tests::segments_of(row).is_empty(), "stale segments: {:?}", tests::segments_of(row));
+}

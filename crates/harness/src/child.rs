@@ -313,11 +313,16 @@ pub fn spawn_command(mut cmd: Command) -> Result<Child> {
     // Safety: the closure runs in the child between fork and exec and makes only
     // async-signal-safe syscalls: close_range(2) with CLOSE_RANGE_CLOEXEC only sets the
     // close-on-exec flag, so std's own pipe for reporting exec errors keeps working; then
-    // prctl(2) and getppid(2). PR_SET_PDEATHSIG fires when the spawning *thread* ends, so
+    // sigprocmask(2), prctl(2) and getppid(2). PR_SET_PDEATHSIG fires when the spawning *thread* ends, so
     // children are spawned from the row's main thread, which lives as long as the row.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            // We spawn with SIGINT and SIGTERM blocked (so that the handler never misses a
+            // child); the new program must start with none blocked (sigprocmask(2)).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             die_with(parent);
             Ok(())
         });

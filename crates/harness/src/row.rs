@@ -283,6 +283,10 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
 /// A timing taken while other programs used much of the machine measures them, not us: its
 /// verdict becomes `tie`, and `busy` says why and what the timings alone said.
 fn withhold_if_busy(e: &mut Experiment) {
+    if !e.unit.as_deref().is_some_and(is_timing) {
+        // A count (memory per worker, say) does not depend on who else ran meanwhile.
+        return;
+    }
     let Some(share) = e.others_cpu.filter(|&s| s > crate::busy::BUSY_LIMIT) else { return };
     if !matches!(e.verdict, Verdict::Holds | Verdict::Marginal | Verdict::Reversed) {
         return;
@@ -295,6 +299,11 @@ fn withhold_if_busy(e: &mut Experiment) {
         e.verdict
     ));
     e.verdict = Verdict::Tie;
+}
+
+/// True for a unit of time, alone or per something: "µs", "ns/switch".
+fn is_timing(unit: &str) -> bool {
+    matches!(unit.split('/').next(), Some("s" | "ms" | "µs" | "us" | "ns"))
 }
 
 fn run_child(row: &Row, args: &[String]) -> ExitCode {
@@ -355,6 +364,10 @@ mod tests {
         let mut quiet = measured(Verdict::Holds, 0.05);
         withhold_if_busy(&mut quiet);
         assert_eq!((quiet.verdict, quiet.busy), (Verdict::Holds, None));
+        let mut count = measured(Verdict::Holds, 0.9);
+        count.unit = Some("KiB/worker".into());
+        withhold_if_busy(&mut count);
+        assert_eq!((count.verdict, count.busy), (Verdict::Holds, None), "a count is not a timing");
         let mut skipped = measured(Verdict::Skipped, 0.9);
         withhold_if_busy(&mut skipped);
         assert_eq!((skipped.verdict, skipped.busy), (Verdict::Skipped, None));
