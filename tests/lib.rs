@@ -39,6 +39,18 @@ pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(binary(name)).args(args).output().expect("running the row binary")
 }
 
+/// Checks a malformed invocation: exit code 2, `expected` in a short message on stderr with
+/// clap's usage line, nothing on stdout, never a panic or a backtrace.
+pub fn assert_bad_input(bin: &str, args: &[&str], expected: &str) {
+    let out = run(bin, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {stderr}");
+    assert!(stderr.contains(expected), "{bin} {args:?}: expected {expected:?} in: {stderr}");
+    assert!(stderr.lines().count() <= 8, "{bin} {args:?}: short message: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{bin} {args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{bin} {args:?}: nothing on stdout");
+}
+
 /// Runs a row with `--json` and parses the one document it must print.
 pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];

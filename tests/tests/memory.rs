@@ -208,12 +208,6 @@ fn bad_input_gives_a_clear_error_and_exit_code_2() {
         (&["stray"], "unexpected argument 'stray'"),
     ];
     for (args, expected) in cases {
-        let out = tests::run("memory", args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(stderr.contains("Usage:") || stderr.contains("--help"), "{args:?}: clap's usage line: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        tests::assert_bad_input("memory", args, expected);
     }
 }

@@ -148,13 +148,7 @@ fn bad_input_is_refused_with_exit_code_2_everywhere() {
         ("xtask", &["compare", "--frobnicate"], "unexpected argument '--frobnicate'"),
     ];
     for (bin, args, expected) in cases {
-        let out = tests::run(bin, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{bin} {args:?}: expected {expected:?} in: {stderr}");
-        assert!(stderr.lines().count() <= 8, "{bin} {args:?}: short message: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{bin} {args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{bin} {args:?}: nothing on stdout");
+        tests::assert_bad_input(bin, args, expected);
     }
 }
 

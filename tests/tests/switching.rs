@@ -67,15 +67,18 @@ fn two_switches_happen_per_round_trip_on_every_side() {
         let round_trips = f["round_trips"].as_i64().unwrap();
         assert_eq!(expected, 2 * round_trips, "{id} {side}");
         let counted = f["voluntary_switches"].as_i64().unwrap() + f["involuntary_switches"].as_i64().unwrap();
-        // The closing mark and a stray preemption may add a few; a loop that did not switch
-        // would count about none.
-        assert!(
-            (counted - expected).abs() <= expected / 10 + 4,
-            "{id} {side}: {counted} switches for {expected} expected"
-        );
+        // The loop switched: a loop that did not would count about none.
+        assert!(counted >= expected - expected / 10 - 4, "{id} {side}: {counted} switches for {expected} expected");
         assert!(f["voluntary_switches"].as_i64().unwrap() >= expected / 3, "{id} {side}: tasks really blocked");
-        let ratio = f["switch_ratio"].as_f64().unwrap();
-        assert!(round_trips < 100 || (0.9..=1.1).contains(&ratio), "{id} {side}: switch_ratio {ratio}");
+        // And little else switched: the closing mark and a stray preemption may add a few.
+        // Other programs on the pinned CPU (tests running beside this one) add preemptions;
+        // the row then says so in others_cpu, and its verdict is a tie.
+        let busy = experiment(quick_report(), id)["others_cpu"].as_f64().unwrap_or(0.0) > 0.25;
+        if !busy {
+            assert!(counted <= expected + expected / 10 + 4, "{id} {side}: {counted} switches for {expected} expected");
+            let ratio = f["switch_ratio"].as_f64().unwrap();
+            assert!(round_trips < 100 || (0.9..=1.1).contains(&ratio), "{id} {side}: switch_ratio {ratio}");
+        }
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} ping-pong sides ran");

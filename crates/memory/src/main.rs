@@ -138,6 +138,29 @@ pub struct CowCopy {
     pub owner_sees_writes: bool,
 }
 
+impl CowCopy {
+    /// What the writers' passes over `buffer` showed: `passes` holds the warm-up passes and
+    /// then the timed ones; `checksums_ok` is each side's own check of every pass.
+    pub fn from_passes(
+        ns_per_page: Summary,
+        buffer: &pages::Buffer,
+        passes: &[pages::Pass],
+        runs: usize,
+        checksums_ok: bool,
+    ) -> CowCopy {
+        let timed = &passes[passes.len().saturating_sub(runs)..];
+        CowCopy {
+            ns_per_page,
+            pages: buffer.pages(),
+            page_bytes: buffer.page(),
+            faults_per_run: timed.iter().map(|p| p.minor_faults).collect(),
+            checksums_ok,
+            checksum: timed.last().map_or(0, |p| p.checksum),
+            owner_sees_writes: buffer.checksum() != pages::expected_checksum(buffer.pages(), 0),
+        }
+    }
+}
+
 /// N idle workers, over repeated runs.
 pub struct Footprint {
     pub kib_per_worker: Summary,

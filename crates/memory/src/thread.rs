@@ -71,16 +71,7 @@ pub fn cow_copy(ctx: &Ctx, bytes: usize) -> Result<CowCopy> {
     // thread: every pass wrote the one shared buffer, so pass k found k-1 passes before it.
     let checksums_ok =
         passes.iter().enumerate().all(|(k, p)| p.checksum == pages::expected_checksum(buffer.pages(), k as u64 + 1));
-    let timed = &passes[passes.len() - ctx.runs()..];
-    Ok(CowCopy {
-        ns_per_page,
-        pages: buffer.pages(),
-        page_bytes: buffer.page(),
-        faults_per_run: timed.iter().map(|p| p.minor_faults).collect(),
-        checksums_ok,
-        checksum: timed.last().map_or(0, |p| p.checksum),
-        owner_sees_writes: buffer.checksum() != pages::expected_checksum(buffer.pages(), 0),
-    })
+    Ok(CowCopy::from_passes(ns_per_page, &buffer, &passes, ctx.runs(), checksums_ok))
 }
 
 /// N idle worker threads: what they add to the machine's memory, per worker.
