@@ -13,7 +13,6 @@
 //! See also: fork(2), mmap(2), shm_open(3), shm_overview(7), proc_pid_smaps(5); TLPI 24.2
 //! (copy-on-write), 49 (memory mappings) and 54 (POSIX shared memory).
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use harness::shm::Segment;
 use harness::stats;
 use harness::{Child, Ctx, deliver, fork_child, fork_child_keeping, received, spawn_sacrificial, wait_all};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shared_memory::{ShmemConf, ShmemError};
 
 use crate::pages::{self, Added, BEFORE, Buffer, Gate, OwnPage, Pass, Usage, Writes};
@@ -137,7 +135,6 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
 /// segment until its deadline, and an interrupt meanwhile leaves it to the harness's cleanup.
 fn wait_until_mapped(child: &Child, shared: &Handshake, deadline: Duration) -> Result<bool> {
     let until = Instant::now() + deadline;
-    let ended = pidfd_open(child.pid())?;
     while shared.state.load(Ordering::Acquire) < MAPPED {
         if Instant::now() >= until {
             bail!(
@@ -146,29 +143,13 @@ fn wait_until_mapped(child: &Child, shared: &Handshake, deadline: Duration) -> R
                 deadline.as_millis()
             );
         }
-        // A pidfd becomes readable when its process ends (pidfd_open(2)); poll a millisecond
-        // at a time, because the handshake word cannot be polled.
-        let mut fds = [PollFd::new(ended.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1u8)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-            // Ended: it may still have mapped it just before.
-            Ok(_) => return Ok(shared.state.load(Ordering::Acquire) >= MAPPED),
-            Err(e) => return Err(e).context("poll(2) on a pidfd"),
+        // The handshake word cannot be polled: look at it every millisecond, and meanwhile
+        // for the child's end (it may still have mapped the segment just before).
+        if child.ended_within(Duration::from_millis(1))? {
+            return Ok(shared.state.load(Ordering::Acquire) >= MAPPED);
         }
     }
     Ok(true)
-}
-
-/// A descriptor that becomes readable when the process ends (pidfd_open(2)).
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1; the pid is
-    // our unreaped child's, so it cannot have been reused.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
-    }
-    // Safety: the kernel just gave us this descriptor and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Runs in the separately started program: open the segment by name, map it, say so, wait
@@ -176,8 +157,6 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd> {
 pub fn open_segment(args: &[String]) -> Result<()> {
     let [name, deadline_ms] = args else { bail!("usage: open-segment NAME DEADLINE_MS") };
     let deadline = Duration::from_millis(deadline_ms.parse().context("DEADLINE_MS")?);
-    // If the owner dies, we must not wait on: end with it (prctl(2) PR_SET_PDEATHSIG).
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("prctl PR_SET_PDEATHSIG")?;
     // process: find the memory by its name and map it: shm_open(3), fstat(2), mmap(2).
     let shmem =
         ShmemConf::new().os_id(name).open().map_err(|e| anyhow!("{e}")).with_context(|| format!("shm_open {name}"))?;

@@ -57,9 +57,6 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement) -> Result<Outcome> {
     let shared = SharedWord::new()?;
     let word = shared.word();
     let child = fork_child(|| {
-        // process: a futex has no end-of-file; should the parent die, the child must not
-        // sleep on forever (prctl(2) PR_SET_PDEATHSIG).
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("prctl PR_SET_PDEATHSIG")?;
         let _pinned = Pinned::to(place.partner)?;
         // process: the shared futex ops; the _PRIVATE ones key the wait by this address
         // space and would never wake a waiter in another process.
