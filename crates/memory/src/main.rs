@@ -106,8 +106,6 @@ pub struct PrivateWrite {
 pub struct SharedSegment {
     pub written: u64,
     pub seen: u64,
-    /// The calls a side needs before the two tasks can share the value.
-    pub setup_calls: &'static [&'static str],
     /// The process side: what happened to the segment.
     pub segment: Option<SegmentFacts>,
 }
@@ -215,25 +213,21 @@ fn shared_segment(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::shared_segment(ctx.deadline()))?;
     let thread = ctx.thread_side(thread::shared_segment)?;
     let seen = |s: &SharedSegment| s.seen == s.written;
-    // The claim: processes share what they map on purpose, and only that; threads need nothing.
-    let matches = process
-        .as_ref()
-        .zip(thread.as_ref())
-        .map(|(p, t)| seen(p) && !p.setup_calls.is_empty() && seen(t) && t.setup_calls.is_empty());
+    // The claim: processes share what they map on purpose, through a segment whose name is
+    // private and short-lived, and the write arrives; a thread's plain store arrives as it is.
+    let through_segment =
+        |s: &SharedSegment| s.segment.as_ref().is_some_and(|g| g.unlinked_while_both_mapped && g.other_found_name_gone);
+    let matches = process.as_ref().zip(thread.as_ref()).map(|(p, t)| seen(p) && through_segment(p) && seen(t));
     let side = |s: SharedSegment| {
-        let setup = if s.setup_calls.is_empty() {
-            "no setup".to_string()
-        } else {
-            format!("{} setup calls", s.setup_calls.len())
+        let (who, how) = match s.segment {
+            Some(_) => ("another program mapped the segment by name and", "through the segment"),
+            None => ("a thread", "a plain store, no setup"),
         };
-        let who = if s.segment.is_some() { "another program mapped the segment by name and" } else { "a thread" };
-        let summary = format!("{who} wrote {}; {} ({setup})", s.written, if seen(&s) { "seen" } else { "not seen" });
+        let summary = format!("{who} wrote {}; {} ({how})", s.written, if seen(&s) { "seen" } else { "not seen" });
         let mut side = Side::observed(summary)
             .fact("value_written", s.written)
             .fact("value_seen", s.seen)
-            .fact("write_seen", seen(&s))
-            .fact("setup_call_count", s.setup_calls.len())
-            .fact("setup_calls", s.setup_calls);
+            .fact("write_seen", seen(&s));
         if let Some(g) = &s.segment {
             side.set("segment_mode", format!("{:04o}", g.mode));
             side.set("name_unlinked_while_both_mapped", g.unlinked_while_both_mapped);
@@ -263,7 +257,7 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::cow_copy(ctx, bytes))?;
     let thread = ctx.thread_side(|| thread::cow_copy(ctx, bytes))?;
     let side = |c: CowCopy| {
-        let faults = median(&c.faults_per_run);
+        let faults = stats::summarize(&c.faults_per_run.iter().map(|&f| f as f64).collect::<Vec<_>>()).median as u64;
         Side::measured(&c.ns_per_page, "ns/page")
             .fact("pages_written", c.pages)
             .fact("page_bytes", c.page_bytes)
@@ -351,10 +345,4 @@ pub fn footprint_runs(ctx: &Ctx, host: &str, args: &[String]) -> Result<Footprin
     })?;
     let timed = runs.split_off(runs.len() - ctx.runs());
     Ok(Footprint { kib_per_worker, runs: timed })
-}
-
-fn median(values: &[u64]) -> u64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
 }

@@ -49,18 +49,6 @@ pub fn private_write(deadline: Duration) -> Result<PrivateWrite> {
     })
 }
 
-/// The calls this side needs before two processes share one value: the crate shared_memory
-/// makes them for us (shm_open(3), ftruncate(2), mmap(2), fstat(2), shm_unlink(3)).
-const SEGMENT_SETUP: &[&str] = &[
-    "shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)",
-    "ftruncate",
-    "mmap(MAP_SHARED)",
-    "shm_open(O_RDWR) in the other program",
-    "fstat in the other program",
-    "mmap(MAP_SHARED) in the other program",
-    "shm_unlink once both have it mapped",
-];
-
 /// The first page of the segment: a handshake word and the shared value.
 #[repr(C)]
 struct Handshake {
@@ -118,7 +106,6 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
     Ok(SharedSegment {
         written,
         seen: shared.value.load(Ordering::Acquire),
-        setup_calls: SEGMENT_SETUP,
         segment: Some(SegmentFacts {
             mode,
             unlinked_while_both_mapped: unlinked,

@@ -37,9 +37,6 @@ pub fn private_write() -> Result<PrivateWrite> {
     })
 }
 
-/// The calls this side needs before two threads share one value: none.
-const SEGMENT_SETUP: &[&str] = &[];
-
 /// A second thread writes a plain value of this process.
 pub fn shared_segment() -> Result<SharedSegment> {
     // thread: no setup at all: every value of the process is already shared.
@@ -52,7 +49,7 @@ pub fn shared_segment() -> Result<SharedSegment> {
         .join()
     })
     .map_err(|_| anyhow!("the writing thread panicked"))?;
-    Ok(SharedSegment { written, seen: value.load(Ordering::Acquire), setup_calls: SEGMENT_SETUP, segment: None })
+    Ok(SharedSegment { written, seen: value.load(Ordering::Acquire), segment: None })
 }
 
 /// A thread writes one byte to every page of a buffer the observer filled; the pages are
