@@ -84,7 +84,21 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
             // Whether other programs kept the machine busy is a condition of this run, like
             // the timings, not a claim.
             map.shift_remove("busy");
+            // Every run's value is noise by nature; the count of runs stays in "runs".
+            if let Some(samples) = map.get_mut("samples") {
+                *samples = Value::String("[samples]".into());
+            }
+            // Which side was better in a control that expected none depends on the timings.
+            if measure && let Some(Value::String(note)) = map.get_mut("note") {
+                *note = without_which_was_better(note);
+                if note.is_empty() {
+                    map.shift_remove("note");
+                }
+            }
             for (k, item) in map.iter_mut() {
+                if k == "samples" {
+                    continue;
+                }
                 if in_facts && keep.contains(&k.as_str()) {
                     continue;
                 }
@@ -111,6 +125,14 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
         }
         _ => {}
     }
+}
+
+/// Drops the sentence the runner adds when an `expected: same` control found a difference.
+fn without_which_was_better(note: &str) -> String {
+    let Some(start) = note.find("no difference was expected, but the ") else { return note.to_string() };
+    let end = note[start..].find("band").map_or(note.len(), |i| start + i + "band".len());
+    let rest = note[end..].trim_start_matches("; ");
+    format!("{}{rest}", &note[..start])
 }
 
 /// "1081 ns (1050.2–1119.8, 7 runs)" becomes "N ns (N–N, N runs)".

@@ -58,13 +58,55 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// A child's resource usage, from wait4(2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// A task's resource usage: a reaped child's from wait4(2), or the calling thread's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub voluntary_switches: i64,
     pub involuntary_switches: i64,
     pub minor_faults: i64,
     pub major_faults: i64,
+    /// User plus system CPU time, in µs.
+    #[serde(default)]
+    pub cpu_us: i64,
+}
+
+impl Usage {
+    /// The calling thread's usage so far: RUSAGE_THREAD counts this task only, whether it is
+    /// a process's only thread or one of many (getrusage(2)).
+    pub fn of_thread() -> Result<Usage> {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+            .context("getrusage(RUSAGE_THREAD)")?;
+        Ok(Usage::from_rusage(u.as_ref()))
+    }
+
+    /// The whole calling process's usage so far, every thread included (RUSAGE_SELF).
+    pub fn of_process() -> Result<Usage> {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .context("getrusage(RUSAGE_SELF)")?;
+        Ok(Usage::from_rusage(u.as_ref()))
+    }
+
+    fn from_rusage(ru: &libc::rusage) -> Usage {
+        let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+        Usage {
+            voluntary_switches: ru.ru_nvcsw,
+            involuntary_switches: ru.ru_nivcsw,
+            minor_faults: ru.ru_minflt,
+            major_faults: ru.ru_majflt,
+            cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
+        }
+    }
+
+    /// What was used between `before` and `self`.
+    pub fn since(self, before: Usage) -> Usage {
+        Usage {
+            voluntary_switches: self.voluntary_switches - before.voluntary_switches,
+            involuntary_switches: self.involuntary_switches - before.involuntary_switches,
+            minor_faults: self.minor_faults - before.minor_faults,
+            major_faults: self.major_faults - before.major_faults,
+            cpu_us: self.cpu_us - before.cpu_us,
+        }
+    }
 }
 
 /// What a child left: how it ended, what it printed, what it used.
@@ -533,12 +575,7 @@ fn wait4(c: &mut Child, flags: libc::c_int) -> Result<Option<Exit>> {
         status,
         stdout: String::from_utf8_lossy(&c.out).into_owned(),
         stderr: String::from_utf8_lossy(&c.err).into_owned(),
-        usage: Usage {
-            voluntary_switches: ru.ru_nvcsw,
-            involuntary_switches: ru.ru_nivcsw,
-            minor_faults: ru.ru_minflt,
-            major_faults: ru.ru_majflt,
-        },
+        usage: Usage::from_rusage(&ru),
         ended,
     }))
 }
@@ -553,31 +590,42 @@ impl Drop for Child {
     }
 }
 
-/// Delivers one message to the observer: `tag value value ...` and a newline on stdout, in a
-/// single write(2) so that messages from several threads or processes never interleave
-/// (writes of up to PIPE_BUF bytes to a pipe are atomic, pipe(7)). Unbuffered: once this
-/// returns, the message is in the pipe and survives a crash of the sender.
-pub fn deliver(tag: &str, values: &[u64]) {
-    let mut line = String::from(tag);
-    for v in values {
-        line.push(' ');
-        line.push_str(&v.to_string());
-    }
-    line.push('\n');
+/// Delivers one typed message to the parent: `tag` and the value as one line of JSON on
+/// stdout, in a single write(2) so that messages from several threads or processes never
+/// interleave (writes of up to PIPE_BUF bytes to a pipe are atomic, pipe(7)). Unbuffered:
+/// once this returns, the message is in the pipe and survives a crash of the sender. The
+/// parent reads it back with [`Exit::received`] (or [`received`]).
+pub fn deliver<T: serde::Serialize + ?Sized>(tag: &str, value: &T) {
+    let json = serde_json::to_string(value).unwrap_or_else(|e| format!("\"unserializable: {e}\""));
+    let line = format!("{tag} {json}\n");
+    debug_assert!(line.len() <= libc::PIPE_BUF, "a message over PIPE_BUF is not written atomically");
     // Safety: writes our own buffer to descriptor 1.
     let n = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
     debug_assert_eq!(n, line.len() as isize);
 }
 
-/// The messages with one tag in what a child printed, in the order they were written.
-pub fn received(stdout: &str, tag: &str) -> Vec<Vec<u64>> {
+/// The messages with one tag in what a child printed, in the order they were written. A
+/// message that does not parse as a `T` is an error that quotes it.
+pub fn received<T: serde::de::DeserializeOwned>(stdout: &str, tag: &str) -> Result<Vec<T>> {
     stdout
         .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(tag)).then(|| words.filter_map(|w| w.parse().ok()).collect())
-        })
+        .filter_map(|l| l.strip_prefix(tag).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|json| serde_json::from_str(json).with_context(|| format!("a malformed {tag:?} message: {json}")))
         .collect()
+}
+
+impl Exit {
+    /// The messages with one tag that the child delivered (see [`deliver`]).
+    pub fn received<T: serde::de::DeserializeOwned>(&self, tag: &str) -> Result<Vec<T>> {
+        received(&self.stdout, tag)
+    }
+
+    /// The one message with this tag, or an error naming what came instead.
+    pub fn received_one<T: serde::de::DeserializeOwned>(&self, tag: &str) -> Result<T> {
+        let mut all = self.received(tag)?;
+        anyhow::ensure!(all.len() == 1, "expected one {tag:?} message from child {}, got {}", self.pid, all.len());
+        Ok(all.remove(0))
+    }
 }
 
 /// Makes sure a crash of this process writes no core file: a demonstration crash must leave
@@ -598,9 +646,11 @@ mod tests {
 
     #[test]
     fn messages_are_parsed_by_tag() {
-        let out = "result 1 10\nnoise\nresult 2 20\nstart 5\n";
-        assert_eq!(received(out, "result"), vec![vec![1, 10], vec![2, 20]]);
-        assert_eq!(received(out, "start"), vec![vec![5]]);
+        let out = "result [1,10]\nnoise\nresult [2,20]\nstart 5\nresults [9]\n";
+        assert_eq!(received::<Vec<u64>>(out, "result").unwrap(), vec![vec![1, 10], vec![2, 20]]);
+        assert_eq!(received::<u64>(out, "start").unwrap(), vec![5]);
+        let bad = received::<u64>("start five\n", "start").unwrap_err();
+        assert!(format!("{bad:#}").contains("malformed \"start\" message: five"), "{bad:#}");
     }
 
     #[test]

@@ -47,11 +47,50 @@ impl Drop for Pinned {
     }
 }
 
-/// The CPU the calling thread is running on right now (sched_getcpu(3)).
-pub fn current() -> usize {
+/// The CPU the calling thread is running on right now (sched_getcpu(3)). A failure is an
+/// error, never a CPU number: "ran on CPU 0" must be something the kernel said.
+pub fn current() -> Result<usize> {
     // Safety: sched_getcpu takes no arguments and only reads the kernel's answer.
     let cpu = unsafe { libc::sched_getcpu() };
-    cpu.max(0) as usize
+    if cpu < 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getcpu");
+    }
+    Ok(cpu as usize)
+}
+
+/// Where two tasks run: the one that drives an experiment and its partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub driver: usize,
+    pub partner: usize,
+}
+
+impl Placement {
+    /// Both tasks on the first CPU this run may use, once pinning there is known to work;
+    /// `Ok(Err(why))` when it cannot be arranged here (an experiment is then skipped).
+    pub fn same_cpu() -> Result<std::result::Result<Placement, String>> {
+        let Some(&first) = allowed()?.first() else {
+            return Ok(Err("sched_getaffinity reports no CPU we may run on".to_string()));
+        };
+        Ok(match Pinned::to(first) {
+            Ok(_undo) => Ok(Placement { driver: first, partner: first }),
+            Err(e) => Err(format!("pinning was refused: {e:#}")),
+        })
+    }
+
+    /// The tasks on two different CPUs this run may use, once pinning to each is known to
+    /// work; `Ok(Err(why))` with one allowed CPU.
+    pub fn cross_cpu() -> Result<std::result::Result<Placement, String>> {
+        let Some((a, b)) = two_distinct()? else {
+            return Ok(Err("only one CPU is allowed here: a wake-up cannot cross CPUs".to_string()));
+        };
+        // Each probe is undone before the next: the calling thread ends with the mask it had.
+        let probe = Pinned::to(a).map(drop).and_then(|()| Pinned::to(b).map(drop));
+        Ok(match probe {
+            Ok(()) => Ok(Placement { driver: a, partner: b }),
+            Err(e) => Err(format!("pinning was refused: {e:#}")),
+        })
+    }
 }
 
 /// Two distinct CPUs this process may use, if it may use two.
@@ -76,10 +115,22 @@ mod tests {
             pin(target).unwrap();
             for _ in 0..100 {
                 std::thread::yield_now();
-                assert_eq!(current(), target);
+                assert_eq!(current().unwrap(), target);
             }
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn probing_placements_leaves_the_mask_as_it_was() {
+        let before = allowed().unwrap();
+        let same = Placement::same_cpu().unwrap().unwrap();
+        assert_eq!(same.driver, before[0]);
+        match Placement::cross_cpu().unwrap() {
+            Ok(p) => assert_ne!(p.driver, p.partner),
+            Err(why) => assert_eq!(before.len(), 1, "{why}"),
+        }
+        assert_eq!(allowed().unwrap(), before, "the probes changed the calling thread's mask");
     }
 }

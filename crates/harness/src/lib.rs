@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod cpu;
 pub mod faults;
 pub mod limits;
+pub mod mem;
 pub mod panics;
 pub mod render;
 pub mod report;
@@ -16,7 +17,7 @@ pub mod shm;
 pub mod stats;
 
 pub use child::{
-    Alarm, Child, Exit, Status, Watch, deliver, fork_child, fork_child_keeping, no_core_dump, received,
+    Alarm, Child, Exit, Status, Usage, Watch, deliver, fork_child, fork_child_keeping, no_core_dump, received,
     spawn_sacrificial, wait_all, wait_any,
 };
 pub use limits::{Needs, Room};

@@ -4,10 +4,16 @@
 //! and outside checks read them. Add fields if you must; never rename one.
 
 use serde::{Deserialize, Serialize};
+
+use crate::stats::Interval;
 use serde_json::{Map, Value};
 
-/// The differences between the sides below this fraction count as `marginal`.
-pub const MARGINAL_BELOW: f64 = 0.10;
+/// A ratio whose interval reaches inside 1 ± this is a `tie`: no difference that matters.
+pub const TIE_BAND: f64 = 0.05;
+
+/// A ratio whose interval lies wholly beyond 1 ± this, on the expected side, `holds`; between
+/// [`TIE_BAND`] and this it is `marginal`.
+pub const HOLDS_BEYOND: f64 = 0.10;
 
 /// One row's report: its claim and every experiment it ran.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +101,11 @@ pub struct Experiment {
     /// Process median divided by thread median (`measure` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
+    /// The 95 % confidence interval of `ratio`, by a seeded bootstrap over the runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_high: Option<f64>,
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -120,6 +131,10 @@ pub struct Side {
     pub high: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<usize>,
+    /// Every timed run's value, in the order taken: what the median, the spread and the
+    /// interval of the ratio were computed from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
     /// The evidence: what was observed, and the preconditions of the numbers.
     pub facts: Map<String, Value>,
 }
@@ -144,6 +159,7 @@ impl Side {
             low: Some(stats.low),
             high: Some(stats.high),
             runs: Some(stats.runs),
+            samples: stats.samples.clone(),
             facts: Map::new(),
         }
     }
@@ -173,38 +189,56 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
-/// The verdict rule for `measure` experiments (DESIGN.md, "Verdicts").
+/// The verdict rule for `measure` experiments (DESIGN.md, "Verdicts"; docs/report.md has a
+/// worked example).
 ///
-/// The spreads are each side's [low, high] over its runs. Overlapping spreads are a `tie`:
-/// we never guess through noise. Otherwise the expected side must be better by
-/// [`MARGINAL_BELOW`] or more to `hold`. Returns the verdict and the ratio process/thread.
-pub fn judge(process: &Side, thread: &Side, better: Better, expected: Expected) -> (Verdict, f64) {
-    let (Some(pm), Some(tm)) = (process.median, thread.median) else {
-        return (Verdict::Error, f64::NAN);
-    };
-    let ratio = pm / tm;
-    let p = (process.low.unwrap_or(pm), process.high.unwrap_or(pm));
-    let t = (thread.low.unwrap_or(tm), thread.high.unwrap_or(tm));
-    let overlap = p.0 <= t.1 && t.0 <= p.1;
-    if overlap || !ratio.is_finite() {
-        return (Verdict::Tie, ratio);
+/// The ratio process/thread of the medians gets a 95 % interval from the runs of both sides
+/// ([`crate::stats::ratio_interval`]), and the verdict comes from where that interval lies:
+/// reaching inside 1 ± [`TIE_BAND`] is a `tie`; wholly on the expected side and beyond
+/// 1 ± [`HOLDS_BEYOND`], `holds`; wholly on the expected side but not wholly beyond that,
+/// `marginal`; wholly on the other side, `reversed`. For `expected: same`, an interval wholly
+/// inside the band `holds`, one wholly outside is `reversed` (see [`faster`] for which side),
+/// and anything between is a `tie`. `None` when the ratio means nothing (a side without runs,
+/// a median that is not positive).
+pub fn judge(process: &Side, thread: &Side, better: Better, expected: Expected) -> Option<(Verdict, Interval)> {
+    let interval = crate::stats::ratio_interval(&samples(process), &samples(thread))?;
+    Some((judge_interval(interval, better, expected), interval))
+}
+
+/// The runs of a side; a side with a median but no runs counts as that one run.
+fn samples(side: &Side) -> Vec<f64> {
+    if side.samples.is_empty() { side.median.into_iter().collect() } else { side.samples.clone() }
+}
+
+/// [`judge`] on an interval already computed.
+pub fn judge_interval(i: Interval, better: Better, expected: Expected) -> Verdict {
+    let winner = faster(i, better);
+    if expected == Expected::Same {
+        return match winner {
+            Some(_) => Verdict::Reversed,
+            None if i.low >= 1.0 - TIE_BAND && i.high <= 1.0 + TIE_BAND => Verdict::Holds,
+            None => Verdict::Tie,
+        };
     }
-    // Which side is better, and by how much relative to the worse one.
-    let process_better = match better {
-        Better::Lower => pm < tm,
-        Better::Higher => pm > tm,
+    match winner {
+        None => Verdict::Tie,
+        Some(w) if w != expected => Verdict::Reversed,
+        Some(_) if i.low > 1.0 + HOLDS_BEYOND || i.high < 1.0 - HOLDS_BEYOND => Verdict::Holds,
+        Some(_) => Verdict::Marginal,
+    }
+}
+
+/// The side whose number is better beyond the tie band, by the whole interval; `None` when
+/// the interval reaches inside 1 ± [`TIE_BAND`].
+pub fn faster(i: Interval, better: Better) -> Option<Expected> {
+    let process_higher = if i.low > 1.0 + TIE_BAND {
+        true
+    } else if i.high < 1.0 - TIE_BAND {
+        false
+    } else {
+        return None;
     };
-    // How many times better the better side is: 1.25 means 25 % better.
-    let advantage = if process_better == (better == Better::Lower) { tm / pm } else { pm / tm };
-    let verdict = match expected {
-        // The claim "the same" is contradicted by any clear difference.
-        Expected::Same => Verdict::Reversed,
-        Expected::Process if !process_better => Verdict::Reversed,
-        Expected::Thread if process_better => Verdict::Reversed,
-        _ if advantage >= 1.0 + MARGINAL_BELOW => Verdict::Holds,
-        _ => Verdict::Marginal,
-    };
-    (verdict, ratio)
+    Some(if process_higher == (better == Better::Higher) { Expected::Process } else { Expected::Thread })
 }
 
 /// The verdict rule for `observe` experiments: what was seen matches the claim, or not.
@@ -240,56 +274,94 @@ pub fn tally(verdicts: impl Iterator<Item = Verdict>) -> String {
 mod tests {
     use super::*;
 
-    fn side(median: f64, low: f64, high: f64) -> Side {
-        Side { median: Some(median), low: Some(low), high: Some(high), runs: Some(5), ..Side::default() }
+    fn interval(low: f64, high: f64) -> Interval {
+        Interval { ratio: (low + high) / 2.0, low, high }
+    }
+
+    fn runs(values: &[f64]) -> Side {
+        let s = crate::stats::summarize(values);
+        Side::measured(&s, "ns")
+    }
+
+    /// Runs scattered ±`noise` (a fraction) around `centre`, the same pattern on every call.
+    fn noisy(centre: f64, noise: f64, n: usize) -> Side {
+        let v: Vec<f64> =
+            (0..n).map(|i| centre * (1.0 + noise * (((i * 5) % n) as f64 / (n - 1) as f64 * 2.0 - 1.0))).collect();
+        runs(&v)
     }
 
     #[test]
-    fn clear_win_of_the_expected_side_holds() {
-        let (v, r) = judge(&side(200.0, 190.0, 210.0), &side(100.0, 95.0, 105.0), Better::Lower, Expected::Thread);
-        assert_eq!(v, Verdict::Holds);
-        assert!((r - 2.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn small_separated_win_is_marginal() {
-        // 5 % better, spreads apart.
-        let (v, _) = judge(&side(105.0, 104.0, 106.0), &side(100.0, 99.0, 101.0), Better::Lower, Expected::Thread);
-        assert_eq!(v, Verdict::Marginal);
-    }
-
-    #[test]
-    fn win_of_the_other_side_is_reversed() {
-        let (v, _) = judge(&side(80.0, 78.0, 82.0), &side(100.0, 99.0, 101.0), Better::Lower, Expected::Thread);
-        assert_eq!(v, Verdict::Reversed);
-    }
-
-    #[test]
-    fn overlapping_spreads_are_a_tie_even_with_a_large_median_gap() {
-        let (v, _) = judge(&side(200.0, 90.0, 300.0), &side(100.0, 95.0, 105.0), Better::Lower, Expected::Thread);
+    fn equal_medians_are_a_tie() {
+        let (v, i) = judge(&noisy(100.0, 0.02, 11), &noisy(100.0, 0.02, 11), Better::Lower, Expected::Thread).unwrap();
         assert_eq!(v, Verdict::Tie);
+        assert!(i.low <= 1.0 && i.high >= 1.0, "{i:?}");
     }
 
     #[test]
-    fn higher_is_better_is_respected() {
-        let (v, _) = judge(&side(300.0, 290.0, 310.0), &side(100.0, 95.0, 105.0), Better::Higher, Expected::Process);
-        assert_eq!(v, Verdict::Holds);
-        let (v, _) = judge(&side(300.0, 290.0, 310.0), &side(100.0, 95.0, 105.0), Better::Higher, Expected::Thread);
-        assert_eq!(v, Verdict::Reversed);
+    fn a_two_percent_difference_with_tight_spreads_is_a_tie() {
+        // Spreads of ±0.5 % that do not overlap: the old rule said `marginal`; 2 % is no
+        // difference a reader should act on.
+        let (v, i) =
+            judge(&noisy(102.0, 0.005, 11), &noisy(100.0, 0.005, 11), Better::Lower, Expected::Thread).unwrap();
+        assert_eq!(v, Verdict::Tie, "{i:?}");
+        assert!(i.low > 1.0, "the interval alone is clear of 1: {i:?}");
     }
 
     #[test]
-    fn a_clear_difference_contradicts_same() {
-        let (v, _) = judge(&side(300.0, 290.0, 310.0), &side(100.0, 95.0, 105.0), Better::Lower, Expected::Same);
-        assert_eq!(v, Verdict::Reversed);
-        let (v, _) = judge(&side(100.0, 90.0, 110.0), &side(100.0, 95.0, 105.0), Better::Lower, Expected::Same);
-        assert_eq!(v, Verdict::Tie);
+    fn a_thirty_percent_difference_holds_or_is_reversed() {
+        let (p, t) = (noisy(130.0, 0.03, 11), noisy(100.0, 0.03, 11));
+        assert_eq!(judge(&p, &t, Better::Lower, Expected::Thread).unwrap().0, Verdict::Holds);
+        assert_eq!(judge(&p, &t, Better::Lower, Expected::Process).unwrap().0, Verdict::Reversed);
+        assert_eq!(judge(&p, &t, Better::Higher, Expected::Process).unwrap().0, Verdict::Holds);
+        assert_eq!(judge(&p, &t, Better::Higher, Expected::Thread).unwrap().0, Verdict::Reversed);
     }
 
     #[test]
-    fn exactly_ten_percent_holds() {
-        let (v, _) = judge(&side(110.0, 110.0, 110.0), &side(100.0, 100.0, 100.0), Better::Lower, Expected::Thread);
-        assert_eq!(v, Verdict::Holds);
+    fn overlapping_noisy_samples_are_a_tie_even_with_a_gap_between_medians() {
+        let (v, i) = judge(&noisy(130.0, 0.6, 7), &noisy(100.0, 0.6, 7), Better::Lower, Expected::Thread).unwrap();
+        assert_eq!(v, Verdict::Tie, "{i:?}");
+    }
+
+    #[test]
+    fn the_same_samples_always_give_the_same_verdict() {
+        let (p, t) = (noisy(108.0, 0.04, 9), noisy(100.0, 0.04, 9));
+        let first = judge(&p, &t, Better::Lower, Expected::Thread);
+        for _ in 0..5 {
+            assert_eq!(judge(&p, &t, Better::Lower, Expected::Thread), first);
+        }
+    }
+
+    #[test]
+    fn the_band_decides_between_marginal_and_holds() {
+        let rule = |lo, hi| judge_interval(interval(lo, hi), Better::Lower, Expected::Thread);
+        assert_eq!(rule(1.11, 1.30), Verdict::Holds);
+        assert_eq!(rule(1.06, 1.30), Verdict::Marginal, "wholly beyond 5 %, not wholly beyond 10 %");
+        assert_eq!(rule(1.04, 1.30), Verdict::Tie, "reaches inside the band");
+        assert_eq!(rule(0.80, 0.94), Verdict::Reversed);
+        assert_eq!(rule(0.80, 0.96), Verdict::Tie);
+        // Higher is better: a ratio below 1 means the thread side won.
+        let higher = |lo, hi| judge_interval(interval(lo, hi), Better::Higher, Expected::Thread);
+        assert_eq!(higher(0.70, 0.89), Verdict::Holds);
+        assert_eq!(higher(0.70, 0.92), Verdict::Marginal);
+        assert_eq!(higher(1.06, 1.20), Verdict::Reversed);
+    }
+
+    #[test]
+    fn same_holds_inside_the_band_and_names_the_faster_side_outside() {
+        let rule = |lo, hi| judge_interval(interval(lo, hi), Better::Lower, Expected::Same);
+        assert_eq!(rule(0.97, 1.04), Verdict::Holds);
+        assert_eq!(rule(0.97, 1.08), Verdict::Tie, "neither inside nor clearly outside");
+        assert_eq!(rule(1.08, 1.20), Verdict::Reversed);
+        assert_eq!(faster(interval(1.08, 1.20), Better::Lower), Some(Expected::Thread));
+        assert_eq!(faster(interval(0.80, 0.90), Better::Lower), Some(Expected::Process));
+        assert_eq!(faster(interval(0.98, 1.20), Better::Lower), None);
+    }
+
+    #[test]
+    fn a_ratio_of_non_positive_medians_is_not_judged() {
+        // Opposite signs and zeros used to give `marginal` or `tie`; they give no ratio at all.
+        assert_eq!(judge(&runs(&[-5.0; 7]), &runs(&[5.0; 7]), Better::Lower, Expected::Thread), None);
+        assert_eq!(judge(&runs(&[0.0; 7]), &runs(&[5.0; 7]), Better::Lower, Expected::Thread), None);
     }
 
     #[test]
@@ -313,9 +385,11 @@ mod tests {
             unit: Some("ns/switch".into()),
             better: Some(Better::Lower),
             expected: Expected::Thread,
-            process: Some(side(2.0, 1.0, 3.0)),
+            process: Some(runs(&[1.0, 2.0, 3.0])),
             thread: None,
             ratio: Some(1.5),
+            ratio_low: Some(1.2),
+            ratio_high: Some(1.8),
             verdict: Verdict::Skipped,
             note: None,
             others_cpu: None,
@@ -327,6 +401,8 @@ mod tests {
         assert_eq!(v["expected"], "thread");
         assert_eq!(v["verdict"], "skipped");
         assert_eq!(v["process"]["median"], 2.0);
+        assert_eq!(v["process"]["samples"], serde_json::json!([1.0, 2.0, 3.0]));
+        assert_eq!((v["ratio_low"].as_f64(), v["ratio_high"].as_f64()), (Some(1.2), Some(1.8)));
         assert!(v.get("thread").is_none());
     }
 }

@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, builder::PossibleV
 
 use crate::limits::{Needs, Room};
 use crate::report::{self, Better, Expected, Experiment, Kind, Report, Side, Verdict};
+use crate::stats::{Plan, Summary, TimedRun};
 use crate::{child, cleanup, faults, render};
 
 /// A row: one difference between processes and threads.
@@ -67,6 +68,29 @@ impl Ctx {
     /// Timed runs per number: never fewer than [`crate::stats::MIN_RUNS`].
     pub fn runs(&self) -> usize {
         if self.quick { crate::stats::MIN_RUNS } else { 11 }
+    }
+
+    /// How an experiment's timed runs are planned: at least [`Ctx::runs`], and in a full run
+    /// more while the runs so far took under a quarter of a second, up to 41.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            warmup: self.warmup(),
+            min_runs: self.runs(),
+            max_runs: if self.quick { self.runs() } else { 41 },
+            budget: if self.quick { Duration::ZERO } else { Duration::from_millis(250) },
+        }
+    }
+
+    /// The timed runs of both sides, in turns (see [`crate::stats::interleave`]); each closure
+    /// times one run of its side and returns its value. Only the sides asked for run.
+    pub fn interleave(
+        &self,
+        mut process: impl FnMut() -> Result<f64>,
+        mut thread: impl FnMut() -> Result<f64>,
+    ) -> Result<(Option<Summary>, Option<Summary>)> {
+        let p: Option<TimedRun<'_>> = if self.process() { Some(&mut process) } else { None };
+        let t: Option<TimedRun<'_>> = if self.thread() { Some(&mut thread) } else { None };
+        crate::stats::interleave(self.plan(), p, t)
     }
 
     /// Untimed warm-up runs before them.
@@ -237,6 +261,8 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
         process: None,
         thread: None,
         ratio: None,
+        ratio_low: None,
+        ratio_high: None,
         verdict: Verdict::Error,
         note: None,
         others_cpu: None,
@@ -264,11 +290,29 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
         return e;
     };
     match (spec.kind, spec.unit) {
-        (Kind::Measure, Some((_, better))) => {
-            let (verdict, ratio) = report::judge(p, t, better, spec.expected);
-            e.verdict = verdict;
-            e.ratio = Some((ratio * 1000.0).round() / 1000.0);
-        }
+        (Kind::Measure, Some((_, better))) => match report::judge(p, t, better, spec.expected) {
+            Some((verdict, interval)) => {
+                let round = |x: f64| Some((x * 1000.0).round() / 1000.0);
+                e.verdict = verdict;
+                (e.ratio, e.ratio_low, e.ratio_high) =
+                    (round(interval.ratio), round(interval.low), round(interval.high));
+                if spec.expected == Expected::Same
+                    && let Some(side) = report::faster(interval, better)
+                {
+                    let side = if side == Expected::Process { "process" } else { "thread" };
+                    let said =
+                        format!("no difference was expected, but the {side} side was better beyond the 5 % band");
+                    e.note = Some(match e.note.take() {
+                        Some(n) => format!("{said}; {n}"),
+                        None => said,
+                    });
+                }
+            }
+            None => {
+                e.note =
+                    Some("error: no ratio: a side has no runs, or a median that is not a positive number".to_string())
+            }
+        },
         (Kind::Measure, None) => {
             e.note = Some("error: a measure experiment without a unit".to_string());
         }
@@ -343,6 +387,8 @@ mod tests {
             process: Some(Side::default()),
             thread: Some(Side::default()),
             ratio: Some(0.4),
+            ratio_low: Some(0.3),
+            ratio_high: Some(0.5),
             verdict,
             note: None,
             others_cpu: Some(others_cpu),

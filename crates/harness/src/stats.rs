@@ -1,15 +1,19 @@
 //! Timing and statistics: warm-up, repeated runs, median with spread, percentiles.
 //!
 //! Every number a row reports is the median of at least [`MIN_RUNS`] runs after a warm-up,
-//! with the spread of the runs as `low`/`high`: the 10th and 90th percentiles by nearest rank,
-//! which are the minimum and maximum when there are fewer than ten runs.
+//! with the spread of the runs as `low`/`high`: the 10th and 90th percentiles, interpolated
+//! between the two nearest runs (the minimum and maximum of up to ten runs come out close to
+//! them). The two sides of an experiment take their runs in turns ([`interleave`]), so that
+//! the machine's drift falls on both alike, and the ratio of their medians gets a 95 %
+//! confidence interval by a seeded bootstrap ([`ratio_interval`]).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use rand::{Rng, SeedableRng};
 
 /// The fewest timed runs behind any reported number.
-pub const MIN_RUNS: usize = 5;
+pub const MIN_RUNS: usize = 7;
 
 /// The median of repeated runs with their spread.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +33,8 @@ pub fn summarize(samples: &[f64]) -> Summary {
     sorted.sort_by(f64::total_cmp);
     Summary {
         median: median_of_sorted(&sorted),
-        low: percentile_of_sorted(&sorted, 10.0),
-        high: percentile_of_sorted(&sorted, 90.0),
+        low: quantile_of_sorted(&sorted, 0.10),
+        high: quantile_of_sorted(&sorted, 0.90),
         runs: samples.len(),
         samples: samples.to_vec(),
     }
@@ -41,11 +45,128 @@ fn median_of_sorted(sorted: &[f64]) -> f64 {
     if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
 }
 
-/// Nearest-rank percentile of sorted values (`p` in 0..=100).
-pub fn percentile_of_sorted(sorted: &[f64], p: f64) -> f64 {
+/// The `q` quantile (0..=1) of sorted values, interpolated linearly between the two nearest
+/// (Hyndman and Fan's type 7, the default of R and NumPy): symmetric, so that the 10th and
+/// 90th percentiles of 20 runs drop as many runs at the bottom as at the top.
+pub fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
     let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
+    let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
+    let (below, frac) = (h.floor() as usize, h.fract());
+    if below + 1 >= n { sorted[n - 1] } else { sorted[below] + frac * (sorted[below + 1] - sorted[below]) }
+}
+
+/// How many timed runs an experiment takes: at least `min_runs`, then more while the runs so
+/// far took less than `budget`, up to `max_runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Untimed runs of each side before the timed ones.
+    pub warmup: usize,
+    pub min_runs: usize,
+    pub max_runs: usize,
+    pub budget: Duration,
+}
+
+/// One timed run of a side: it times itself (setup stays outside) and returns its value.
+pub type TimedRun<'a> = &'a mut dyn FnMut() -> Result<f64>;
+
+/// Runs the two sides in turns and summarises each: warm-up runs first, then the timed runs
+/// in ABBA order (process, thread, thread, process, process, thread, ...), so that a drift of
+/// the machine (a frequency change, a noisy neighbour arriving) falls on both sides alike
+/// instead of on one side's block of runs. A side that is `None` is not run.
+///
+/// A side that needs long-lived setup (a partner task, a pool) sets up both first and passes
+/// closures that each time one run on what is already there.
+pub fn interleave(
+    plan: Plan,
+    mut process: Option<TimedRun<'_>>,
+    mut thread: Option<TimedRun<'_>>,
+) -> Result<(Option<Summary>, Option<Summary>)> {
+    ensure!(plan.min_runs >= 1 && plan.max_runs >= plan.min_runs, "interleave needs at least one run: {plan:?}");
+    let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut one_pair = |first_thread: bool, keep: bool, samples: &mut [Vec<f64>; 2]| -> Result<()> {
+        let order: [usize; 2] = if first_thread { [1, 0] } else { [0, 1] };
+        for side in order {
+            let value = match side {
+                0 => process.as_mut().map(|run| run()),
+                _ => thread.as_mut().map(|run| run()),
+            };
+            if let Some(value) = value.transpose()?
+                && keep
+            {
+                samples[side].push(value);
+            }
+        }
+        Ok(())
+    };
+    for i in 0..plan.warmup {
+        one_pair(i % 2 == 1, false, &mut samples)?;
+    }
+    let start = Instant::now();
+    let mut i = 0;
+    // More runs only in whole ABBA blocks, so that each side goes first equally often.
+    while i < plan.min_runs || (i % 2 == 1) || (start.elapsed() < plan.budget && i < plan.max_runs) {
+        if i >= plan.max_runs {
+            break;
+        }
+        one_pair(i % 2 == 1, true, &mut samples)?;
+        i += 1;
+    }
+    let [p, t] = samples;
+    let summary = |v: Vec<f64>| if v.is_empty() { None } else { Some(summarize(&v)) };
+    Ok((summary(p), summary(t)))
+}
+
+/// A ratio of medians with its 95 % confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub ratio: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Bootstrap resamples behind every interval: enough that the 2.5 % and 97.5 % points move by
+/// well under a percent between seeds.
+pub const BOOTSTRAP_RESAMPLES: usize = 4000;
+
+/// The fixed seed: the same samples always give the same interval, and so the same verdict.
+const BOOTSTRAP_SEED: u64 = 0x7072_6f63_7468_7264; // "procthrd"
+
+/// The ratio median(`a`) / median(`b`) with a 95 % confidence interval: a percentile bootstrap
+/// that resamples each side's runs with replacement (Efron and Tibshirani, ch. 13), seeded so
+/// that it is repeatable. `None` when a side has no runs or a median is not a positive number
+/// (a ratio of such numbers says nothing).
+pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
+    if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|x| !x.is_finite()) {
+        return None;
+    }
+    let (ma, mb) = (median(a), median(b));
+    if ma <= 0.0 || mb <= 0.0 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(BOOTSTRAP_SEED);
+    let mut resample = |from: &[f64], into: &mut Vec<f64>| {
+        into.clear();
+        into.extend((0..from.len()).map(|_| from[rng.gen_range(0..from.len())]));
+        into.sort_by(f64::total_cmp);
+        median_of_sorted(into)
+    };
+    let (mut ra, mut rb) = (Vec::with_capacity(a.len()), Vec::with_capacity(b.len()));
+    let mut ratios: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            let x = resample(a, &mut ra);
+            let y = resample(b, &mut rb);
+            x / y.max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some(Interval { ratio: ma / mb, low: quantile_of_sorted(&ratios, 0.025), high: quantile_of_sorted(&ratios, 0.975) })
+}
+
+/// The median of values in any order.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    median_of_sorted(&sorted)
 }
 
 /// Runs `run` `warmup` times untimed, then `runs` times, and summarises what it returned.
@@ -141,16 +262,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn few_runs_spread_is_min_and_max() {
+    fn few_runs_spread_lies_just_inside_min_and_max() {
         let s = summarize(&[5.0, 1.0, 3.0, 4.0, 2.0]);
-        assert_eq!((s.median, s.low, s.high, s.runs), (3.0, 1.0, 5.0, 5));
+        assert_eq!(s.median, 3.0);
+        assert!((s.low - 1.4).abs() < 1e-9 && (s.high - 4.6).abs() < 1e-9 && s.runs == 5, "{s:?}");
     }
 
     #[test]
-    fn many_runs_spread_drops_the_extremes() {
+    fn the_spread_drops_as_much_at_the_bottom_as_at_the_top() {
         let v: Vec<f64> = (1..=20).map(f64::from).collect();
         let s = summarize(&v);
-        assert_eq!((s.median, s.low, s.high), (10.5, 2.0, 18.0));
+        // 1..=20: the 10th percentile sits 2.9 runs above the minimum, the 90th 2.9 below the maximum.
+        assert_eq!(s.median, 10.5);
+        assert!((s.low - 2.9).abs() < 1e-9 && (s.high - 18.1).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn sides_take_turns_in_abba_order() {
+        let order = std::cell::RefCell::new(String::new());
+        let plan = Plan { warmup: 1, min_runs: 4, max_runs: 4, budget: Duration::ZERO };
+        let (mut p, mut t) = (
+            || {
+                order.borrow_mut().push('P');
+                Ok(1.0)
+            },
+            || {
+                order.borrow_mut().push('T');
+                Ok(2.0)
+            },
+        );
+        let (ps, ts) = interleave(plan, Some(&mut p), Some(&mut t)).unwrap();
+        // The warm-up pair, then PT TP PT TP.
+        assert_eq!(order.into_inner(), "PTPTTPPTTP");
+        assert_eq!((ps.unwrap().runs, ts.unwrap().runs), (4, 4));
+    }
+
+    #[test]
+    fn a_side_not_asked_for_is_not_run_and_the_budget_adds_whole_blocks() {
+        let mut calls = 0;
+        let mut p = || {
+            calls += 1;
+            Ok(calls as f64)
+        };
+        let plan = Plan { warmup: 0, min_runs: 3, max_runs: 9, budget: Duration::from_secs(60) };
+        let (ps, ts) = interleave(plan, Some(&mut p), None).unwrap();
+        assert!(ts.is_none());
+        assert_eq!(ps.unwrap().runs, 9, "runs until max_runs while the budget lasts");
+        let plan = Plan { warmup: 0, min_runs: 3, max_runs: 9, budget: Duration::ZERO };
+        let (ps, _) = interleave(plan, Some(&mut || Ok(1.0)), None).unwrap();
+        assert_eq!(ps.unwrap().runs, 4, "an odd count is rounded up to a whole ABBA block");
+    }
+
+    #[test]
+    fn bootstrap_of_equal_samples_is_a_point_at_one() {
+        let a = [100.0; 9];
+        let i = ratio_interval(&a, &a).unwrap();
+        assert_eq!((i.ratio, i.low, i.high), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn bootstrap_matches_a_known_case() {
+        // Two well separated samples: the ratio of medians is 2, and every resampled median of
+        // a lies in 190..=210 and of b in 95..=105, so the interval lies in 1.81..=2.21.
+        let a: Vec<f64> = (0..11).map(|i| 190.0 + 2.0 * i as f64).collect();
+        let b: Vec<f64> = (0..11).map(|i| 95.0 + i as f64).collect();
+        let i = ratio_interval(&a, &b).unwrap();
+        assert!((i.ratio - 2.0).abs() < 1e-12);
+        assert!(i.low > 1.81 && i.low < 2.0 && i.high > 2.0 && i.high < 2.21, "{i:?}");
+        // Symmetric data: the interval is about symmetric around the ratio.
+        assert!(((2.0 - i.low) - (i.high - 2.0)).abs() < 0.05, "{i:?}");
+    }
+
+    #[test]
+    fn bootstrap_is_repeatable_and_refuses_meaningless_ratios() {
+        let a = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0];
+        let b = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0];
+        assert_eq!(ratio_interval(&a, &b), ratio_interval(&a, &b));
+        assert!(ratio_interval(&a, &[]).is_none());
+        assert!(ratio_interval(&a, &[0.0; 7]).is_none(), "a zero median");
+        assert!(ratio_interval(&[-1.0; 7], &a).is_none(), "a negative median");
+        assert!(ratio_interval(&[f64::NAN; 7], &a).is_none());
     }
 
     #[test]

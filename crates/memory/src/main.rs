@@ -12,9 +12,9 @@ mod thread;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use harness::stats::{self, Summary};
-use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, received, spawn_sacrificial};
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, spawn_sacrificial};
 
 use pages::{Added, BEFORE, WRITTEN, Writes, hex};
 
@@ -333,7 +333,7 @@ pub fn footprint_runs(ctx: &Ctx, host: &str, args: &[String]) -> Result<Footprin
     let kib_per_worker = stats::repeat(ctx.warmup(), ctx.runs(), || {
         let exit = spawn_sacrificial(host, args)?.wait(ctx.deadline())?;
         exit.check("the footprint host")?;
-        let added = Added::from_message(received(&exit.stdout, "added").first().context("no footprint delivered")?)?;
+        let added: Added = exit.received_one("added")?;
         anyhow::ensure!(
             added.idle_when_measured == added.workers,
             "only {} of {} workers were idle when their memory was read",

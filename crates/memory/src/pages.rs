@@ -20,7 +20,6 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
-use nix::sys::resource::{UsageWho, getrusage};
 use nix::unistd::pipe2;
 
 /// The value every private-write experiment starts from.
@@ -50,7 +49,7 @@ impl OwnPage {
 pub static GLOBAL: OwnPage = OwnPage::new(0);
 
 /// What a writer did: where it wrote, what it read back, and the page faults the writes cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Writes {
     pub global_address: usize,
     pub heap_address: usize,
@@ -58,24 +57,7 @@ pub struct Writes {
     pub minor_faults: u64,
 }
 
-impl Writes {
-    pub fn to_message(self) -> [u64; 5] {
-        let [g, h] = self.read_back;
-        [self.global_address as u64, self.heap_address as u64, g, h, self.minor_faults]
-    }
-
-    pub fn from_message(m: &[u64]) -> Result<Writes> {
-        let &[global_address, heap_address, g, h, minor_faults] = m else {
-            bail!("a writes message has 5 numbers, got {m:?}");
-        };
-        Ok(Writes {
-            global_address: global_address as usize,
-            heap_address: heap_address as usize,
-            read_back: [g, h],
-            minor_faults,
-        })
-    }
-}
+impl Writes {}
 
 /// Writes [`WRITTEN`] into the global and into the heap value, counting the minor page faults
 /// of the two stores alone.
@@ -107,8 +89,7 @@ fn store_both(global: &OwnPage, heap: &OwnPage) -> Result<u64> {
 /// The minor page faults of the calling thread so far (getrusage(2), RUSAGE_THREAD): faults
 /// the kernel resolved without I/O, such as a copy-on-write copy or a fresh zero page.
 pub fn minor_faults() -> Result<u64> {
-    let usage = getrusage(UsageWho::RUSAGE_THREAD).context("getrusage(RUSAGE_THREAD)")?;
-    Ok(usage.minor_page_faults() as u64)
+    Ok(harness::Usage::of_thread()?.minor_faults as u64)
 }
 
 /// The size of a page (sysconf(3) _SC_PAGESIZE).
@@ -141,7 +122,7 @@ pub fn expected_checksum(pages: usize, passes: u64) -> u64 {
 }
 
 /// One pass over every page of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pass {
     /// How long the write loop took, and nothing else.
     pub took_ns: u64,
@@ -150,16 +131,7 @@ pub struct Pass {
     pub checksum: u64,
 }
 
-impl Pass {
-    pub fn to_message(self) -> [u64; 3] {
-        [self.took_ns, self.minor_faults, self.checksum]
-    }
-
-    pub fn from_message(m: &[u64]) -> Result<Pass> {
-        let &[took_ns, minor_faults, checksum] = m else { bail!("a pass message has 3 numbers, got {m:?}") };
-        Ok(Pass { took_ns, minor_faults, checksum })
-    }
-}
+impl Pass {}
 
 impl Buffer {
     /// Maps `bytes` (rounded up to whole pages) and writes every page once, so that each is
@@ -241,7 +213,7 @@ impl Drop for Buffer {
 }
 
 /// Memory as the kernel accounts it, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Proportional set size of anonymous memory (Pss_Anon): each page divided by the
     /// number of processes that map it, so that summing over processes counts it once.
@@ -297,7 +269,7 @@ impl std::ops::Sub for Usage {
 }
 
 /// What N idle workers added, as a footprint host measured it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Added {
     pub workers: u64,
     /// Workers asleep in their idle wait when the memory was read: all of them, or the
@@ -307,20 +279,6 @@ pub struct Added {
 }
 
 impl Added {
-    pub fn to_message(self) -> [u64; 5] {
-        let u = self.usage;
-        [self.workers, self.idle_when_measured, u.anon as u64, u.page_tables as u64, u.file as u64]
-    }
-
-    pub fn from_message(m: &[u64]) -> Result<Added> {
-        let &[workers, idle_when_measured, anon, page_tables, file] = m else {
-            bail!("a footprint message has 5 numbers, got {m:?}");
-        };
-        // Two's complement round trip: a share of file pages may shrink.
-        let usage = Usage { anon: anon as i64, file: file as i64, page_tables: page_tables as i64 };
-        Ok(Added { workers, idle_when_measured, usage })
-    }
-
     /// KiB of anonymous memory and page tables per worker.
     pub fn kib_per_worker(self) -> f64 {
         self.usage.counted() as f64 / 1024.0 / self.workers.max(1) as f64
@@ -455,16 +413,6 @@ mod tests {
         assert_eq!(w.read_back, [WRITTEN, WRITTEN]);
         assert_eq!(w.global_address, GLOBAL.address());
         assert_eq!(w.minor_faults, 0, "{w:?}");
-    }
-
-    #[test]
-    fn messages_round_trip() {
-        let w = Writes { global_address: 0x1000, heap_address: 0x2000, read_back: [1, 2], minor_faults: 2 };
-        assert_eq!(Writes::from_message(&w.to_message()).unwrap(), w);
-        let p = Pass { took_ns: 5, minor_faults: 6, checksum: 7 };
-        assert_eq!(Pass::from_message(&p.to_message()).unwrap(), p);
-        let a = Added { workers: 4, idle_when_measured: 4, usage: Usage { anon: 10, file: -3, page_tables: 8 } };
-        assert_eq!(Added::from_message(&a.to_message()).unwrap(), a);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use harness::shm::Segment;
 use harness::stats;
-use harness::{Child, Ctx, deliver, fork_child, fork_child_keeping, received, spawn_sacrificial, wait_all};
+use harness::{Child, Ctx, deliver, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
 use shared_memory::{ShmemConf, ShmemError};
 
 use crate::pages::{self, Added, BEFORE, Buffer, Gate, OwnPage, Pass, Usage, Writes};
@@ -35,13 +35,12 @@ pub fn private_write(deadline: Duration) -> Result<PrivateWrite> {
     // the child's first write to each makes the kernel copy it for the child alone.
     let writer = fork_child(|| {
         let writes = pages::write_both(&heap)?;
-        deliver("wrote", &writes.to_message());
+        deliver("wrote", &writes);
         Ok(())
     })?;
     let exit = writer.wait(deadline)?;
     exit.check("the writing process")?;
-    let message = received(&exit.stdout, "wrote");
-    let writer = Writes::from_message(message.first().context("the writing process delivered nothing")?)?;
+    let writer: Writes = exit.received_one("wrote")?;
     Ok(PrivateWrite {
         writer,
         observer_addresses: [pages::GLOBAL.address(), heap.address()],
@@ -96,20 +95,16 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
     shared.state.store(UNLINKED, Ordering::Release);
     let exit = child.wait(deadline)?;
     exit.check("the program that opened the segment")?;
-    let mapped = received(&exit.stdout, "mapped");
-    let wrote = received(&exit.stdout, "wrote");
-    let (Some(&[child_address]), Some(&[written, name_gone])) =
-        (mapped.first().map(Vec::as_slice), wrote.first().map(Vec::as_slice))
-    else {
-        bail!("the program that opened the segment did not say what it did: {:?}", exit.stdout);
-    };
+    let child_address: u64 = exit.received_one("mapped").context("the program that opened the segment")?;
+    let (written, name_gone): (u64, bool) =
+        exit.received_one("wrote").context("the program that opened the segment")?;
     Ok(SharedSegment {
         written,
         seen: shared.value.load(Ordering::Acquire),
         segment: Some(SegmentFacts {
             mode,
             unlinked_while_both_mapped: unlinked,
-            other_found_name_gone: name_gone == 1,
+            other_found_name_gone: name_gone,
             owner_address: segment.as_ptr() as usize,
             other_address: child_address as usize,
         }),
@@ -151,7 +146,7 @@ pub fn open_segment(args: &[String]) -> Result<()> {
     // Safety: the mapping is page-aligned, at least a Handshake long (checked above), and
     // lives until `shmem` is dropped at the end of this function.
     let shared = unsafe { Handshake::at(shmem.as_ptr()) };
-    deliver("mapped", &[shmem.as_ptr() as u64]);
+    deliver("mapped", &(shmem.as_ptr() as u64));
     shared.state.store(MAPPED, Ordering::Release);
     let until = Instant::now() + deadline;
     while shared.state.load(Ordering::Acquire) != UNLINKED {
@@ -162,7 +157,7 @@ pub fn open_segment(args: &[String]) -> Result<()> {
     let name_gone =
         matches!(ShmemConf::new().os_id(name).open(), Err(ShmemError::MapOpenFailed(e)) if e == libc::ENOENT as u32);
     shared.value.store(SEGMENT_VALUE, Ordering::Release);
-    deliver("wrote", &[SEGMENT_VALUE, name_gone as u64]);
+    deliver("wrote", &(SEGMENT_VALUE, name_gone));
     Ok(())
 }
 
@@ -176,12 +171,12 @@ pub fn cow_copy(ctx: &Ctx, bytes: usize) -> Result<CowCopy> {
         // setup, outside the timed loop (the child times only its own loop).
         let writer = fork_child(|| {
             let pass = buffer.write_every_page()?;
-            deliver("pass", &pass.to_message());
+            deliver("pass", &pass);
             Ok(())
         })?;
         let exit = writer.wait(ctx.deadline())?;
         exit.check("the writing process")?;
-        let pass = Pass::from_message(received(&exit.stdout, "pass").first().context("no pass delivered")?)?;
+        let pass: Pass = exit.received_one("pass")?;
         passes.push(pass);
         Ok(pass.took_ns as f64 / buffer.pages() as f64)
     })?;
@@ -233,6 +228,6 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     for exit in wait_all(children, deadline)? {
         exit.check("a worker process")?;
     }
-    deliver("added", &measured?.to_message());
+    deliver("added", &measured?);
     Ok(())
 }

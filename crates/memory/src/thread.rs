@@ -122,6 +122,6 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
         }
         measured
     })?;
-    deliver("added", &measured.to_message());
+    deliver("added", &measured);
     Ok(())
 }

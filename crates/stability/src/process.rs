@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use harness::{Status, deliver, fork_child, received, stats, wait_all, wait_any};
+use harness::{Status, deliver, fork_child, stats, wait_all, wait_any};
 
 use crate::work::{self, FAULTY, Fault, WORKERS};
 use crate::{Aftermath, Poisoning, Restart};
@@ -23,15 +23,18 @@ pub fn crash(fault: Fault, job_time: Duration, deadline: Duration) -> Result<Aft
         // The mechanism: each worker is a copy of this process in its own address space.
         workers.push(fork_child(move || {
             let result = work::worker(id, work::fault_of(id, fault), job_time);
-            deliver("result", &[id as u64, result]);
+            deliver("result", &(id as u64, result));
             Ok(())
         })?);
     }
     // waitpid(2) tells the supervisor how each worker ended; the supervisor itself goes on.
     let exits = wait_all(workers, deadline)?;
     let faulty = &exits[FAULTY];
-    let delivered =
-        exits.iter().enumerate().filter(|(id, e)| *id != FAULTY && !received(&e.stdout, "result").is_empty()).count();
+    let delivered = exits
+        .iter()
+        .enumerate()
+        .filter(|(id, e)| *id != FAULTY && !e.received::<(u64, u64)>("result").unwrap_or_default().is_empty())
+        .count();
     Ok(Aftermath {
         faulty_worker: faulty.status.to_string(),
         faulty_status: Some(faulty.status),
@@ -57,7 +60,7 @@ pub fn poison(deadline: Duration) -> Result<Poisoning> {
         others.push(fork_child(|| {
             // Changed line: this lock is the child's own copy, never touched by the crasher.
             let poisoned = state.lock().is_err();
-            deliver("poisoned", &[poisoned as u64]);
+            deliver("poisoned", &poisoned);
             Ok(())
         })?);
     }
@@ -65,7 +68,7 @@ pub fn poison(deadline: Duration) -> Result<Poisoning> {
     let mut poisoned_seen = 0;
     for e in &exits {
         e.check("worker")?;
-        poisoned_seen += received(&e.stdout, "poisoned").iter().filter(|m| m.first() == Some(&1)).count();
+        poisoned_seen += e.received::<bool>("poisoned")?.into_iter().filter(|&p| p).count();
     }
     Ok(Poisoning {
         crasher: crashed.status.to_string(),
@@ -102,17 +105,17 @@ fn restart_once(deadline: Duration) -> Result<(u64, u64)> {
         // The supervisor learns of a death from waitpid(2) (here through a pidfd).
         let (i, exit) = wait_any(&mut children, deadline)?;
         let chunk = chunks.remove(i);
-        if let Some(m) = received(&exit.stdout, "result").first() {
-            total = total.wrapping_add(m[1]);
+        if let Some((_, result)) = exit.received::<(u64, u64)>("result")?.first() {
+            total = total.wrapping_add(*result);
         }
-        if let Some(m) = received(&exit.stdout, "start").first() {
-            started_at = Some(m[0]);
+        if let Some(&at) = exit.received::<u64>("start")?.first() {
+            started_at = Some(at);
         }
         match exit.status {
             Status::Exited(0) => {}
             Status::TimedOut => bail!("worker {chunk} {}", exit.status),
             _ if crashed_at.is_none() => {
-                crashed_at = received(&exit.stdout, "crash").first().map(|m| m[0]);
+                crashed_at = exit.received::<u64>("crash")?.first().copied();
                 children.push(start_worker(chunk, true)?);
                 chunks.push(chunk);
             }
@@ -128,12 +131,12 @@ fn start_worker(chunk: usize, replacement: bool) -> Result<harness::Child> {
     // The mechanism: a replacement is a new process, forked from the supervisor.
     fork_child(move || {
         if replacement {
-            deliver("start", &[stats::monotonic_ns()]);
+            deliver("start", &stats::monotonic_ns());
         } else if chunk == FAULTY {
-            deliver("crash", &[stats::monotonic_ns()]);
+            deliver("crash", &stats::monotonic_ns());
             panic!("worker {chunk} panicked on purpose");
         }
-        deliver("result", &[chunk as u64, work::job(chunk)]);
+        deliver("result", &(chunk as u64, work::job(chunk)));
         Ok(())
     })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use crossbeam::channel::{Sender, unbounded};
-use harness::{deliver, panics, received, spawn_sacrificial, stats};
+use harness::{deliver, panics, spawn_sacrificial, stats};
 
 use crate::work::{self, FAULTY, Fault, WORKERS};
 use crate::{Aftermath, Poisoning, Restart};
@@ -23,8 +23,8 @@ use crate::{Aftermath, Poisoning, Restart};
 pub fn crash(fault: Fault, job_time: Duration, deadline: Duration) -> Result<Aftermath> {
     let args = [fault.name().to_string(), job_time.as_millis().to_string()];
     let exit = spawn_sacrificial("crash", &args)?.wait(deadline)?;
-    let delivered = received(&exit.stdout, "result").iter().filter(|m| m[0] != FAULTY as u64).count();
-    let panicked = received(&exit.stdout, "panicked").iter().any(|m| m[0] == FAULTY as u64);
+    let delivered = exit.received::<(u64, u64)>("result")?.iter().filter(|(id, _)| *id != FAULTY as u64).count();
+    let panicked = exit.received::<u64>("panicked")?.contains(&(FAULTY as u64));
     let faulty_worker = if panicked {
         "panicked; join returned Err".to_string()
     } else {
@@ -49,14 +49,14 @@ pub fn crash_child(args: &[String]) -> Result<()> {
         // The mechanism: each worker is a thread sharing this process's address space.
         let w = thread::Builder::new().name(format!("worker {id}")).spawn(move || {
             let result = work::worker(id, work::fault_of(id, fault), job_time);
-            deliver("result", &[id as u64, result]);
+            deliver("result", &(id as u64, result));
         });
         workers.push(w.context("spawning a worker thread")?);
     }
     for (id, w) in workers.into_iter().enumerate() {
         // join(2) sees a panic as Err; a fatal signal never gets here: it ends the process.
         if w.join().is_err() {
-            deliver("panicked", &[id as u64]);
+            deliver("panicked", &(id as u64));
         }
     }
     Ok(())

@@ -18,7 +18,6 @@ use harness::Ctx;
 use harness::cpu;
 use harness::stats::{self, Summary};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::resource::{UsageWho, getrusage};
 
 /// The token's meaning, one byte over a pipe or the value of the futex word.
 pub const PING: u32 = 1;
@@ -305,19 +304,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn now() -> Result<Snapshot> {
-        // RUSAGE_THREAD: this task only, whether it is a process's only thread or one of many
-        // (getrusage(2)).
-        let usage = getrusage(UsageWho::RUSAGE_THREAD).context("getrusage(RUSAGE_THREAD)")?;
+        let usage = harness::Usage::of_thread()?;
         Ok(Snapshot {
-            cpu: cpu::current(),
-            voluntary: usage.voluntary_context_switches(),
-            involuntary: usage.involuntary_context_switches(),
+            cpu: cpu::current()?,
+            voluntary: usage.voluntary_switches,
+            involuntary: usage.involuntary_switches,
         })
     }
 }
 
 /// What one task showed between the two marks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskEvidence {
     pub pinned: usize,
     /// The CPU it ran on at each mark (sched_getcpu(3)).
@@ -338,27 +335,6 @@ impl TaskEvidence {
 
     pub fn ran_where_pinned(&self) -> bool {
         self.seen.iter().all(|&c| c == self.pinned)
-    }
-
-    /// As a message for `harness::deliver`.
-    pub fn to_message(self) -> Vec<u64> {
-        vec![
-            self.pinned as u64,
-            self.seen[0] as u64,
-            self.seen[1] as u64,
-            self.voluntary as u64,
-            self.involuntary as u64,
-        ]
-    }
-
-    pub fn from_message(m: &[u64]) -> Result<TaskEvidence> {
-        let &[pinned, a, b, voluntary, involuntary] = m else { bail!("a malformed evidence message: {m:?}") };
-        Ok(TaskEvidence {
-            pinned: pinned as usize,
-            seen: [a as usize, b as usize],
-            voluntary: voluntary as i64,
-            involuntary: involuntary as i64,
-        })
     }
 }
 
@@ -503,14 +479,6 @@ pub fn alone(ctx: &Ctx, pinned: usize, what: Baseline) -> Result<Alone> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn evidence_survives_the_trip_through_a_message() {
-        let e = TaskEvidence { pinned: 1, seen: [1, 1], voluntary: 4000, involuntary: 3 };
-        assert_eq!(TaskEvidence::from_message(&e.to_message()).unwrap(), e);
-        assert!(e.ran_where_pinned());
-        assert!(TaskEvidence::from_message(&[1, 2]).is_err());
-    }
 
     /// The futex protocol between two threads (never a fork: the test harness has threads).
     #[test]

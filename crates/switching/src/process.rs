@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU32;
 
 use anyhow::{Context, Result};
 use harness::cpu::Pinned;
-use harness::{Ctx, deliver, fork_child, fork_child_keeping, received};
+use harness::{Ctx, deliver, fork_child, fork_child_keeping};
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::unistd::pipe2;
@@ -39,7 +39,7 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize) -> Result<
         let _pinned = Pinned::to(place.partner)?;
         let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
         let evidence = pingpong::serve(&mut link, place.partner, working_set)?;
-        deliver("partner", &evidence.to_message());
+        deliver("partner", &evidence);
         Ok(())
     })?;
     let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
@@ -62,7 +62,7 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement) -> Result<Outcome> {
         // space and would never wake a waiter in another process.
         let mut link = pingpong::Futex::partner(word, pingpong::SHARED, ctx.deadline());
         let evidence = pingpong::serve(&mut link, place.partner, 0)?;
-        deliver("partner", &evidence.to_message());
+        deliver("partner", &evidence);
         Ok(())
     })?;
     let measured = std::thread::scope(|s| {
@@ -81,18 +81,15 @@ pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline) -> Result<Alone> {
     let child = fork_child(|| {
         let _pinned = Pinned::to(cpu)?;
         let found = pingpong::alone(ctx, cpu, what)?;
-        for s in &found.summary.samples {
-            deliver("sample", &[s.to_bits()]);
-        }
-        deliver("task", &found.task.to_message());
+        deliver("samples", &found.summary.samples);
+        deliver("task", &found.task);
         Ok(())
     })?;
     let exit = child.wait(ctx.deadline())?;
     exit.check("the measuring process")?;
-    let samples: Vec<f64> =
-        received(&exit.stdout, "sample").iter().filter_map(|m| m.first()).map(|&b| f64::from_bits(b)).collect();
+    let samples: Vec<f64> = exit.received_one("samples")?;
     anyhow::ensure!(!samples.is_empty(), "the measuring process delivered no samples");
-    let task = TaskEvidence::from_message(received(&exit.stdout, "task").first().map_or(&[][..], Vec::as_slice))?;
+    let task: TaskEvidence = exit.received_one("task")?;
     Ok(Alone { summary: harness::stats::summarize(&samples), task })
 }
 
@@ -101,8 +98,7 @@ fn finish(child: harness::Child, ctx: &Ctx, measured: Result<Measured>) -> Resul
     let exit = child.wait(ctx.deadline())?;
     let measured = measured.with_context(|| format!("the partner process {}", exit.status))?;
     exit.check("the partner process")?;
-    let message = received(&exit.stdout, "partner");
-    let partner = TaskEvidence::from_message(message.first().map_or(&[][..], Vec::as_slice))?;
+    let partner: TaskEvidence = exit.received_one("partner")?;
     Ok(Outcome { measured, partner })
 }
 

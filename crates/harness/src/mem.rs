@@ -1,0 +1,126 @@
+//! Memory mapped by hand (mmap(2)): a private buffer whose pages a fork shares copy-on-write,
+//! or a shared one that parent and child both see after a fork. One wrapper for every row, so
+//! that the `unsafe` of mapping and unmapping is written and reviewed once.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use anyhow::{Context, Result, ensure};
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
+
+/// Who sees the writes to a mapping after a fork(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// MAP_PRIVATE: after a fork each process gets its own copy of a page on its first write.
+    Private,
+    /// MAP_SHARED: parent and child see one set of physical pages.
+    Shared,
+}
+
+/// An anonymous mapping of whole pages, read and write, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    start: NonNull<libc::c_void>,
+    len: usize,
+}
+
+// Safety: a Mapping is plain memory; who may touch it when is up to its users, who reach it
+// only through raw pointers and atomics.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+/// The size of a page (sysconf(_SC_PAGESIZE)).
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
+}
+
+impl Mapping {
+    /// Maps at least `bytes`, rounded up to whole pages (at least one), zero-filled.
+    pub fn anonymous(bytes: usize, sharing: Sharing) -> Result<Mapping> {
+        let page = page_size();
+        let len = bytes.div_ceil(page).max(1) * page;
+        let flags = match sharing {
+            Sharing::Private => MapFlags::MAP_PRIVATE,
+            Sharing::Shared => MapFlags::MAP_SHARED,
+        };
+        let length = NonZeroUsize::new(len).context("an empty mapping")?;
+        // Safety: a fresh anonymous mapping at an address the kernel picks (mmap(2)); no
+        // existing memory is affected.
+        let start = unsafe { mmap_anonymous(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
+            .with_context(|| format!("mmap {flags:?}|MAP_ANONYMOUS of {len} bytes"))?;
+        Ok(Mapping { start, len })
+    }
+
+    /// Asks for base pages only (MADV_NOHUGEPAGE, madvise(2)). Advice is not proof: whether a
+    /// huge page backs it is read from smaps ([`Mapping::huge_kib`]).
+    pub fn no_huge_pages(&self) -> Result<()> {
+        // Safety: advice on our own mapping; it changes no contents.
+        unsafe { madvise(self.start, self.len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")
+    }
+
+    /// KiB of this mapping backed by transparent huge pages now (AnonHugePages in
+    /// /proc/self/smaps for the area that holds our mapping).
+    pub fn huge_kib(&self) -> Result<u64> {
+        let start = self.start.as_ptr() as u64;
+        let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
+        let map = maps
+            .iter()
+            .find(|m| m.address.0 <= start && start < m.address.1)
+            .context("our mapping is not in /proc/self/smaps")?;
+        Ok(map.extension.map.get("AnonHugePages").copied().unwrap_or(0) / 1024)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.start.as_ptr().cast()
+    }
+
+    /// The 32-bit word at `offset` bytes, for futexes and flags that several tasks share.
+    pub fn word(&self, offset: usize) -> Result<&AtomicU32> {
+        ensure!(offset % 4 == 0 && offset + 4 <= self.len, "word offset {offset} outside a mapping of {}", self.len);
+        // Safety: in bounds and 4-aligned (the mapping is page-aligned); the memory lives as
+        // long as `self`, and every access to the word goes through atomics.
+        Ok(unsafe { AtomicU32::from_ptr(self.as_ptr().add(offset).cast()) })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Safety: we mapped exactly this range and no reference into it outlives `self`.
+        let _ = unsafe { munmap(self.start, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_mapping_is_whole_pages_and_its_words_are_bounded() {
+        let m = Mapping::anonymous(10, Sharing::Shared).unwrap();
+        assert_eq!(m.len(), page_size());
+        m.word(0).unwrap().store(7, Ordering::Relaxed);
+        assert_eq!(m.word(0).unwrap().load(Ordering::Relaxed), 7);
+        assert!(m.word(m.len()).is_err() && m.word(2).is_err());
+    }
+
+    #[test]
+    fn no_huge_pages_is_observed_in_smaps() {
+        let m = Mapping::anonymous(8 << 20, Sharing::Private).unwrap();
+        m.no_huge_pages().unwrap();
+        for i in (0..m.len()).step_by(page_size()) {
+            // Safety: inside the mapping.
+            unsafe { m.as_ptr().add(i).write_volatile(1) };
+        }
+        assert_eq!(m.huge_kib().unwrap(), 0);
+    }
+}
