@@ -94,6 +94,9 @@ pub struct Experiment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub better: Option<Better>,
     pub expected: Expected,
+    /// A headline experiment of its row: named in the summary table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headline: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Side>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,6 +388,7 @@ mod tests {
             unit: Some("ns/switch".into()),
             better: Some(Better::Lower),
             expected: Expected::Thread,
+            headline: true,
             process: Some(runs(&[1.0, 2.0, 3.0])),
             thread: None,
             ratio: Some(1.5),
@@ -400,6 +404,7 @@ mod tests {
         assert_eq!(v["better"], "lower");
         assert_eq!(v["expected"], "thread");
         assert_eq!(v["verdict"], "skipped");
+        assert_eq!(v["headline"], true);
         assert_eq!(v["process"]["median"], 2.0);
         assert_eq!(v["process"]["samples"], serde_json::json!([1.0, 2.0, 3.0]));
         assert_eq!((v["ratio_low"].as_f64(), v["ratio_high"].as_f64()), (Some(1.2), Some(1.8)));

@@ -37,7 +37,18 @@ pub struct Spec {
     pub expected: Expected,
     /// The most it uses at once, checked against the machine's limits before it runs.
     pub needs: Needs,
+    /// One of the row's one to three headline experiments: the summary table shows these
+    /// by name; the others are counted in its verdict tally.
+    pub headline: bool,
     pub run: fn(&Ctx) -> Result<Findings>,
+}
+
+impl Spec {
+    /// Marks a headline experiment (builder style, usable in a `static`).
+    pub const fn headline(mut self) -> Spec {
+        self.headline = true;
+        self
+    }
 }
 
 /// Which side(s) to run.
@@ -258,6 +269,7 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
         unit: spec.unit.map(|(u, _)| u.to_string()),
         better: spec.unit.map(|(_, b)| b),
         expected: spec.expected,
+        headline: spec.headline,
         process: None,
         thread: None,
         ratio: None,
@@ -384,6 +396,7 @@ mod tests {
             unit: Some("µs".into()),
             better: Some(Better::Lower),
             expected: Expected::Thread,
+            headline: false,
             process: Some(Side::default()),
             thread: Some(Side::default()),
             ratio: Some(0.4),

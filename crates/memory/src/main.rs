@@ -30,6 +30,7 @@ static ROW: Row = Row {
             unit: None,
             expected: Expected::Process,
             needs: Needs::tasks(1).and_memory(2 * OWN_PAGE),
+            headline: true,
             run: private_write,
         },
         Spec {
@@ -39,6 +40,7 @@ static ROW: Row = Row {
             unit: None,
             expected: Expected::Thread,
             needs: Needs::tasks(1).and_memory(OWN_PAGE),
+            headline: false,
             run: shared_segment,
         },
         Spec {
@@ -49,6 +51,7 @@ static ROW: Row = Row {
             expected: Expected::Thread,
             // The parent's buffer and the child's copy of it.
             needs: Needs::tasks(1).and_memory(2 * COW_BYTES as u64),
+            headline: true,
             run: cow_copy,
         },
         Spec {
@@ -60,6 +63,7 @@ static ROW: Row = Row {
             // The fewest it runs with, plus the host; it sizes itself to the room left (see
             // `footprint`), so the runner must refuse only when not even that fits.
             needs: Needs::tasks(MIN_WORKERS + 1).and_memory(MIN_WORKERS * WORKER_MEMORY),
+            headline: true,
             run: footprint,
         },
     ],

@@ -25,7 +25,7 @@ static ROW: Row = Row {
     claim: "A crash in one process leaves the other processes running; a crash in one thread can take down \
             the whole process and every thread in it.",
     experiments: &[
-        observe("segfault", "One of 4 workers writes through an invalid pointer (SIGSEGV)", segfault),
+        observe("segfault", "One of 4 workers writes through an invalid pointer (SIGSEGV)", segfault).headline(),
         observe("abort", "One of 4 workers calls abort() (SIGABRT)", abort),
         observe("stack-overflow", "One of 4 workers recurses without end into its stack's guard page", stack_overflow),
         observe("panic", "One of 4 workers panics: Rust unwinds instead of signalling", panic),
@@ -37,6 +37,7 @@ static ROW: Row = Row {
             unit: Some(("µs", Better::Lower)),
             expected: Expected::Thread,
             needs: TASKS,
+            headline: true,
             run: restart,
         },
     ],
@@ -44,7 +45,7 @@ static ROW: Row = Row {
 };
 
 const fn observe(id: &'static str, title: &'static str, run: fn(&Ctx) -> Result<Findings>) -> Spec {
-    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, needs: TASKS, run }
+    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, needs: TASKS, headline: false, run }
 }
 
 /// At most, at once: the workers, plus the sacrificial process that hosts them as threads.

@@ -29,7 +29,7 @@ const fn measure(
     needs: Needs,
     run: fn(&Ctx) -> Result<Findings>,
 ) -> Spec {
-    Spec { id, title, kind: Kind::Measure, unit: Some((unit, Better::Lower)), expected, needs, run }
+    Spec { id, title, kind: Kind::Measure, unit: Some((unit, Better::Lower)), expected, needs, headline: false, run }
 }
 
 /// Every experiment runs one partner task (a child process or a thread) beside the driver.
@@ -46,7 +46,8 @@ static ROW: harness::Row = harness::Row {
             Expected::Thread,
             PARTNER,
             pipe_same_cpu,
-        ),
+        )
+        .headline(),
         measure(
             "futex-same-cpu",
             "Ping-pong with futex wait/wake on one 32-bit word, both tasks on one CPU",
@@ -54,7 +55,8 @@ static ROW: harness::Row = harness::Row {
             Expected::Thread,
             PARTNER,
             futex_same_cpu,
-        ),
+        )
+        .headline(),
         measure(
             "pipe-cross-cpu",
             "Ping-pong over two pipes, the tasks pinned to two different CPUs",
