@@ -9,9 +9,6 @@ use crate::report::{Experiment, Report, Side, fmt_num};
 pub fn row(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!("{}: {}\n", report.row, report.claim));
-    if !report.optimized {
-        out.push_str("note: built without optimisations; timings mean little (use --release)\n");
-    }
     out.push_str(&experiments_table(&report.experiments));
     out.push('\n');
     out.push_str(&format!("verdicts: {}\n", report.tally()));
@@ -23,13 +20,27 @@ pub fn row(report: &Report) -> String {
 pub fn experiments_table(experiments: &[Experiment]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(120);
-    t.set_header(vec!["Experiment", "Process", "Thread", "Ratio P/T", "Verdict"]);
+    t.set_header(vec!["Experiment", "Process", "Thread", "Ratio P/T (95% CI)", "Verdict"]);
     for e in experiments {
         let side = |s: &Option<Side>| s.as_ref().map(|s| s.summary.clone()).unwrap_or_else(|| "-".to_string());
-        let ratio = e.ratio.map(fmt_num).unwrap_or_else(|| "-".to_string());
+        let ratio = ratio(e);
         t.add_row(vec![e.id.clone(), side(&e.process), side(&e.thread), ratio, e.verdict.to_string()]);
     }
     format!("{t}\n")
+}
+
+/// The ratio with its interval, "1.21 (1.15–1.27)", or "-" where there is none.
+pub fn ratio(e: &Experiment) -> String {
+    match (e.ratio, e.ratio_low, e.ratio_high) {
+        (Some(r), Some(lo), Some(hi)) => format!("{} ({}–{})", fmt_ratio(r), fmt_ratio(lo), fmt_ratio(hi)),
+        (Some(r), _, _) => fmt_ratio(r),
+        _ => "-".to_string(),
+    }
+}
+
+/// A ratio with two decimals near 1 (where the 5 % band is), three significant digits beyond.
+fn fmt_ratio(r: f64) -> String {
+    if r < 10.0 { format!("{r:.2}") } else { fmt_num(r) }
 }
 
 /// The evidence: every side's facts and the note, experiment by experiment.

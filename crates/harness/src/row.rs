@@ -173,9 +173,10 @@ struct Args {
     list: bool,
 }
 
-/// True when this binary was built with optimisations: debug timings mean little.
+/// True when this binary was built with optimisations (opt-level 2, 3, "s" or "z"; the
+/// workspace's dev profile is optimised too): timings of an unoptimised build mean little.
 pub fn optimized() -> bool {
-    !cfg!(debug_assertions)
+    !matches!(env!("PVT_OPT_LEVEL"), "0" | "1")
 }
 
 /// The whole of a row binary: parses the CLI, runs the experiments, prints the report.
@@ -205,6 +206,10 @@ pub fn main(row: &Row) -> ExitCode {
             println!("{:<18} {}", s.id, s.title);
         }
         return ExitCode::SUCCESS;
+    }
+    if !optimized() {
+        // Once, on stderr, and only when true: the report's "optimized" says it too.
+        eprintln!("note: {} was built without optimisations; its timings mean little", row.name);
     }
     let ctx = Ctx { quick: args.quick, side: args.side };
     let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -9,15 +9,15 @@ mod pingpong;
 mod process;
 mod thread;
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::Mutex;
 
 use anyhow::Result;
-use harness::row::Which;
-use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Side, Spec, cpu};
+use harness::cpu::Placement;
+use harness::stats::Summary;
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Side, Spec};
 
-use harness::cpu::Pinned;
-use pingpong::{Alone, Baseline, Outcome, Placement};
+use pingpong::{Alone, Baseline, FutexOps, Outcome, PRIVATE, SHARED, Size, TaskEvidence};
 
 const UNIT: &str = "ns/switch";
 
@@ -50,13 +50,21 @@ static ROW: harness::Row = harness::Row {
         .headline(),
         measure(
             "futex-same-cpu",
-            "Ping-pong with futex wait/wake on one 32-bit word, both tasks on one CPU",
+            "Ping-pong with the same futex wait/wake ops on one 32-bit word, both tasks on one CPU",
             UNIT,
             Expected::Thread,
             PARTNER,
             futex_same_cpu,
         )
         .headline(),
+        measure(
+            "futex-private",
+            "What threads gain from private futexes: processes on the shared ops, threads on the _PRIVATE ops",
+            UNIT,
+            Expected::Thread,
+            PARTNER,
+            futex_private,
+        ),
         measure(
             "pipe-cross-cpu",
             "Ping-pong over two pipes, the tasks pinned to two different CPUs",
@@ -123,58 +131,63 @@ fn main() -> ExitCode {
 }
 
 fn pipe_same_cpu(ctx: &Ctx) -> Result<Findings> {
-    let place = match same_cpu()? {
+    let place = match Placement::same_cpu()? {
         Ok(p) => p,
-        Err(reason) => return Ok(Findings::skipped(reason)),
+        Err(why) => return Ok(Findings::skipped(why)),
     };
-    let process = ctx.process_side(|| {
-        let o = process::pipe_pingpong(ctx, place, 0)?;
-        let base = baseline(ctx, Which::Process, Baseline::Pipe, place.driver)?;
-        Ok(pingpong_side(&o)
-            .fact("baseline_pipe_ns", round(base.summary.median))
-            .fact("minus_baseline_ns", round(o.measured.summary.median - base.summary.median)))
-    })?;
-    let thread = ctx.thread_side(|| {
-        let o = thread::pipe_pingpong(ctx, place, 0)?;
-        let base = baseline(ctx, Which::Thread, Baseline::Pipe, place.driver)?;
-        Ok(pingpong_side(&o)
-            .fact("baseline_pipe_ns", round(base.summary.median))
-            .fact("minus_baseline_ns", round(o.measured.summary.median - base.summary.median)))
-    })?;
+    let (process, thread) = pingpong_sides(
+        ctx,
+        |size| process::pipe_pingpong(ctx, place, 0, size),
+        |size| thread::pipe_pingpong(ctx, place, 0, size),
+    )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
 
 fn futex_same_cpu(ctx: &Ctx) -> Result<Findings> {
-    let place = match same_cpu()? {
+    futex(ctx, SHARED).map(|f| {
+        f.with_note(format!(
+            "both sides use {} on a word in a MAP_SHARED page, so the address space is the only difference",
+            SHARED.name
+        ))
+    })
+}
+
+fn futex_private(ctx: &Ctx) -> Result<Findings> {
+    futex(ctx, PRIVATE).map(|f| {
+        f.with_note(format!(
+            "processes must use {} (the kernel finds the waiters by the word's physical page); threads may use {} \
+             (keyed by address space and address, no page lookup): compare with futex-same-cpu to see what the \
+             private ops alone are worth",
+            SHARED.name, PRIVATE.name
+        ))
+    })
+}
+
+/// The futex ping-pong on one CPU: the process side always on the shared ops, the thread
+/// side on `thread_ops`.
+fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
+    let place = match Placement::same_cpu()? {
         Ok(p) => p,
-        Err(reason) => return Ok(Findings::skipped(reason)),
+        Err(why) => return Ok(Findings::skipped(why)),
     };
-    // Each switch costs one FUTEX_WAKE and one FUTEX_WAIT besides the switch itself.
-    let minus_syscalls = |o: &Outcome, call: &Alone| round(o.measured.summary.median - 2.0 * call.summary.median);
-    let process = ctx.process_side(|| {
-        let o = process::futex_pingpong(ctx, place)?;
-        let call = baseline(ctx, Which::Process, Baseline::Syscall, place.driver)?;
-        Ok(pingpong_side(&o)
-            .fact("futex_ops", pingpong::SHARED.name)
-            .fact("minus_two_syscalls_ns", minus_syscalls(&o, &call)))
-    })?;
-    let thread = ctx.thread_side(|| {
-        let o = thread::futex_pingpong(ctx, place)?;
-        let call = baseline(ctx, Which::Thread, Baseline::Syscall, place.driver)?;
-        Ok(pingpong_side(&o)
-            .fact("futex_ops", pingpong::PRIVATE.name)
-            .fact("minus_two_syscalls_ns", minus_syscalls(&o, &call)))
-    })?;
+    let (process, thread) = pingpong_sides(
+        ctx,
+        |size| process::futex_pingpong(ctx, place, SHARED, size),
+        |size| thread::futex_pingpong(ctx, place, thread_ops, size),
+    )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
 
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
-    let place = match cross_cpu()? {
+    let place = match Placement::cross_cpu()? {
         Ok(p) => p,
-        Err(reason) => return Ok(Findings::skipped(reason)),
+        Err(why) => return Ok(Findings::skipped(why)),
     };
-    let process = ctx.process_side(|| Ok(pingpong_side(&process::pipe_pingpong(ctx, place, 0)?)))?;
-    let thread = ctx.thread_side(|| Ok(pingpong_side(&thread::pipe_pingpong(ctx, place, 0)?)))?;
+    let (process, thread) = pingpong_sides(
+        ctx,
+        |size| process::pipe_pingpong(ctx, place, 0, size),
+        |size| thread::pipe_pingpong(ctx, place, 0, size),
+    )?;
     Ok(Findings { process, thread, ..Findings::default() }
         .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
 }
@@ -201,117 +214,120 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     if ctx.quick && !in_quick {
         return Ok(Findings::skipped("--quick measures only the working sets of 0 and 2 MiB"));
     }
-    let place = match same_cpu()? {
+    let place = match Placement::same_cpu()? {
         Ok(p) => p,
-        Err(reason) => return Ok(Findings::skipped(reason)),
+        Err(why) => return Ok(Findings::skipped(why)),
     };
-    let side = |o: &Outcome, base: &Alone| {
-        let m = &o.measured;
-        pingpong_side(o)
-            .fact("working_set_bytes", bytes)
-            .fact("touch_ns", round(m.touch_ns))
-            .fact("minus_baseline_and_touch_ns", round(m.summary.median - base.summary.median - m.touch_ns))
-    };
-    let process = ctx.process_side(|| {
-        let o = process::pipe_pingpong(ctx, place, bytes)?;
-        Ok(side(&o, &baseline(ctx, Which::Process, Baseline::Pipe, place.driver)?))
-    })?;
-    let thread = ctx.thread_side(|| {
-        let o = thread::pipe_pingpong(ctx, place, bytes)?;
-        Ok(side(&o, &baseline(ctx, Which::Thread, Baseline::Pipe, place.driver)?))
-    })?;
-    Ok(Findings { process, thread, ..Findings::default() })
+    let (process, thread) = pingpong_sides(
+        ctx,
+        |size| process::pipe_pingpong(ctx, place, bytes, size),
+        |size| thread::pipe_pingpong(ctx, place, bytes, size),
+    )?;
+    // Measured in this experiment's window, on the driver's CPU: what touching the buffer
+    // costs with warm caches and no switch, part of every pass on both sides.
+    let touch_ns = round(pingpong::touch_cost(bytes));
+    let with_touch = |s: Option<Side>| s.map(|s| s.fact("touch_ns", touch_ns));
+    Ok(Findings { process: with_touch(process), thread: with_touch(thread), ..Findings::default() })
 }
 
 fn baseline_pipe(ctx: &Ctx) -> Result<Findings> {
-    baseline_experiment(ctx, Baseline::Pipe, UNIT)
+    baseline(ctx, Baseline::Pipe, UNIT)
 }
 
 fn baseline_syscall(ctx: &Ctx) -> Result<Findings> {
-    baseline_experiment(ctx, Baseline::Syscall, "ns/call")
+    baseline(ctx, Baseline::Syscall, "ns/call")
 }
 
-fn baseline_experiment(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
-    let place = match same_cpu()? {
+/// A control measured in its own window: the same loop without a switch, in a process of
+/// its own and in a thread, taking turns like every experiment.
+fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
+    let place = match Placement::same_cpu()? {
         Ok(p) => p,
-        Err(reason) => return Ok(Findings::skipped(reason)),
+        Err(why) => return Ok(Findings::skipped(why)),
     };
-    let side = |a: &Alone| {
-        let t = &a.task;
-        Side::measured(&a.summary, unit)
-            .fact("voluntary_switches", t.voluntary)
-            .fact("involuntary_switches", t.involuntary)
-            .fact("pinned_cpu", t.pinned)
-            .fact("ran_on_cpu", t.seen[1])
-            .fact("ran_on_pinned_cpu", t.ran_where_pinned())
+    let cpu = place.driver;
+    let size = Size::Count(calibrate(
+        ctx,
+        |size| Ok(thread::alone(ctx, cpu, what, size)?.n),
+        |size| Ok(process::alone(ctx, cpu, what, size)?.n),
+    )?);
+    let (mut ps, mut ts) = (Vec::new(), Vec::new());
+    let (p, t) = ctx.interleave(
+        || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size)?).ns),
+        || Ok(keep(&mut ts, thread::alone(ctx, cpu, what, size)?).ns),
+    )?;
+    let side = |summary: Summary, runs: &[Alone]| {
+        let timed = &runs[runs.len() - summary.runs..];
+        let tasks: Vec<TaskEvidence> = timed.iter().map(|a| a.task).collect();
+        let switches = |f: fn(&TaskEvidence) -> i64| tasks.iter().map(f).sum::<i64>();
+        Side::measured(&summary, unit)
+            .fact("iterations", timed.iter().map(|a| a.n).sum::<u64>())
+            .fact("voluntary_switches", switches(|t| t.voluntary))
+            .fact("involuntary_switches", switches(|t| t.involuntary))
+            .fact("pinned_cpu", cpu)
+            .fact("ran_on_cpus", cpus_seen(&tasks))
+            .fact("ran_on_pinned_cpu", tasks.iter().all(TaskEvidence::ran_where_pinned))
     };
-    let process = ctx.process_side(|| Ok(side(&baseline(ctx, Which::Process, what, place.driver)?)))?;
-    let thread = ctx.thread_side(|| Ok(side(&baseline(ctx, Which::Thread, what, place.driver)?)))?;
-    Ok(Findings { process, thread, ..Findings::default() })
+    Ok(Findings { process: p.map(|s| side(s, &ps)), thread: t.map(|s| side(s, &ts)), ..Findings::default() })
 }
 
-/// A baseline, measured once per run and side, then reused by every experiment that
-/// subtracts it.
-fn baseline(ctx: &Ctx, which: Which, what: Baseline, cpu: usize) -> Result<Alone> {
-    static MEASURED: Mutex<Vec<(Which, Baseline, Alone)>> = Mutex::new(Vec::new());
-    let cached = MEASURED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(w, b, _)| *w == which && *b == what)
-        .map(|(_, _, a)| a.clone());
-    if let Some(a) = cached {
-        return Ok(a);
-    }
-    let a = match which {
-        Which::Process => process::alone(ctx, cpu, what)?,
-        Which::Thread => thread::alone(ctx, cpu, what)?,
-    };
-    MEASURED.lock().unwrap_or_else(|e| e.into_inner()).push((which, what, a.clone()));
-    Ok(a)
+/// Both sides of a ping-pong experiment: one calibration run sizes the loop, then the sides
+/// take their timed runs in turns, each run with a partner of its own.
+fn pingpong_sides(
+    ctx: &Ctx,
+    process: impl Fn(Size) -> Result<Outcome>,
+    thread: impl Fn(Size) -> Result<Outcome>,
+) -> Result<(Option<Side>, Option<Side>)> {
+    let size = Size::Count(calibrate(ctx, |size| Ok(thread(size)?.run.n), |size| Ok(process(size)?.run.n))?);
+    let (mut ps, mut ts) = (Vec::new(), Vec::new());
+    let (p, t) = ctx.interleave(
+        || Ok(keep(&mut ps, process(size)?).run.ns_per_switch),
+        || Ok(keep(&mut ts, thread(size)?).run.ns_per_switch),
+    )?;
+    Ok((p.map(|s| pingpong_side(&s, &ps)), t.map(|s| pingpong_side(&s, &ts))))
 }
 
-/// One side of a ping-pong as the report shows it: ns per switch, and the evidence that the
-/// switches happened where we asked.
-fn pingpong_side(o: &Outcome) -> Side {
-    let (m, d, p) = (&o.measured, &o.measured.driver, &o.partner);
-    let expected = 2 * m.round_trips;
-    let (voluntary, involuntary) = (d.voluntary + p.voluntary, d.involuntary + p.involuntary);
+/// The loop size that fills one run's time budget, found by a run of whichever side is asked
+/// for (the thread side when both are): the same count then serves every run of both sides.
+fn calibrate(ctx: &Ctx, thread: impl Fn(Size) -> Result<u64>, process: impl Fn(Size) -> Result<u64>) -> Result<u64> {
+    let budget = Size::Budget(pingpong::run_budget(ctx));
+    if ctx.thread() { thread(budget) } else { process(budget) }
+}
+
+fn keep<T: Copy>(all: &mut Vec<T>, one: T) -> T {
+    all.push(one);
+    one
+}
+
+/// One side of a ping-pong as the report shows it: ns per switch, and the evidence, summed
+/// over its timed runs, that the switches happened where we asked.
+fn pingpong_side(summary: &Summary, runs: &[Outcome]) -> Side {
+    // The last `runs` outcomes are the timed ones; the warm-up runs came first.
+    let timed = &runs[runs.len() - summary.runs..];
+    let round_trips: u64 = timed.iter().map(|o| o.run.round_trips).sum();
+    let expected = 2 * round_trips;
+    let tasks: Vec<TaskEvidence> = timed.iter().flat_map(|o| [o.run.driver, o.partner]).collect();
+    let voluntary: i64 = tasks.iter().map(|t| t.voluntary).sum();
+    let involuntary: i64 = tasks.iter().map(|t| t.involuntary).sum();
     let ratio = |count: i64| (count as f64 / expected as f64 * 1000.0).round() / 1000.0;
+    let first = timed[0];
     // On one CPU the woken task often preempts the one that woke it before that one blocks:
     // its switch is then counted as involuntary. The sum is what must be two per round trip.
-    Side::measured(&m.summary, UNIT)
-        .fact("round_trips", m.round_trips)
+    Side::measured(summary, UNIT)
+        .fact("round_trips", round_trips)
         .fact("expected_switches", expected)
         .fact("voluntary_switches", voluntary)
         .fact("involuntary_switches", involuntary)
         .fact("voluntary_switch_ratio", ratio(voluntary))
         .fact("switch_ratio", ratio(voluntary + involuntary))
-        .fact("pinned_cpus", [d.pinned, p.pinned])
-        .fact("ran_on_cpus", [d.seen[1], p.seen[1]])
-        .fact("ran_on_pinned_cpus", d.ran_where_pinned() && p.ran_where_pinned())
+        .fact("pinned_cpus", [first.run.driver.pinned, first.partner.pinned])
+        .fact("ran_on_cpus", cpus_seen(&tasks))
+        .fact("ran_on_pinned_cpus", tasks.iter().all(TaskEvidence::ran_where_pinned))
 }
 
-/// Both tasks on the first CPU we may use, or why that cannot be arranged here.
-fn same_cpu() -> Result<Result<Placement, String>> {
-    let Some(&first) = cpu::allowed()?.first() else {
-        return Ok(Err("sched_getaffinity reports no CPU we may run on".to_string()));
-    };
-    Ok(match Pinned::to(first) {
-        Ok(_undo) => Ok(Placement { driver: first, partner: first }),
-        Err(e) => Err(format!("pinning was refused: {e:#}")),
-    })
-}
-
-/// The tasks on two different CPUs, or why that cannot be arranged here.
-fn cross_cpu() -> Result<Result<Placement, String>> {
-    let Some((a, b)) = cpu::two_distinct()? else {
-        return Ok(Err("only one CPU is allowed here: a wake-up cannot cross CPUs".to_string()));
-    };
-    Ok(match Pinned::to(a).and_then(|_undo| Pinned::to(b)) {
-        Ok(_undo) => Ok(Placement { driver: a, partner: b }),
-        Err(e) => Err(format!("pinning was refused: {e:#}")),
-    })
+/// The distinct CPUs the tasks were seen on at their marks (sched_getcpu(3)).
+fn cpus_seen(tasks: &[TaskEvidence]) -> Vec<usize> {
+    tasks.iter().flat_map(|t| t.seen).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Nanoseconds with one decimal: finer digits are noise.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use harness::Ctx;
 use harness::cpu;
-use harness::stats::{self, Summary};
+use harness::stats;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// The token's meaning, one byte over a pipe or the value of the futex word.
@@ -36,15 +36,6 @@ pub const GONE: u32 = 6;
 
 /// Futex word only: set by a task about to sleep, so that the other knows to wake it.
 const SLEEPING: u32 = 1 << 31;
-
-/// How two tasks share a CPU, or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    /// The task that times the loop.
-    pub driver: usize,
-    /// The task that answers.
-    pub partner: usize,
-}
 
 /// The timing side of a link: sends a command and waits for the reply.
 pub trait Driver {
@@ -127,16 +118,20 @@ pub struct FutexOps {
     pub wait: libc::c_int,
     pub wake: libc::c_int,
     pub name: &'static str,
+    /// True for the _PRIVATE ops, which work only inside one address space.
+    pub private: bool,
 }
 
 /// Works across address spaces: the kernel finds the waiters by the word's physical page.
-pub const SHARED: FutexOps = FutexOps { wait: libc::FUTEX_WAIT, wake: libc::FUTEX_WAKE, name: "FUTEX_WAIT/FUTEX_WAKE" };
+pub const SHARED: FutexOps =
+    FutexOps { wait: libc::FUTEX_WAIT, wake: libc::FUTEX_WAKE, name: "FUTEX_WAIT/FUTEX_WAKE", private: false };
 
 /// Works only inside one address space: the kernel finds the waiters by (mm, virtual address).
 pub const PRIVATE: FutexOps = FutexOps {
     wait: libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
     wake: libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
     name: "FUTEX_WAIT_PRIVATE/FUTEX_WAKE_PRIVATE",
+    private: true,
 };
 
 /// One 32-bit word that says whose turn it is: a command means the partner's, DONE the
@@ -356,23 +351,31 @@ pub fn serve(link: &mut impl Partner, pinned: usize, working_set: usize) -> Resu
     Ok(TaskEvidence::between(pinned, before, after))
 }
 
-/// What the driver measured.
-#[derive(Debug, Clone)]
-pub struct Measured {
-    /// ns per switch (half a round trip) of each timed run.
-    pub summary: Summary,
+/// One timed run of a ping-pong, as the driver saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub ns_per_switch: f64,
     /// Round trips between the two marks: the timed ones and the closing mark.
     pub round_trips: u64,
+    /// Timed round trips: the loop size, the same for every run of both sides.
+    pub n: u64,
     pub driver: TaskEvidence,
-    /// For a working set: ns to touch it once with warm caches and no switch.
-    pub touch_ns: f64,
 }
 
-/// What one side of a ping-pong found: the driver's numbers and the partner's evidence.
-#[derive(Debug, Clone)]
+/// One run of a ping-pong on both of its tasks.
+#[derive(Debug, Clone, Copy)]
 pub struct Outcome {
-    pub measured: Measured,
+    pub run: Run,
     pub partner: TaskEvidence,
+}
+
+/// How many round trips a run times: sized once by a time budget, then the same count for
+/// every run of both sides, so that both time exactly the same loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Find the count that fills this budget (the calibration run).
+    Budget(Duration),
+    Count(u64),
 }
 
 /// How long one timed run lasts: every run is sized by time, not by a count, because a
@@ -381,26 +384,26 @@ pub fn run_budget(ctx: &Ctx) -> Duration {
     if ctx.quick { Duration::from_millis(2) } else { Duration::from_millis(10) }
 }
 
-/// The driver's part, after the start barrier: size the loop, warm up, then time the runs
-/// between two marks.
-pub fn drive(link: &mut impl Driver, ctx: &Ctx, pinned: usize, working_set: usize) -> Result<Measured> {
+/// The driver's part of one run, after the start barrier: a short untimed warm-up (the
+/// partner is new and its caches cold), then the timed loop between two marks, then STOP.
+pub fn drive(link: &mut impl Driver, size: Size, pinned: usize, working_set: usize) -> Result<Run> {
     let own = WorkingSet::new(working_set);
-    let touch_ns = touch_cost(&own);
-    let n = stats::iterations_for(run_budget(ctx), |n| timed(link, &own, n))?;
-    for _ in 0..ctx.warmup() {
-        timed(link, &own, n)?;
-    }
+    let n = match size {
+        Size::Budget(budget) => stats::iterations_for(budget, |n| timed(link, &own, n))?,
+        Size::Count(n) => n,
+    };
+    timed(link, &own, n / 10 + 1)?;
     link.round_trip(MARK)?;
     let before = Snapshot::now()?;
-    let summary = stats::repeat(0, ctx.runs(), || Ok(timed(link, &own, n)?.as_nanos() as f64 / (2 * n) as f64))?;
+    let took = timed(link, &own, n)?;
     link.round_trip(MARK)?;
     let after = Snapshot::now()?;
     link.stop()?;
-    Ok(Measured {
-        summary,
-        round_trips: n * ctx.runs() as u64 + 1,
+    Ok(Run {
+        ns_per_switch: took.as_nanos() as f64 / (2 * n) as f64,
+        round_trips: n + 1,
+        n,
         driver: TaskEvidence::between(pinned, before, after),
-        touch_ns,
     })
 }
 
@@ -414,8 +417,9 @@ fn timed(link: &mut impl Driver, own: &WorkingSet, n: u64) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// ns to touch a working set once, caches warm, no switch in between.
-fn touch_cost(own: &WorkingSet) -> f64 {
+/// ns to touch a working set of `bytes` once, caches warm, no switch in between.
+pub fn touch_cost(bytes: usize) -> f64 {
+    let own = WorkingSet::new(bytes);
     if own.bytes.is_empty() {
         return 0.0;
     }
@@ -438,16 +442,19 @@ pub enum Baseline {
     Syscall,
 }
 
-/// A baseline measured in one task.
-#[derive(Debug, Clone)]
+/// One run of a baseline in one task.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Alone {
     /// ns per write+read pair (Pipe) or per call (Syscall).
-    pub summary: Summary,
+    pub ns: f64,
+    /// Loop size: the same for every run of both sides.
+    pub n: u64,
     pub task: TaskEvidence,
 }
 
-/// Measures a baseline in the calling task, pinned to `pinned`.
-pub fn alone(ctx: &Ctx, pinned: usize, what: Baseline) -> Result<Alone> {
+/// One run of a baseline in the calling task, pinned to `pinned`: a short warm-up, then `n`
+/// (or as many as fill the budget) timed iterations.
+pub fn alone(size: Size, pinned: usize, what: Baseline) -> Result<Alone> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
     let (mut rx, mut tx) = (File::from(rx), File::from(tx));
     let mut timed = |n: u64| -> Result<Duration> {
@@ -466,14 +473,15 @@ pub fn alone(ctx: &Ctx, pinned: usize, what: Baseline) -> Result<Alone> {
         }
         Ok(start.elapsed())
     };
-    let n = stats::iterations_for(run_budget(ctx), &mut timed)?;
-    for _ in 0..ctx.warmup() {
-        timed(n)?;
-    }
+    let n = match size {
+        Size::Budget(budget) => stats::iterations_for(budget, &mut timed)?,
+        Size::Count(n) => n,
+    };
+    timed(n / 10 + 1)?;
     let before = Snapshot::now()?;
-    let summary = stats::repeat(0, ctx.runs(), || Ok(timed(n)?.as_nanos() as f64 / n as f64))?;
+    let took = timed(n)?;
     let after = Snapshot::now()?;
-    Ok(Alone { summary, task: TaskEvidence::between(pinned, before, after) })
+    Ok(Alone { ns: took.as_nanos() as f64 / n as f64, n, task: TaskEvidence::between(pinned, before, after) })
 }
 
 #[cfg(test)]
@@ -483,10 +491,9 @@ mod tests {
     /// The futex protocol between two threads (never a fork: the test harness has threads).
     #[test]
     fn futex_ping_pong_between_threads_counts_two_switches_per_round_trip() {
-        let ctx = Ctx { quick: true, side: None };
         let cpu = cpu::allowed().unwrap()[0];
         let word = AtomicU32::new(NOT_READY);
-        let (measured, partner) = std::thread::scope(|s| {
+        let (run, partner) = std::thread::scope(|s| {
             let partner = s.spawn(|| {
                 let _pinned = cpu::Pinned::to(cpu).unwrap();
                 serve(&mut Futex::partner(&word, PRIVATE, Duration::from_secs(5)), cpu, 0).unwrap()
@@ -494,13 +501,13 @@ mod tests {
             let _pinned = cpu::Pinned::to(cpu).unwrap();
             let mut link = Futex::driver(&word, PRIVATE, Duration::from_secs(5));
             link.wait_ready(Duration::from_secs(5)).unwrap();
-            let measured = drive(&mut link, &ctx, cpu, 0).unwrap();
-            (measured, partner.join().unwrap())
+            let run = drive(&mut link, Size::Count(2000), cpu, 0).unwrap();
+            (run, partner.join().unwrap())
         });
-        assert_eq!(measured.summary.runs, ctx.runs());
-        let counted = measured.driver.voluntary + measured.driver.involuntary + partner.voluntary + partner.involuntary;
-        let expected = 2 * measured.round_trips as i64;
+        assert_eq!((run.n, run.round_trips), (2000, 2001));
+        let counted = run.driver.voluntary + run.driver.involuntary + partner.voluntary + partner.involuntary;
+        let expected = 2 * run.round_trips as i64;
         assert!((counted - expected).abs() <= expected / 10 + 4, "{counted} switches, {expected} expected");
-        assert!(measured.driver.ran_where_pinned() && partner.ran_where_pinned());
+        assert!(run.driver.ran_where_pinned() && partner.ran_where_pinned());
     }
 }

@@ -5,26 +5,27 @@
 //! this file produces say by how much, on this machine.
 //!
 //! The partner is a second thread; the token travels over two pipes, or through a futex word
-//! both threads can see. Compare with process.rs: the same functions in the same order, and
-//! only the lines marked "thread:" differ in mechanism.
+//! both threads can see. Each function is one timed run; the row runs it in turns with the
+//! same function of process.rs. Compare with process.rs: the same functions in the same
+//! order, and only the lines marked "thread:" differ in mechanism.
 //!
 //! See also: pingpong.rs (the loop both sides time), perf-bench(1) `sched pipe -T`,
 //! futex(2), pipe(7), pthreads(7).
 
 use std::fs::File;
-use std::sync::atomic::AtomicU32;
 
 use anyhow::{Context, Result, anyhow};
 use harness::Ctx;
-use harness::cpu::Pinned;
+use harness::cpu::{Pinned, Placement};
+use harness::mem::{Mapping, Sharing};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::pingpong::{self, Alone, Baseline, Driver, Measured, Outcome, Pipes, Placement, TaskEvidence};
+use crate::pingpong::{self, Alone, Baseline, Driver, FutexOps, Outcome, Pipes, Run, Size, TaskEvidence};
 
-/// Ping-pong over two pipes with a second thread, each task touching `working_set` bytes of
-/// its own between passes.
-pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize) -> Result<Outcome> {
+/// One run of a ping-pong over two pipes with a second thread, each task touching
+/// `working_set` bytes of its own between passes.
+pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize, size: Size) -> Result<Outcome> {
     let _pinned = Pinned::to(place.driver)?;
     let (ping_rx, ping_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
@@ -37,52 +38,51 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize) -> Result<
             pingpong::serve(&mut link, place.partner, working_set)
         });
         let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
-        let measured =
-            link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, ctx, place.driver, working_set));
+        let run =
+            link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, working_set));
         drop(link);
-        finish(partner.join(), measured)
+        finish(partner.join(), run)
     })
 }
 
-/// Ping-pong through a futex word with a second thread, both on one CPU.
-pub fn futex_pingpong(ctx: &Ctx, place: Placement) -> Result<Outcome> {
+/// One run of a ping-pong through a futex word with a second thread.
+pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) -> Result<Outcome> {
     let _pinned = Pinned::to(place.driver)?;
-    // thread: any memory of the process is shared; a word on this stack will do.
-    let word = AtomicU32::new(pingpong::NOT_READY);
+    // thread: any memory of the process is shared; the word sits in the same kind of page as
+    // the process side's (MAP_SHARED), so that with the same ops only the address space differs.
+    let page = Mapping::anonymous(4, Sharing::Shared)?;
+    let word = page.word(0)?;
+    word.store(pingpong::NOT_READY, std::sync::atomic::Ordering::Release);
     std::thread::scope(|s| {
         let partner = s.spawn(|| {
             let _pinned = Pinned::to(place.partner)?;
-            // thread: the _PRIVATE ops, as every thread library uses them (glibc's pthread
-            // mutexes, Rust's std::sync): the waiters are keyed by (address space, address),
-            // which skips the lookup of the physical page that the shared ops need. That
-            // lookup is part of what a process pays, so we let each side pay its own way.
-            let mut link = pingpong::Futex::partner(&word, pingpong::PRIVATE, ctx.deadline());
+            let mut link = pingpong::Futex::partner(word, ops, ctx.deadline());
             pingpong::serve(&mut link, place.partner, 0)
         });
-        let mut link = pingpong::Futex::driver(&word, pingpong::PRIVATE, ctx.deadline());
-        let measured = link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, ctx, place.driver, 0));
+        let mut link = pingpong::Futex::driver(word, ops, ctx.deadline());
+        let run = link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, 0));
         drop(link);
-        finish(partner.join(), measured)
+        finish(partner.join(), run)
     })
 }
 
-/// A baseline (no switch) measured in a thread of its own.
-pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline) -> Result<Alone> {
+/// One run of a baseline (no switch) in a thread of its own.
+pub fn alone(_ctx: &Ctx, cpu: usize, what: Baseline, size: Size) -> Result<Alone> {
     // thread: the lone task is a thread of this process.
     std::thread::scope(|s| {
         s.spawn(|| {
             let _pinned = Pinned::to(cpu)?;
-            pingpong::alone(ctx, cpu, what)
+            pingpong::alone(size, cpu, what)
         })
         .join()
         .map_err(|_| anyhow!("the measuring thread panicked"))?
     })
 }
 
-/// Joins the partner and its evidence to the driver's numbers.
-fn finish(joined: std::thread::Result<Result<TaskEvidence>>, measured: Result<Measured>) -> Result<Outcome> {
+/// Joins the partner and its evidence to the driver's run.
+fn finish(joined: std::thread::Result<Result<TaskEvidence>>, run: Result<Run>) -> Result<Outcome> {
     let partner = joined.map_err(|_| anyhow!("the partner thread panicked"))?;
-    let measured = measured?;
+    let run = run?;
     let partner = partner.context("the partner thread")?;
-    Ok(Outcome { measured, partner })
+    Ok(Outcome { run, partner })
 }
