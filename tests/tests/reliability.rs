@@ -317,6 +317,7 @@ fn a_row_killed_outright_leaves_its_segment_and_the_next_run_removes_it() {
     assert_eq!(tests::segments_of(row), held, "SIGKILL leaves the segment behind");
     // Any next run removes segments whose owner is dead.
     let out = tests::run("stability", &["--quick", "--json", "--only", "panic"]);
-    assert!(out.status.success());
+    let said = || format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", said());
     assert!(tests::segments_of(row).is_empty(), "stale segments: {:?}", tests::segments_of(row));
 }
