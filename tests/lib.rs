@@ -241,3 +241,29 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Checks every measured experiment of a report against its own samples: both sides took the
+/// same number of runs (they take turns), at least 7; each median is the median of the
+/// side's samples; the ratio is of the two medians and lies inside its interval. A row that
+/// summarised the wrong runs, or judged one side's block, fails here.
+pub fn assert_measures_are_sound(report: &serde_json::Value) {
+    for e in report["experiments"].as_array().unwrap() {
+        let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };
+        let id = &e["id"];
+        let runs = p["runs"].as_u64().unwrap();
+        assert!(runs >= 7, "{id}: {runs} runs");
+        assert_eq!(runs, t["runs"].as_u64().unwrap(), "{id}: interleaved runs come in pairs");
+        for s in [p, t] {
+            let mut samples: Vec<f64> = s["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            assert_eq!(samples.len() as u64, runs, "{id}");
+            samples.sort_by(f64::total_cmp);
+            let n = samples.len();
+            let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
+            assert!((median - s["median"].as_f64().unwrap()).abs() < 1e-6, "{id}: the median is of the samples");
+        }
+        let ratio = p["median"].as_f64().unwrap() / t["median"].as_f64().unwrap();
+        assert!((ratio - e["ratio"].as_f64().unwrap()).abs() < 0.001, "{id}: ratio {ratio} vs {}", e["ratio"]);
+        let (lo, hi) = (e["ratio_low"].as_f64().unwrap(), e["ratio_high"].as_f64().unwrap());
+        assert!(lo <= ratio + 0.001 && ratio <= hi + 0.001 && lo < hi + 1e-9, "{id}: {lo}..{hi} around {ratio}");
+    }
+}

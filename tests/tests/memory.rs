@@ -130,18 +130,8 @@ fn every_footprint_worker_was_alive_and_idle_when_measured() {
 }
 
 #[test]
-fn every_number_is_a_median_of_at_least_five_runs_with_its_spread() {
-    for id in ["cow-copy", "footprint"] {
-        let e = experiment(quick_report(), id);
-        for side in ["process", "thread"] {
-            let s = &e[side];
-            assert!(s["runs"].as_u64().unwrap() >= 5, "{id} {side}");
-            let (low, median, high) =
-                (s["low"].as_f64().unwrap(), s["median"].as_f64().unwrap(), s["high"].as_f64().unwrap());
-            assert!(low <= median && median <= high, "{id} {side}");
-        }
-        assert!(e["ratio"].as_f64().unwrap() > 0.0, "{id}");
-    }
+fn every_number_is_the_median_of_interleaved_runs_and_the_ratio_is_of_the_medians() {
+    tests::assert_measures_are_sound(quick_report());
 }
 
 #[test]

@@ -153,25 +153,7 @@ fn every_task_ran_on_the_cpu_it_was_pinned_to_and_that_cpu_is_ours() {
 
 #[test]
 fn both_sides_take_the_same_number_of_runs_and_the_ratio_is_of_their_medians() {
-    for e in quick_report()["experiments"].as_array().unwrap() {
-        let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };
-        let id = &e["id"];
-        let runs = p["runs"].as_u64().unwrap();
-        assert!(runs >= 7, "{id}: {runs} runs");
-        assert_eq!(runs, t["runs"].as_u64().unwrap(), "{id}: interleaved runs come in pairs");
-        for s in [p, t] {
-            let mut samples: Vec<f64> = s["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            assert_eq!(samples.len() as u64, runs, "{id}");
-            samples.sort_by(f64::total_cmp);
-            let n = samples.len();
-            let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
-            assert!((median - s["median"].as_f64().unwrap()).abs() < 1e-6, "{id}: the median is of the samples");
-        }
-        let ratio = p["median"].as_f64().unwrap() / t["median"].as_f64().unwrap();
-        assert!((ratio - e["ratio"].as_f64().unwrap()).abs() < 0.001, "{id}: ratio {ratio} vs {}", e["ratio"]);
-        let (lo, hi) = (e["ratio_low"].as_f64().unwrap(), e["ratio_high"].as_f64().unwrap());
-        assert!(lo <= ratio + 0.001 && ratio <= hi + 0.001 && lo < hi + 1e-9, "{id}: {lo}..{hi} around {ratio}");
-    }
+    tests::assert_measures_are_sound(quick_report());
 }
 
 #[test]

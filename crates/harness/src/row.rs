@@ -81,13 +81,14 @@ impl Ctx {
         if self.quick { crate::stats::MIN_RUNS } else { 11 }
     }
 
-    /// How an experiment's timed runs are planned: at least [`Ctx::runs`], and in a full run
-    /// more while the runs so far took under a quarter of a second, up to 41.
+    /// How an experiment's timed runs are planned: at least [`Ctx::runs`] rounded up to whole
+    /// ABBA blocks, and in a full run more while the runs so far took under a quarter of a
+    /// second, up to 42.
     pub fn plan(&self) -> Plan {
         Plan {
             warmup: self.warmup(),
             min_runs: self.runs(),
-            max_runs: if self.quick { self.runs() } else { 41 },
+            max_runs: if self.quick { self.runs().next_multiple_of(2) } else { 42 },
             budget: if self.quick { Duration::ZERO } else { Duration::from_millis(250) },
         }
     }

@@ -52,9 +52,17 @@ pub fn poison(deadline: Duration) -> Result<Poisoning> {
     let crasher = fork_child(|| {
         let mut guard = state.lock().map_err(|_| anyhow::anyhow!("already poisoned"))?;
         *guard += 1;
-        panic!("worker {FAULTY} panicked while holding the lock");
+        deliver("locked", &*guard);
+        if work::crasher_panics() {
+            panic!("worker {FAULTY} panicked while holding the lock");
+        }
+        Ok(())
     })?;
     let crashed = crasher.wait(deadline)?;
+    // What the crasher did, as observed: it held the lock (it said so from inside) and it
+    // ended the way an uncaught panic ends a process.
+    let held_lock = crashed.received::<u64>("locked")? == [1];
+    let panicked = crashed.status == Status::Exited(harness::child::PANIC_EXIT_CODE);
     let mut others = Vec::new();
     for _ in 0..WORKERS - 1 {
         others.push(fork_child(|| {
@@ -72,6 +80,8 @@ pub fn poison(deadline: Duration) -> Result<Poisoning> {
     }
     Ok(Poisoning {
         crasher: crashed.status.to_string(),
+        crasher_held_lock: held_lock,
+        crasher_panicked: panicked,
         others_poisoned: poisoned_seen,
         others: exits.len(),
         observer_poisoned: state.is_poisoned(),
@@ -80,27 +90,16 @@ pub fn poison(deadline: Duration) -> Result<Poisoning> {
 }
 
 /// One job of four chunks; the worker of chunk 2 panics, the supervisor notices through
-/// waitpid and forks a replacement, and the job still completes. Returns, per run, the time
+/// waitpid and forks a replacement, and the job still completes. One timed run: the time
 /// from the crash to the replacement running.
-pub fn restart(warmup: usize, runs: usize, deadline: Duration) -> Result<Restart> {
-    let (mut jobs, mut correct) = (0, 0);
-    let latency_us = stats::repeat(warmup, runs, || {
-        let (total, latency_ns) = restart_once(deadline)?;
-        jobs += 1;
-        correct += (total == work::expected_total()) as usize;
-        Ok(latency_ns as f64 / 1000.0)
-    })?;
-    Ok(Restart { latency_us, jobs, correct_jobs: correct })
-}
-
-fn restart_once(deadline: Duration) -> Result<(u64, u64)> {
+pub fn restart(deadline: Duration) -> Result<Restart> {
     let mut children = Vec::new();
     let mut chunks = Vec::new();
     for chunk in 0..WORKERS {
         children.push(start_worker(chunk, false)?);
         chunks.push(chunk);
     }
-    let (mut total, mut crashed_at, mut started_at) = (0u64, None, None);
+    let (mut total, mut crashed_at, mut started_at, mut replacements) = (0u64, None, None, 0);
     while !children.is_empty() {
         // The supervisor learns of a death from waitpid(2) (here through a pidfd).
         let (i, exit) = wait_any(&mut children, deadline)?;
@@ -118,12 +117,13 @@ fn restart_once(deadline: Duration) -> Result<(u64, u64)> {
                 crashed_at = exit.received::<u64>("crash")?.first().copied();
                 children.push(start_worker(chunk, true)?);
                 chunks.push(chunk);
+                replacements += 1;
             }
             _ => exit.check("replacement worker")?,
         }
     }
     let latency = started_at.zip(crashed_at).map(|(s, c)| s.saturating_sub(c)).context("no crash was replaced")?;
-    Ok((total, latency))
+    Ok(Restart { total, latency_ns: latency, replacements })
 }
 
 /// Starts the worker of one chunk; the first worker of chunk 2 panics, its replacement not.

@@ -73,6 +73,13 @@ fn recurse(depth: u64) -> u64 {
 }
 
 /// The result of one worker's job: a checksum of its chunk, the same wherever it runs.
+/// The crasher of the poison experiment panics while it holds the lock, unless the tests ask
+/// it not to (`PVT_CRASHER_SPARED`): then the experiment must see no poison and say the claim
+/// was contradicted, which shows that its verdict rests on what happened.
+pub fn crasher_panics() -> bool {
+    std::env::var_os("PVT_CRASHER_SPARED").is_none()
+}
+
 pub fn job(id: usize) -> u64 {
     (0..100_000u64).fold(id as u64 + 1, |acc, i| acc.wrapping_mul(6364136223846793005).wrapping_add(i))
 }
