@@ -1,17 +1,20 @@
-//! `cargo xtask compare [--quick] [--json] [ROW...]`: runs every row that exists (or the ones
-//! named), each as its own release binary with `--json`, and prints the classic summary table
-//! (Feature | Process | Thread) with what this machine measured and a verdict per claim,
-//! then each row's details.
+//! `cargo xtask compare [--quick] [--json] [--repeat N] [ROW...]`: runs every row that exists
+//! (or the ones named), each as its own release binary with `--json`, and prints the classic
+//! summary table (Feature | Process | Thread) with what this machine measured and a verdict
+//! per claim, then each row's details. With `--repeat N` it runs the whole suite N times and
+//! reports, per experiment, how stable its verdict and its medians were.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use harness::report::{Kind, Report, Verdict, fmt_num};
+use comfy_table::presets::{UTF8_FULL, UTF8_FULL_CONDENSED};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
+use harness::report::{Kind, Report, Verdict};
 use serde::Serialize;
 
-use crate::{machine, run};
+use crate::{machine, repeat, run};
 
 /// The rows of the classic table, in its order: crate name, feature, and the textbook claim
 /// for each side in our words.
@@ -43,6 +46,9 @@ struct Args {
     /// Print all reports as one JSON document instead of tables.
     #[arg(long)]
     json: bool,
+    /// Run the whole suite N times (2 to 20) and report how stable each verdict and median was.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
+    repeat: Option<u32>,
     /// Rows to run (default: every row that exists).
     #[arg(value_name = "ROW", value_parser = clap::builder::PossibleValuesParser::new(ROWS.iter().map(|r| r.0)))]
     rows: Vec<String>,
@@ -50,17 +56,17 @@ struct Args {
 
 /// Everything `compare --json` prints.
 #[derive(Serialize)]
-struct Document {
-    machine: machine::Machine,
-    reports: Vec<Report>,
+pub struct Document {
+    pub machine: machine::Machine,
+    pub reports: Vec<Report>,
     /// Rows that failed to produce a report, with the reason.
-    failures: Vec<Failure>,
+    pub failures: Vec<Failure>,
 }
 
 #[derive(Serialize)]
-struct Failure {
-    row: String,
-    error: String,
+pub struct Failure {
+    pub row: String,
+    pub error: String,
 }
 
 pub fn main(argv: &[String]) -> Result<bool> {
@@ -79,24 +85,33 @@ pub fn main(argv: &[String]) -> Result<bool> {
         args.rows.clone()
     };
     let binaries = run::build_release(&rows)?;
-    let progress = indicatif::ProgressBar::new_spinner();
-    progress.enable_steady_tick(std::time::Duration::from_millis(120));
-    let mut reports = Vec::new();
-    let mut failures = Vec::new();
-    for (i, (row, bin)) in rows.iter().zip(&binaries).enumerate() {
-        progress.set_message(format!("running {row} ({}/{})", i + 1, rows.len()));
-        let mut cmd = Command::new(bin);
-        cmd.arg("--json");
-        if args.quick {
-            cmd.arg("--quick");
+    let rounds = args.repeat.unwrap_or(1) as usize;
+    let progress = Progress::new(rows.len() * rounds);
+    let mut docs = Vec::new();
+    for round in 0..rounds {
+        let mut reports = Vec::new();
+        let mut failures = Vec::new();
+        for (row, bin) in rows.iter().zip(&binaries) {
+            let pass = if rounds > 1 { format!("run {}/{rounds}: ", round + 1) } else { String::new() };
+            progress.step(&format!("{pass}{row}"));
+            let mut cmd = Command::new(bin);
+            cmd.arg("--json");
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            match run::report_of(row, cmd) {
+                Ok(r) => reports.push(r),
+                Err(e) => failures.push(Failure { row: row.clone(), error: format!("{e:#}") }),
+            }
         }
-        match run::report_of(row, cmd) {
-            Ok(r) => reports.push(r),
-            Err(e) => failures.push(Failure { row: row.clone(), error: format!("{e:#}") }),
-        }
+        let optimized = reports.iter().all(|r| r.optimized);
+        docs.push(Document { machine: machine::Machine::here(optimized), reports, failures });
     }
-    progress.finish_and_clear();
-    let doc = Document { machine: machine::Machine::here(), reports, failures };
+    progress.finish();
+    if rounds > 1 {
+        return repeat::report(&docs, args.json);
+    }
+    let doc = docs.remove(0);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc).context("serializing the reports")?);
     } else {
@@ -104,6 +119,42 @@ pub fn main(argv: &[String]) -> Result<bool> {
     }
     let ok = doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors);
     Ok(ok)
+}
+
+/// A spinner on stderr naming what runs and how much is done; nothing when stderr is not a
+/// terminal (a pipe or a CI log), and never anything on stdout.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(steps: usize) -> Progress {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} rows done, running {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn step(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            if !bar.message().is_empty() {
+                bar.inc(1);
+            }
+            bar.set_message(what.to_string());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The rows whose crate exists in this workspace, in the table's order.
@@ -116,25 +167,8 @@ fn human(doc: &Document) -> String {
     let mut out = String::new();
     out.push_str(&doc.machine.header());
     out.push('\n');
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(140);
-    t.set_header(vec!["Feature", "Process", "Thread", "Measured here", "Verdict"]);
-    for report in &doc.reports {
-        let Some((_, feature, process, thread)) = ROWS.iter().find(|r| r.0 == report.row) else { continue };
-        t.add_row(vec![
-            feature.to_string(),
-            process.to_string(),
-            thread.to_string(),
-            measured_here(report),
-            report.tally(),
-        ]);
-    }
-    for f in &doc.failures {
-        let feature = ROWS.iter().find(|r| r.0 == f.row).map(|r| r.1).unwrap_or(&f.row);
-        t.add_row(vec![feature.to_string(), "-".into(), "-".into(), format!("failed: {}", f.error), "error".into()]);
-    }
-    out.push_str(&format!("{t}\n"));
-    out.push_str("✓ the claim holds here; ✗ this machine contradicts it; P/T = process ÷ thread (medians)\n");
+    out.push_str(&summary(doc));
+    out.push_str(LEGEND);
     for report in &doc.reports {
         out.push('\n');
         out.push_str(&harness::render::row(report));
@@ -142,32 +176,67 @@ fn human(doc: &Document) -> String {
     out
 }
 
-/// One cell: every experiment's outcome in a few words; measured numbers with their ratio.
-fn measured_here(report: &Report) -> String {
-    report
-        .experiments
-        .iter()
-        .map(|e| match (e.kind, &e.process, &e.thread) {
-            (Kind::Measure, Some(p), Some(t)) => format!(
-                "{} {} vs {} {} ({}×) {}",
-                e.id,
-                p.median.map(fmt_num).unwrap_or_default(),
-                t.median.map(fmt_num).unwrap_or_default(),
-                e.unit.as_deref().unwrap_or(""),
-                e.ratio.map(fmt_num).unwrap_or_default(),
-                mark(e.verdict)
-            ),
-            _ => format!("{} {}", e.id, mark(e.verdict)),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+/// What the marks in the summary mean.
+pub const LEGEND: &str = "✓ holds here  ~ marginal  = tie  ✗ this machine contradicts the claim  - skipped  ! error\n\
+                          P/T = process median ÷ thread median, with its 95% confidence interval\n";
+
+/// The width the summary table keeps to.
+pub const SUMMARY_WIDTH: u16 = 100;
+
+/// The classic table, one line per row of the textbook: the claim for each side, the row's
+/// headline experiments with their ratio and interval, and the count of every verdict.
+pub fn summary(doc: &Document) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL).set_content_arrangement(ContentArrangement::Dynamic).set_width(SUMMARY_WIDTH);
+    t.set_header(vec!["Feature", "Process", "Thread", "Measured here: P/T (95% CI)"]);
+    // Column widths that keep every cell to four lines: up to three headline experiments and
+    // the tally in the last column, one line each.
+    let fixed = |w| ColumnConstraint::Absolute(Width::Fixed(w));
+    t.set_constraints(vec![fixed(13), fixed(20), fixed(20), fixed(40)]);
+    for report in &doc.reports {
+        let Some((_, feature, process, thread)) = ROWS.iter().find(|r| r.0 == report.row) else { continue };
+        t.add_row(vec![feature.to_string(), process.to_string(), thread.to_string(), measured_here(report)]);
+    }
+    for f in &doc.failures {
+        let feature = ROWS.iter().find(|r| r.0 == f.row).map(|r| r.1).unwrap_or(&f.row);
+        t.add_row(vec![feature.to_string(), "-".into(), "-".into(), "failed: see below".into()]);
+    }
+    let mut out = format!("{t}\n");
+    for f in &doc.failures {
+        out.push_str(&format!("{} failed: {}\n", f.row, f.error));
+    }
+    out
 }
 
-/// ✓ the claim holds, ✗ it does not, otherwise the verdict's own word.
-fn mark(v: Verdict) -> String {
+/// One cell: the headline experiments, one line each, then the verdicts of all experiments.
+fn measured_here(report: &Report) -> String {
+    let mut lines: Vec<String> = report
+        .experiments
+        .iter()
+        .filter(|e| e.headline)
+        .take(3)
+        .map(|e| match (e.kind, e.ratio) {
+            (Kind::Measure, Some(_)) => format!("{} {} {}", e.id, harness::render::ratio(e), mark(e.verdict)),
+            _ => format!("{} {}", e.id, mark(e.verdict)),
+        })
+        .collect();
+    // Every experiment's verdict, counted: skipped ones are counted, not listed.
+    let mut counts = BTreeMap::new();
+    for e in &report.experiments {
+        *counts.entry(e.verdict).or_insert(0) += 1;
+    }
+    lines.push(counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>().join(" · "));
+    lines.join("\n")
+}
+
+/// One character per verdict (see [`LEGEND`]).
+fn mark(v: Verdict) -> &'static str {
     match v {
-        Verdict::Holds => "✓".to_string(),
-        Verdict::Contradicted | Verdict::Reversed => "✗".to_string(),
-        other => format!("({other})"),
+        Verdict::Holds => "✓",
+        Verdict::Marginal => "~",
+        Verdict::Tie => "=",
+        Verdict::Contradicted | Verdict::Reversed => "✗",
+        Verdict::Skipped => "-",
+        Verdict::Error => "!",
     }
 }

@@ -1,4 +1,5 @@
-//! The short machine header above the summary: timings only mean something beside it.
+//! The environment above the summary and in the JSON: timings only mean something beside the
+//! machine that took them, and these are the things that move switch and fork costs.
 
 use procfs::Current;
 use serde::Serialize;
@@ -7,32 +8,154 @@ use serde::Serialize;
 pub struct Machine {
     pub cpu_model: String,
     pub logical_cpus: usize,
+    /// The CPUs this run may use (sched_getaffinity), e.g. "0-1".
+    pub allowed_cpus: String,
+    /// The cgroup's effective cpuset, where there is one.
+    pub cpuset: Option<String>,
     pub kernel: String,
     pub virtualization: String,
+    /// CPU flags that decide whether a process switch flushes the TLB.
+    pub pcid: bool,
+    pub invpcid: bool,
+    /// Active mitigations (/sys/devices/system/cpu/vulnerabilities, "Mitigation: ..." lines).
+    pub mitigations: Vec<String>,
+    /// Transparent huge pages: the selected mode of `enabled` and of `defrag`.
+    pub transparent_hugepages: String,
+    /// cgroup limits on this run (v2 or v1); "max" or absent means none.
+    pub cgroup_cpu: Option<String>,
+    pub cgroup_pids: Option<String>,
+    pub cgroup_memory: Option<String>,
+    pub rustc: String,
+    /// Whether the row binaries were built with optimisations (compare always builds --release).
+    pub optimized: bool,
 }
 
 impl Machine {
-    pub fn here() -> Machine {
+    pub fn here(optimized: bool) -> Machine {
         let cpuinfo = procfs::CpuInfo::current().ok();
         let cpu_model =
             cpuinfo.as_ref().and_then(|c| c.model_name(0).map(str::to_string)).unwrap_or_else(|| "unknown".to_string());
-        let hypervisor_flag = cpuinfo.as_ref().and_then(|c| c.flags(0)).is_some_and(|f| f.contains(&"hypervisor"));
+        let flags: Vec<String> = cpuinfo
+            .as_ref()
+            .and_then(|c| c.flags(0))
+            .map(|f| f.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        let has = |flag: &str| flags.iter().any(|f| f == flag);
         Machine {
             cpu_model,
-            logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            logical_cpus: cpuinfo.as_ref().map_or(0, |c| c.num_cores()),
+            allowed_cpus: harness::cpu::allowed().map(|c| ranges(&c)).unwrap_or_else(|e| format!("unknown ({e:#})")),
+            cpuset: cgroup_value("cpuset", &["cpuset.cpus.effective", "cpuset.effective_cpus"]),
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "unknown".to_string()),
-            virtualization: virtualization(hypervisor_flag),
+            virtualization: virtualization(has("hypervisor")),
+            pcid: has("pcid"),
+            invpcid: has("invpcid"),
+            mitigations: mitigations(),
+            transparent_hugepages: transparent_hugepages(),
+            cgroup_cpu: cgroup_value("cpu", &["cpu.max"]).or_else(|| {
+                let quota = cgroup_value("cpu", &["cpu.cfs_quota_us"])?;
+                let period = cgroup_value("cpu", &["cpu.cfs_period_us"])?;
+                (quota != "-1").then(|| format!("{quota} {period}"))
+            }),
+            cgroup_pids: cgroup_value("pids", &["pids.max"]),
+            cgroup_memory: cgroup_value("memory", &["memory.max", "memory.limit_in_bytes"])
+                .filter(|v| v.parse::<u64>().map_or(true, |b| b < 1 << 60)),
+            rustc: rustc_version(),
+            optimized,
         }
     }
 
     pub fn header(&self) -> String {
+        let limits: Vec<String> =
+            [("cpu", &self.cgroup_cpu), ("pids", &self.cgroup_pids), ("memory", &self.cgroup_memory)]
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    v.as_ref().filter(|v| *v != "max" && *v != "max 100000").map(|v| format!("{k} {v}"))
+                })
+                .collect();
+        let yes = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "machine: {}, {} logical CPUs, Linux {}, {}\n",
-            self.cpu_model, self.logical_cpus, self.kernel, self.virtualization
+            "machine: {}, {} logical CPUs (this run may use {}{}), Linux {}, {}\n\
+             switch costs: pcid {}, invpcid {}; mitigations: {}; THP {}\n\
+             cgroup limits: {}; {}, {}\n",
+            self.cpu_model,
+            self.logical_cpus,
+            self.allowed_cpus,
+            self.cpuset.as_ref().map(|c| format!(", cpuset {c}")).unwrap_or_default(),
+            self.kernel,
+            self.virtualization,
+            yes(self.pcid),
+            yes(self.invpcid),
+            if self.mitigations.is_empty() { "none active".to_string() } else { self.mitigations.join(", ") },
+            self.transparent_hugepages,
+            if limits.is_empty() { "none".to_string() } else { limits.join(", ") },
+            self.rustc,
+            if self.optimized { "optimised build" } else { "UNOPTIMISED build" },
         )
     }
+}
+
+/// "0-3,6" for [0, 1, 2, 3, 6].
+fn ranges(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if cpus[i] == start { start.to_string() } else { format!("{start}-{}", cpus[i]) });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// The first of `files` found in our cgroup or its nearest ancestor that has it.
+fn cgroup_value(controller: &str, files: &[&str]) -> Option<String> {
+    harness::limits::cgroup_dirs(controller).iter().find_map(|dir| {
+        files.iter().find_map(|f| std::fs::read_to_string(dir.join(f)).ok().map(|v| v.trim().to_string()))
+    })
+}
+
+/// The vulnerabilities the kernel mitigates, by name.
+fn mitigations() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities") else { return Vec::new() };
+    let mut active: Vec<String> = dir
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.starts_with("Mitigation")))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    active.sort();
+    active
+}
+
+/// "madvise (defrag madvise)": the bracketed choice of each file.
+fn transparent_hugepages() -> String {
+    let selected = |file: &str| {
+        let text = std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{file}")).ok()?;
+        let start = text.find('[')? + 1;
+        let end = text[start..].find(']')? + start;
+        Some(text[start..end].to_string())
+    };
+    match (selected("enabled"), selected("defrag")) {
+        (Some(e), Some(d)) => format!("{e} (defrag {d})"),
+        (Some(e), None) => e,
+        _ => "unknown".to_string(),
+    }
+}
+
+/// The compiler that built the rows (`rustc -V`, the one cargo runs).
+fn rustc_version() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    std::process::Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "rustc unknown".to_string())
 }
 
 /// What systemd-detect-virt says (a virtual machine and/or a container), or else what the
@@ -53,5 +176,25 @@ fn virtualization(hypervisor_flag: bool) -> String {
     match detect("--container") {
         Some(c) => format!("{vm}, in a container ({c})"),
         None => vm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_written_as_ranges() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(ranges(&[1]), "1");
+        assert_eq!(ranges(&[]), "");
+    }
+
+    #[test]
+    fn the_header_names_what_moves_switch_costs() {
+        let m = Machine::here(true);
+        let h = m.header();
+        assert!(h.contains("pcid") && h.contains("THP") && h.contains("optimised build"), "{h}");
+        assert!(m.logical_cpus >= 1 && !m.allowed_cpus.is_empty());
     }
 }

@@ -6,11 +6,13 @@
 mod anchors;
 mod compare;
 mod machine;
+mod repeat;
 mod run;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask compare [--quick] [--json] [ROW...]\n       cargo xtask anchors ROW";
+const USAGE: &str =
+    "usage: cargo xtask compare [--quick] [--json] [--repeat N] [ROW...]\n       cargo xtask anchors ROW";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -200,7 +200,7 @@ fn cgroup_memory_left() -> Option<Left> {
 
 /// The directories of our cgroup and all its ancestors that may hold `controller`'s files:
 /// the v2 unified hierarchy and, on a v1 or hybrid system, the controller's own hierarchy.
-fn cgroup_dirs(controller: &str) -> Vec<PathBuf> {
+pub fn cgroup_dirs(controller: &str) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else { return Vec::new() };
     let mut dirs = Vec::new();
     for line in text.lines() {

@@ -1,0 +1,99 @@
+//! `cargo xtask compare`, driven as a user would: the summary fits a screen, and
+//! `--repeat` accounts for every experiment of every row.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn xtask(args: &[&str]) -> (String, String, Option<i32>) {
+    let out = Command::new(tests::binary("xtask")).args(args).output().expect("running the xtask");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// Every experiment id a row lists, as "row/id".
+fn listed() -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for row in tests::ROWS {
+        let out = tests::run(row, &["--list"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+            all.insert(format!("{row}/{id}"));
+        }
+    }
+    all
+}
+
+#[test]
+fn the_summary_fits_in_100_columns_with_no_cell_taller_than_4_lines() {
+    let (stdout, stderr, code) = xtask(&["compare", "--quick"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The summary is the first table: from its top border to its bottom border.
+    let lines: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with('┌')).collect();
+    let end = lines.iter().position(|l| l.starts_with('└')).expect("the summary table ends");
+    let table = &lines[..=end];
+    for l in table {
+        assert!(l.chars().count() <= 100, "wider than 100 columns: {l}");
+    }
+    // Rows are separated by ├ lines (the header by ╞): count the lines of each.
+    let mut heights = Vec::new();
+    let mut height = 0;
+    for l in &table[1..] {
+        if l.starts_with('├') || l.starts_with('╞') || l.starts_with('└') {
+            heights.push(height);
+            height = 0;
+        } else {
+            height += 1;
+        }
+    }
+    assert!(heights.iter().all(|&h| (1..=4).contains(&h)), "cell heights {heights:?}:\n{}", table.join("\n"));
+    // One line per row that exists, besides the header.
+    assert_eq!(heights.len(), 1 + tests::ROWS.len(), "{}", table.join("\n"));
+    // Skipped experiments are counted, not listed by name.
+    assert!(!table.iter().any(|l| l.contains("working-set-16k")), "{}", table.join("\n"));
+}
+
+#[test]
+fn repeat_accounts_for_every_experiment_and_its_stability() {
+    let (stdout, stderr, code) = xtask(&["compare", "--quick", "--repeat", "2", "--json"]);
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert_eq!(doc["runs"], 2);
+    let experiments = doc["experiments"].as_array().unwrap();
+    let seen: BTreeSet<String> =
+        experiments.iter().map(|e| format!("{}/{}", e["row"].as_str().unwrap(), e["id"].as_str().unwrap())).collect();
+    assert_eq!(seen, listed(), "every listed experiment, once");
+    let mut flipped = 0;
+    for e in experiments {
+        let id = format!("{}/{}", e["row"], e["id"]);
+        let verdicts = e["verdicts"].as_object().unwrap();
+        assert_eq!(verdicts.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 2, "{id}: one verdict per run");
+        assert_eq!(e["changed"], verdicts.len() > 1, "{id}");
+        let f = verdicts.contains_key("holds") && verdicts.contains_key("reversed");
+        assert_eq!(e["flipped"], f, "{id}");
+        flipped += f as usize;
+        let ran_both = !verdicts.contains_key("skipped") && !verdicts.contains_key("error");
+        if e["kind"] == "measure" && ran_both {
+            for side in ["process_stray", "thread_stray"] {
+                let stray = e[side].as_f64().unwrap_or_else(|| panic!("{id}: no {side}"));
+                assert!((0.0..10.0).contains(&stray), "{id}: {side} {stray}");
+            }
+        } else {
+            assert!(e.get("process_stray").is_none(), "{id}: a stray of what?");
+        }
+    }
+    assert_eq!(doc["flipped"], flipped);
+    // The exit code says whether any verdict flipped between holds and reversed.
+    assert_eq!(code, Some(if flipped == 0 { 0 } else { 1 }), "{stderr}");
+    assert!(doc["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));
+    assert_eq!(doc["machine"]["optimized"], true);
+}
+
+#[test]
+fn repeat_takes_2_to_20_runs() {
+    for bad in ["1", "21", "x"] {
+        tests::assert_bad_input("xtask", &["compare", "--repeat", bad], bad);
+    }
+}

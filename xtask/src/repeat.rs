@@ -1,0 +1,171 @@
+//! `cargo xtask compare --repeat N`: the same suite N times in a row, and how stable each
+//! experiment was. A verdict a user can trust comes out the same run after run; a median that
+//! strays far from the median of medians says the machine or the method drifts.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use harness::report::{Kind, Verdict};
+use serde::Serialize;
+
+use crate::compare::Document;
+
+/// How one experiment fared over the runs.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Stability {
+    pub row: String,
+    pub id: String,
+    pub kind: Kind,
+    /// How many runs gave each verdict.
+    pub verdicts: BTreeMap<Verdict, usize>,
+    /// More than one verdict was seen.
+    pub changed: bool,
+    /// Both `holds` and `reversed` were seen: the claim's answer itself flipped.
+    pub flipped: bool,
+    /// The largest distance of any run's median from the median of the runs' medians, as a
+    /// fraction of it, per side (`measure` only, and only sides that ran every time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_stray: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_stray: Option<f64>,
+}
+
+/// All of `--repeat --json`.
+#[derive(Serialize)]
+struct Summary<'a> {
+    runs: usize,
+    machine: &'a crate::machine::Machine,
+    experiments: Vec<Stability>,
+    /// Measured experiments whose verdict changed, and how many measured experiments there are.
+    measured_changed: usize,
+    measured: usize,
+    /// Experiments that went between `holds` and `reversed`.
+    flipped: usize,
+    /// Measured sides whose every median stayed within ±10 % of their median of medians.
+    sides_within_10_percent: usize,
+    sides: usize,
+    /// Rows that failed in some run.
+    failures: Vec<String>,
+}
+
+/// Gathers the runs per experiment, in the order of the first run.
+pub fn stability(docs: &[Document]) -> Vec<Stability> {
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut seen: BTreeMap<(String, String), (Kind, Vec<Verdict>, [Vec<f64>; 2])> = BTreeMap::new();
+    for doc in docs {
+        for report in &doc.reports {
+            for e in &report.experiments {
+                let key = (report.row.clone(), e.id.clone());
+                let entry = seen.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    (e.kind, Vec::new(), [Vec::new(), Vec::new()])
+                });
+                entry.1.push(e.verdict);
+                for (i, side) in [&e.process, &e.thread].into_iter().enumerate() {
+                    if let Some(m) = side.as_ref().and_then(|s| s.median) {
+                        entry.2[i].push(m);
+                    }
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let (kind, verdicts, medians) = &seen[&key];
+            let mut counts = BTreeMap::new();
+            for v in verdicts {
+                *counts.entry(*v).or_insert(0) += 1;
+            }
+            let stray = |m: &Vec<f64>| (*kind == Kind::Measure && m.len() == docs.len()).then(|| stray(m)).flatten();
+            Stability {
+                row: key.0.clone(),
+                id: key.1.clone(),
+                kind: *kind,
+                changed: counts.len() > 1,
+                flipped: counts.contains_key(&Verdict::Holds) && counts.contains_key(&Verdict::Reversed),
+                verdicts: counts,
+                process_stray: stray(&medians[0]),
+                thread_stray: stray(&medians[1]),
+            }
+        })
+        .collect()
+}
+
+/// max |m - median(m)| / median(m), or None when the median is not positive.
+fn stray(medians: &[f64]) -> Option<f64> {
+    let centre = harness::stats::median(medians);
+    (centre > 0.0).then(|| medians.iter().map(|m| (m - centre).abs() / centre).fold(0.0, f64::max))
+}
+
+/// Prints the stability of every experiment; false when some verdict flipped between holds
+/// and reversed, or a row failed.
+pub fn report(docs: &[Document], json: bool) -> Result<bool> {
+    let experiments = stability(docs);
+    let measured: Vec<&Stability> = experiments.iter().filter(|s| s.kind == Kind::Measure).collect();
+    let strays: Vec<f64> = measured.iter().flat_map(|s| [s.process_stray, s.thread_stray]).flatten().collect();
+    let mut failures: Vec<String> = docs.iter().flat_map(|d| d.failures.iter().map(|f| f.row.clone())).collect();
+    failures.dedup();
+    let summary = Summary {
+        runs: docs.len(),
+        machine: &docs[0].machine,
+        measured_changed: measured.iter().filter(|s| s.changed).count(),
+        measured: measured.len(),
+        flipped: experiments.iter().filter(|s| s.flipped).count(),
+        sides_within_10_percent: strays.iter().filter(|&&s| s <= 0.10).count(),
+        sides: strays.len(),
+        failures,
+        experiments,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).context("serializing")?);
+    } else {
+        print!("{}", human(&summary));
+    }
+    Ok(summary.flipped == 0 && summary.failures.is_empty())
+}
+
+fn human(s: &Summary) -> String {
+    let mut out = s.machine.header();
+    out.push('\n');
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(100);
+    t.set_header(vec!["Experiment", "Verdicts seen", "Process stray", "Thread stray"]);
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("±{:.1}%", x * 100.0));
+    for e in &s.experiments {
+        let seen: Vec<String> = e.verdicts.iter().map(|(v, n)| format!("{v}×{n}")).collect();
+        let flag = if e.flipped { "  FLIPPED" } else { "" };
+        t.add_row(vec![
+            format!("{}/{}", e.row, e.id),
+            format!("{}{flag}", seen.join(" ")),
+            pct(e.process_stray),
+            pct(e.thread_stray),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out.push_str(&format!(
+        "{} runs. Stray: the largest distance of one run's median from the median of the {} medians.\n",
+        s.runs, s.runs
+    ));
+    out.push_str(&format!(
+        "{} of {} measured sides stayed within ±10%; {} experiments went between holds and reversed.\n",
+        s.sides_within_10_percent, s.sides, s.flipped
+    ));
+    for f in &s.failures {
+        out.push_str(&format!("row {f} failed in at least one run\n"));
+    }
+    out.push_str(&format!("{} of {} measured experiments changed verdict.\n", s.measured_changed, s.measured));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stray_is_the_largest_relative_distance_from_the_median_of_medians() {
+        assert_eq!(stray(&[100.0, 110.0, 95.0]), Some(0.10));
+        assert_eq!(stray(&[0.0, 0.0]), None);
+    }
+}
