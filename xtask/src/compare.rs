@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use comfy_table::presets::{UTF8_FULL, UTF8_FULL_CONDENSED};
+use comfy_table::presets::UTF8_FULL;
 use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
 use harness::report::{Kind, Report, Verdict};
 use serde::Serialize;

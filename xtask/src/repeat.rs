@@ -49,10 +49,13 @@ struct Summary<'a> {
     failures: Vec<String>,
 }
 
+/// One experiment over the runs: its kind, each run's verdict, each side's medians.
+type Seen = (Kind, Vec<Verdict>, [Vec<f64>; 2]);
+
 /// Gathers the runs per experiment, in the order of the first run.
 pub fn stability(docs: &[Document]) -> Vec<Stability> {
     let mut order: Vec<(String, String)> = Vec::new();
-    let mut seen: BTreeMap<(String, String), (Kind, Vec<Verdict>, [Vec<f64>; 2])> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String), Seen> = BTreeMap::new();
     for doc in docs {
         for report in &doc.reports {
             for e in &report.experiments {
