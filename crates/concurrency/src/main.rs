@@ -83,7 +83,7 @@ static ROW: Row = Row {
         ),
         measure(
             "contention",
-            "Every worker maps 16 MiB, touches each page and unmaps it, all at once: time per operation",
+            "Every worker maps 16 MiB (4 MiB with --quick), touches each page, unmaps it, all at once: time per op",
             "µs/op",
             Better::Lower,
             Needs::tasks(1).and_memory(CHURN_BYTES as u64),
@@ -419,12 +419,12 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
         process: side(&ps),
         thread: side(&ts),
         note: Some(format!(
-            "Each worker count splits the same job (hash {numbers} numbers, about {} ms on one CPU); the ratio is \
-             at {} workers, the other counts have {} runs a side. Speed-up is the median time with one worker \
-             over the median with w; the linear reference is min(w, CPUs). Past the CPU count, extra workers \
-             only queue (Amdahl: the serial part, here the starts and the collection, bounds the speed-up).{}",
+            "Each worker count splits the same job (hash numbers_hashed numbers, about {} ms on one CPU); the \
+             ratio is at as many workers as CPUs this run may use, the other counts have {} runs a side. Speed-up \
+             is the median time with one worker over the median with w; the linear reference is min(w, CPUs). \
+             Past the CPU count, extra workers only queue (Amdahl: the serial part, here the starts and the \
+             collection, bounds the speed-up).{}",
             job_us(ctx) / 1e3,
-            counts[at],
             stats::MIN_RUNS,
             note_fewer.unwrap_or_default()
         )),
@@ -505,11 +505,12 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         process: p.as_ref().map(|s| side(s, &pg, process::worker_per_task, process::pool)).transpose()?,
         thread: t.as_ref().map(|s| side(s, &tg, thread::worker_per_task, thread::pool)).transpose()?,
         note: Some(format!(
-            "The same job (about {total_us:.0} µs of hashing on one CPU) cut into {count} tasks, {in_flight} in \
-             flight: a new worker for every task (the number judged), then a pool of {in_flight} workers that \
-             take the tasks from a shared counter. The start-up overhead per task is the extra time over the pool \
-             times the workers in flight over the tasks; it is under 10 % of the work once a task is ten times \
-             that, and overhead_share_at_that_size checks it on tasks of that size (median of 3)."
+            "The same job (about {total_us:.0} µs of hashing on one CPU) cut into 8 tasks per CPU this run may \
+             use, as many in flight as CPUs: a new worker for every task (the number judged), then a pool of as \
+             many workers, which take the tasks from a shared counter. The start-up overhead per task is the \
+             extra time over the pool times the workers in flight over the tasks; it is under 10 % of the work \
+             once a task is ten times that, and overhead_share_at_that_size checks it on tasks of that size \
+             (median of 3)."
         )),
         ..Findings::default()
     })
@@ -578,11 +579,10 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     };
     let mut note = format!(
         "will-it-scale's page_fault1: each operation is mmap of {} MiB, one write per page (a page fault each), \
-         munmap. Workers start together from one pipe; the ratio is at {} workers. Threads share one address space: \
+         munmap. Workers start together from one pipe; the ratio is at as many workers as CPUs this run may use. Threads share one address space: \
          its lock (mmap_lock) serialises their mmap and munmap and each munmap must flush the TLB of the other \
          threads' CPUs; processes have one each.",
         bytes >> 20,
-        counts[at]
     );
     if most < cpus {
         note.push_str(&format!(" Only {most} workers fit here, not {cpus}: {}.", room.memory.why));
