@@ -29,6 +29,7 @@ pub fn main(args: &[String]) -> Result<()> {
     ensure!(rounds >= 1, "--rounds must be at least 1");
     match row.as_str() {
         "switching" => switching(rounds),
+        "concurrency" => crate::anchors_concurrency::run(rounds),
         other => bail!("no anchors for row {other:?}; rows with anchors: switching"),
     }
 }
@@ -141,19 +142,19 @@ fn check_perf() -> Result<()> {
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     harness::stats::summarize(values).median
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the workspace").to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 

@@ -1,0 +1,247 @@
+//! The work both sides run, and what a worker reports about running it. process.rs and
+//! thread.rs only differ in how a worker is started and how its report comes back.
+//!
+//! The job is deterministic and CPU-bound: hash every number of a range (splitmix64) and add
+//! the hashes up. Every number costs the same, so a range cut into equal pieces gives equal
+//! pieces of work, and the sum of the pieces' checksums is the same however the range is cut:
+//! the evidence that every configuration did all of the work, once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use harness::cpu;
+use harness::stats::{self, monotonic_ns};
+use serde::{Deserialize, Serialize};
+
+/// splitmix64 (Steele, Lea and Flood): a few multiplications and shifts per number.
+pub fn hash(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The checksum of a range: the wrapping sum of its hashes.
+pub fn checksum(range: std::ops::Range<u64>) -> u64 {
+    range.fold(0u64, |sum, i| sum.wrapping_add(hash(i)))
+}
+
+/// Numbers hashed between two looks at the CPU a worker runs on.
+const SLICE: u64 = 1 << 16;
+
+/// What one worker did: its share of the checksum, when it ran and where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub checksum: u64,
+    pub numbers: u64,
+    /// Tasks it ran (one for a worker per task, many for a pool worker).
+    pub tasks: u64,
+    /// The monotonic clock when it started and ended its work (comparable across processes).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Bit c is set when the worker was seen on CPU c (sched_getcpu(3)), looked at between slices.
+    pub cpus: u64,
+}
+
+impl Report {
+    /// Runs `range` as one worker's share.
+    pub fn run(range: std::ops::Range<u64>) -> Result<Report> {
+        let mut r = Report::begin()?;
+        r.add(range)?;
+        r.finish();
+        Ok(r)
+    }
+
+    pub fn begin() -> Result<Report> {
+        Ok(Report { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Report::default() })
+    }
+
+    /// Adds one task's range.
+    pub fn add(&mut self, range: std::ops::Range<u64>) -> Result<()> {
+        let mut at = range.start;
+        while at < range.end {
+            let to = (at + SLICE).min(range.end);
+            self.checksum = self.checksum.wrapping_add(checksum(at..to));
+            self.cpus |= cpu_bit(cpu::current()?);
+            at = to;
+        }
+        self.numbers += range.end - range.start;
+        self.tasks += 1;
+        Ok(())
+    }
+
+    pub fn finish(&mut self) {
+        self.end_ns = monotonic_ns();
+    }
+}
+
+fn cpu_bit(cpu: usize) -> u64 {
+    1u64 << (cpu % 64)
+}
+
+/// What a group of workers did together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Together {
+    pub checksum: u64,
+    pub numbers: u64,
+    pub tasks: u64,
+    pub workers: usize,
+    /// The most workers that were working at one instant: how many really ran at once.
+    pub at_once: usize,
+    /// Distinct CPUs the workers were seen on.
+    pub cpus_seen: u32,
+}
+
+impl Together {
+    pub fn of(reports: &[Report]) -> Together {
+        let mut edges: Vec<(u64, i32)> = reports.iter().flat_map(|r| [(r.start_ns, 1), (r.end_ns, -1)]).collect();
+        // An end at the same instant as a start counts first: touching is not overlapping.
+        edges.sort_unstable();
+        let (mut now, mut most) = (0i32, 0i32);
+        for (_, step) in edges {
+            now += step;
+            most = most.max(now);
+        }
+        Together {
+            checksum: reports.iter().fold(0u64, |s, r| s.wrapping_add(r.checksum)),
+            numbers: reports.iter().map(|r| r.numbers).sum(),
+            tasks: reports.iter().map(|r| r.tasks).sum(),
+            workers: reports.len(),
+            at_once: most.max(0) as usize,
+            cpus_seen: reports.iter().fold(0u64, |m, r| m | r.cpus).count_ones(),
+        }
+    }
+}
+
+/// The `k`th of `parts` equal pieces of `0..numbers` (the last takes the remainder).
+pub fn piece(numbers: u64, parts: u64, k: u64) -> std::ops::Range<u64> {
+    let each = numbers / parts;
+    let start = k * each;
+    let end = if k + 1 == parts { numbers } else { start + each };
+    start..end
+}
+
+/// The same job cut into `count` tasks of `numbers_each` numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tasks {
+    pub count: u64,
+    pub numbers_each: u64,
+}
+
+impl Tasks {
+    pub fn range(&self, i: u64) -> std::ops::Range<u64> {
+        i * self.numbers_each..(i + 1) * self.numbers_each
+    }
+
+    pub fn numbers(&self) -> u64 {
+        self.count * self.numbers_each
+    }
+}
+
+/// Numbers this machine hashes per µs on one CPU, measured once per run: sizes jobs by time.
+pub fn numbers_per_us() -> Result<f64> {
+    static MEASURED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(&n) = MEASURED.get() {
+        return Ok(n);
+    }
+    let mut per_us = 0.0;
+    let n = stats::iterations_for(Duration::from_millis(5), |n| {
+        let start = Instant::now();
+        std::hint::black_box(checksum(0..n));
+        let took = start.elapsed();
+        per_us = n as f64 / took.as_secs_f64() / 1e6;
+        Ok(took)
+    })?;
+    // One more look at the size the budget asked for, with warm caches.
+    let start = Instant::now();
+    std::hint::black_box(checksum(0..n));
+    per_us = (n as f64 / start.elapsed().as_secs_f64() / 1e6).max(per_us * 0.5);
+    Ok(*MEASURED.get_or_init(|| per_us))
+}
+
+/// One contention worker's pass: map `bytes`, write one byte per page, unmap, `ops` times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Churn {
+    pub ops: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub minor_faults: i64,
+    pub cpus: u64,
+}
+
+impl Churn {
+    /// Operations per second of this worker.
+    pub fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / ((self.end_ns - self.start_ns).max(1) as f64 / 1e9)
+    }
+
+    /// The same measure of overlap as [`Together`], for churn workers.
+    pub fn at_once(all: &[Churn]) -> usize {
+        let as_reports: Vec<Report> =
+            all.iter().map(|c| Report { start_ns: c.start_ns, end_ns: c.end_ns, ..Report::default() }).collect();
+        Together::of(&as_reports).at_once
+    }
+
+    pub fn cpus_seen(all: &[Churn]) -> u32 {
+        all.iter().fold(0u64, |m, c| m | c.cpus).count_ones()
+    }
+}
+
+/// The will-it-scale page_fault1 pattern: each op maps `bytes` of anonymous private memory,
+/// writes one byte to every page (one page fault each) and unmaps it. Every mmap, fault and
+/// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
+/// a task of this address space.
+pub fn churn(bytes: usize, ops: u64) -> Result<Churn> {
+    let page = harness::mem::page_size();
+    let before = harness::Usage::of_thread()?;
+    let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Churn::default() };
+    for _ in 0..ops {
+        let m = harness::mem::Mapping::anonymous(bytes, harness::mem::Sharing::Private)?;
+        for at in (0..m.len()).step_by(page) {
+            // Safety: `at` is inside the mapping, which lives until the end of this iteration.
+            unsafe { m.as_ptr().add(at).write_volatile(1) };
+        }
+        c.cpus |= cpu_bit(cpu::current()?);
+        c.ops += 1;
+    }
+    c.end_ns = monotonic_ns();
+    c.minor_faults = harness::Usage::of_thread()?.since(before).minor_faults;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checksum_does_not_depend_on_how_the_range_is_cut() {
+        let whole = checksum(0..100_003);
+        for parts in [1, 2, 3, 7, 64] {
+            let sum = (0..parts).fold(0u64, |s, k| s.wrapping_add(checksum(piece(100_003, parts, k))));
+            assert_eq!(sum, whole, "{parts} parts");
+        }
+    }
+
+    #[test]
+    fn overlap_counts_workers_running_at_one_instant() {
+        let r = |start_ns, end_ns| Report { start_ns, end_ns, ..Report::default() };
+        assert_eq!(Together::of(&[r(0, 10), r(5, 15), r(12, 20)]).at_once, 2);
+        assert_eq!(Together::of(&[r(0, 10), r(10, 20)]).at_once, 1, "touching is not overlapping");
+        assert_eq!(Together::of(&[r(0, 10), r(1, 9), r(2, 8)]).at_once, 3);
+    }
+
+    #[test]
+    fn a_report_covers_its_range() {
+        let r = Report::run(10..200_000).unwrap();
+        assert_eq!((r.checksum, r.numbers, r.tasks), (checksum(10..200_000), 199_990, 1));
+        assert!(r.cpus != 0 && r.end_ns >= r.start_ns);
+    }
+
+    #[test]
+    fn churn_faults_once_per_page() {
+        let c = churn(1 << 20, 3).unwrap();
+        let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
+        assert_eq!(c.ops, 3);
+        assert!(c.minor_faults >= pages, "{} faults for {pages} pages", c.minor_faults);
+    }
+}

@@ -1,0 +1,604 @@
+//! The concurrency row: processes run at the same time as well as threads, but is a thread
+//! really the lighter way to do it?
+//!
+//! Every experiment runs process::X and thread::X in turns (`Ctx::interleave`) and turns what
+//! they measured into findings, with the evidence in facts: how many workers really ran at
+//! once and on how many CPUs, the checksum of the work, the page faults the kernel counted,
+//! the parent's resident size and page tables. The harness computes the verdicts.
+//! See docs/concurrency.md.
+
+mod jobs;
+mod plumbing;
+mod process;
+mod thread;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use harness::mem::{Mapping, Sharing};
+use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Room, Row, Side, Spec};
+
+use jobs::{Churn, Report, Tasks, Together};
+
+const fn measure(
+    id: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    better: Better,
+    needs: Needs,
+    run: fn(&Ctx) -> Result<Findings>,
+) -> Spec {
+    Spec {
+        id,
+        title,
+        kind: Kind::Measure,
+        unit: Some((unit, better)),
+        expected: Expected::Thread,
+        needs,
+        headline: false,
+        run,
+    }
+}
+
+static ROW: Row = Row {
+    name: "concurrency",
+    claim: "Processes run concurrently but each costs more to start and keep; threads are the lighter way to run \
+            work concurrently inside one program.",
+    experiments: &[
+        measure(
+            "spawn",
+            "Start an empty worker and wait for it: fork + _exit + waitpid, or thread spawn + join",
+            "µs",
+            Better::Lower,
+            Needs::tasks(1),
+            spawn,
+        )
+        .headline(),
+        measure(
+            "spawn-vs-size",
+            "fork + exit + wait, or thread spawn + join, while the parent holds touched memory (the largest size)",
+            "µs",
+            Better::Lower,
+            Needs::tasks(1).and_memory(SIZES_QUICK[1]),
+            spawn_vs_size,
+        )
+        .headline(),
+        measure(
+            "speedup",
+            "A CPU-bound job split over as many workers as CPUs: time from the first start to the last result",
+            "ms",
+            Better::Lower,
+            Needs::tasks(2),
+            speedup,
+        ),
+        measure(
+            "granularity",
+            "The same job cut into small tasks, a new worker for each task: time per task",
+            "µs/task",
+            Better::Lower,
+            Needs::tasks(2),
+            granularity,
+        ),
+        measure(
+            "contention",
+            "Every worker maps 16 MiB (4 MiB with --quick), touches each page, unmaps it, all at once: time per op",
+            "µs/op",
+            Better::Lower,
+            Needs::tasks(1).and_memory(CHURN_BYTES as u64),
+            contention,
+        )
+        .headline(),
+    ],
+    children: &[],
+};
+
+fn main() -> ExitCode {
+    harness::row::main(&ROW)
+}
+
+/// What a side of `spawn` measured in one call: `n` starts, one after the other.
+pub struct Spawned {
+    pub took: Duration,
+    /// For each start: ns from just before the call to the worker's first instruction.
+    pub first_run_ns: Vec<u64>,
+    /// Page faults of all the children together (wait4's rusage); threads have none of their own.
+    pub child_minor_faults: Option<i64>,
+}
+
+/// `n` starts of another program (process only).
+pub struct Started {
+    pub took: Duration,
+    pub runs: u64,
+}
+
+impl Started {
+    fn us_each(&self) -> f64 {
+        self.took.as_secs_f64() * 1e6 / self.runs as f64
+    }
+}
+
+/// How long one timed run of an experiment lasts, in full and with --quick.
+fn budget(ctx: &Ctx, full_ms: u64, quick_ms: u64) -> Duration {
+    Duration::from_millis(if ctx.quick { quick_ms } else { full_ms })
+}
+
+fn spawn(ctx: &Ctx) -> Result<Findings> {
+    let deadline = ctx.deadline();
+    // Size the loop by the slower side, so that both start as many workers per run.
+    let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
+    let (mut p_first, mut t_first) = (Latencies::new(), Latencies::new());
+    let mut p_faults = 0;
+    let (p, t) = ctx.interleave(
+        || {
+            let s = process::spawn_and_wait(n, deadline)?;
+            s.first_run_ns.iter().for_each(|&ns| p_first.record(Duration::from_nanos(ns)));
+            p_faults += s.child_minor_faults.unwrap_or(0);
+            Ok(s.took.as_secs_f64() * 1e6 / n as f64)
+        },
+        || {
+            let s = thread::spawn_and_wait(n, deadline)?;
+            s.first_run_ns.iter().for_each(|&ns| t_first.record(Duration::from_nanos(ns)));
+            Ok(s.took.as_secs_f64() * 1e6 / n as f64)
+        },
+    )?;
+    let first = |l: &Latencies, side: Side| {
+        side.fact("starts", l.len())
+            .fact("first_run_us_p50", round1(l.percentile_ns(50.0) as f64 / 1e3))
+            .fact("first_run_us_p99", round1(l.percentile_ns(99.0) as f64 / 1e3))
+    };
+    let process = match p {
+        Some(s) => {
+            let mut side = first(&p_first, Side::measured(&s, "µs"));
+            // Warm-up runs recorded faults too: per fork over everything recorded.
+            side.set("child_minor_faults_per_fork", round1(p_faults as f64 / p_first.len().max(1) as f64));
+            contrast(ctx, &mut side)?;
+            Some(side)
+        }
+        None => None,
+    };
+    let thread = t.map(|s| first(&t_first, Side::measured(&s, "µs")));
+    Ok(Findings {
+        process,
+        thread,
+        note: Some(
+            "Each run starts workers one after the other and waits for each. first_run_us is the LEBench measure: \
+             the clock read just before fork(2) or pthread_create(3), against the one the new worker reads first \
+             (through a MAP_SHARED page for a child). For contrast, the process side also starts /bin/true with \
+             fork + execve, posix_spawn(3) (vfork-style: no page tables copied) and std::process::Command."
+                .to_string(),
+        ),
+        ..Findings::default()
+    })
+}
+
+/// The other ways to start a process, measured on the process side of `spawn` for contrast.
+fn contrast(ctx: &Ctx, side: &mut Side) -> Result<()> {
+    let program = plumbing::Program::new("/bin/true")?;
+    if !std::path::Path::new("/bin/true").exists() {
+        side.set("exec_contrast", "not measured: /bin/true is missing");
+        return Ok(());
+    }
+    let deadline = ctx.deadline();
+    let n = stats::iterations_for(budget(ctx, 4, 1), |n| Ok(process::fork_exec(&program, n, deadline)?.took))?.max(2);
+    let each = |f: &mut dyn FnMut() -> Result<Started>| -> Result<f64> {
+        Ok(round1(stats::repeat(1, ctx.runs(), || Ok(f()?.us_each()))?.median))
+    };
+    side.set("fork_exec_us", each(&mut || process::fork_exec(&program, n, deadline))?);
+    side.set("posix_spawn_us", each(&mut || process::posix_spawn(&program, n, deadline))?);
+    side.set("command_us", each(&mut || process::command(&program, n))?);
+    Ok(())
+}
+
+/// The parent's sizes for spawn-vs-size: 0, 256 MiB and 1 GiB (0, 16 and 64 MiB with --quick).
+const SIZES: [u64; 3] = [0, 256 << 20, 1 << 30];
+const SIZES_QUICK: [u64; 3] = [0, 16 << 20, 64 << 20];
+
+/// What the parent looked like, and what starting a worker cost, at one size.
+struct AtSize {
+    bytes: u64,
+    rss_kib: u64,
+    pte_kib: u64,
+    huge_kib: u64,
+    process: Option<Summary>,
+    thread: Option<Summary>,
+    child_faults_per_fork: f64,
+}
+
+fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
+    // Never more than a quarter of the memory that is left.
+    let room = Room::probe()?;
+    let cap = room.memory.amount / 4;
+    let wanted = if ctx.quick { SIZES_QUICK } else { SIZES };
+    let mut sizes: Vec<u64> = wanted.iter().map(|&s| s.min(cap)).collect();
+    sizes.dedup();
+    let capped = wanted.iter().any(|&s| s > cap);
+    let deadline = ctx.deadline();
+    let mut points = Vec::new();
+    // One private buffer of the largest size (huge pages off); each size writes more of it, so
+    // the parent holds exactly `bytes` of present, written pages, each with a page-table entry.
+    let largest = *sizes.last().context("no size to measure")?;
+    let held = Mapping::anonymous(largest.max(1) as usize, Sharing::Private)?;
+    held.no_huge_pages()?;
+    let mut written = 0;
+    for &bytes in &sizes {
+        populate(&held, written as usize, bytes as usize)?;
+        written = bytes;
+        let status =
+            procfs::process::Process::myself().and_then(|p| p.status()).context("reading /proc/self/status")?;
+        let n = stats::iterations_for(budget(ctx, 5, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(1);
+        let (mut faults, mut forks) = (0i64, 0u64);
+        let (p, t) = interleave_at(
+            ctx,
+            bytes == largest,
+            || {
+                let s = process::spawn_and_wait(n, deadline)?;
+                faults += s.child_minor_faults.unwrap_or(0);
+                forks += n;
+                Ok(s.took.as_secs_f64() * 1e6 / n as f64)
+            },
+            || Ok(thread::spawn_and_wait(n, deadline)?.took.as_secs_f64() * 1e6 / n as f64),
+        )?;
+        points.push(AtSize {
+            bytes,
+            rss_kib: status.vmrss.unwrap_or(0),
+            pte_kib: status.vmpte.unwrap_or(0),
+            huge_kib: if bytes > 0 { held.huge_kib()? } else { 0 },
+            process: p,
+            thread: t,
+            child_faults_per_fork: round1(faults as f64 / forks.max(1) as f64),
+        });
+    }
+    let last = points.last().context("no size to measure")?;
+    let shared = |side: Side, pick: fn(&AtSize) -> &Option<Summary>| {
+        side.fact("parent_mib", points.iter().map(|a| a.bytes >> 20).collect::<Vec<_>>())
+            .fact("parent_rss_kib", points.iter().map(|a| a.rss_kib).collect::<Vec<_>>())
+            .fact("parent_vm_pte_kib", points.iter().map(|a| a.pte_kib).collect::<Vec<_>>())
+            .fact("parent_huge_page_kib", points.iter().map(|a| a.huge_kib).collect::<Vec<_>>())
+            .fact(
+                "us_at_each_size",
+                points.iter().map(|a| pick(a).as_ref().map(|s| round1(s.median))).collect::<Vec<_>>(),
+            )
+    };
+    let process = last.process.as_ref().map(|s| {
+        shared(Side::measured(s, "µs"), |a| &a.process)
+            .fact("child_minor_faults_per_fork", points.iter().map(|a| a.child_faults_per_fork).collect::<Vec<_>>())
+    });
+    let thread = last.thread.as_ref().map(|s| shared(Side::measured(s, "µs"), |a| &a.thread));
+    let mut note = "The parent writes every page of a private buffer (huge pages off, MADV_NOHUGEPAGE; written by \
+                    MADV_POPULATE_WRITE), so each page has a page-table entry; fork(2) copies those entries and marks the pages copy-on-write, and the \
+                    child's exit drops them again. A thread shares the page tables and copies nothing. The ratio \
+                    is at the largest size; us_at_each_size has all."
+        .to_string();
+    if capped {
+        note.push_str(&format!(
+            " Sizes were capped at a quarter of the memory left ({} MiB): {}.",
+            cap >> 20,
+            room.memory.why
+        ));
+    }
+    Ok(Findings { process, thread, note: Some(note), ..Findings::default() })
+}
+
+/// Makes bytes `from..to` of `held` present and written: MADV_POPULATE_WRITE (madvise(2),
+/// Linux 5.14) faults them in for writing from inside the kernel, much faster on a VM than a
+/// trap per page; an older kernel gets a write to every page instead. Either way each page ends
+/// up private to us, with its own page-table entry.
+fn populate(held: &Mapping, from: usize, to: usize) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    // Safety: the range lies inside our own mapping; populating changes no contents we rely on.
+    let rc = unsafe { libc::madvise(held.as_ptr().add(from).cast(), to - from, libc::MADV_POPULATE_WRITE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    ensure!(e.raw_os_error() == Some(libc::EINVAL), "madvise MADV_POPULATE_WRITE: {e}");
+    for at in (from..to).step_by(harness::mem::page_size()) {
+        // Safety: inside the mapping, which outlives this loop.
+        unsafe { held.as_ptr().add(at).write_volatile(1) };
+    }
+    Ok(())
+}
+
+/// Worker counts to try: 1, 2, ... up to `most`; past 8, powers of two and `cpus`.
+fn worker_counts(cpus: u64, most: u64) -> Vec<u64> {
+    let mut counts: Vec<u64> = if most <= 8 {
+        (1..=most).collect()
+    } else {
+        (0..).map(|i| 1u64 << i).take_while(|&w| w <= most).chain([cpus, most]).collect()
+    };
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+/// The CPUs this run may use, and the most workers the machine's task limit leaves room for.
+fn cpus_and_room(wanted: u64, memory_each: u64) -> Result<(u64, u64, Room)> {
+    let room = Room::probe()?;
+    let cpus = room.cpus as u64;
+    Ok((cpus, room.fit(wanted, memory_each), room))
+}
+
+/// The two sides' runs at one point of a sweep (a worker count, a size): the judged point gets
+/// the experiment's full plan (`Ctx::interleave`); the others, shown as facts, the fewest runs
+/// a number may have ([`stats::MIN_RUNS`]), still in turns, so that a sweep fits its budget.
+fn interleave_at(
+    ctx: &Ctx,
+    judged: bool,
+    mut process: impl FnMut() -> Result<f64>,
+    mut thread: impl FnMut() -> Result<f64>,
+) -> Result<(Option<Summary>, Option<Summary>)> {
+    if judged {
+        return ctx.interleave(process, thread);
+    }
+    let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
+    let p: Option<TimedRun<'_>> = if ctx.process() { Some(&mut process) } else { None };
+    let t: Option<TimedRun<'_>> = if ctx.thread() { Some(&mut thread) } else { None };
+    stats::interleave(plan, p, t)
+}
+
+/// One side's results at each point of a sweep.
+struct Sweep<T> {
+    at: Vec<(Option<Summary>, Vec<T>)>,
+}
+
+impl<T> Sweep<T> {
+    fn new() -> Sweep<T> {
+        Sweep { at: Vec::new() }
+    }
+
+    fn medians(&self) -> Vec<Option<f64>> {
+        self.at.iter().map(|(s, _)| s.as_ref().map(|s| s.median)).collect()
+    }
+
+    /// For each point, the largest value `pick` gave over its runs.
+    fn most(&self, pick: impl Fn(&T) -> u64) -> Vec<u64> {
+        self.at.iter().map(|(_, all)| all.iter().map(&pick).max().unwrap_or(0)).collect()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &T> {
+        self.at.iter().flat_map(|(_, all)| all.iter())
+    }
+}
+
+/// µs of hashing on one CPU that `speedup` splits.
+fn job_us(ctx: &Ctx) -> f64 {
+    if ctx.quick { 1_000.0 } else { 4_000.0 }
+}
+
+fn speedup(ctx: &Ctx) -> Result<Findings> {
+    let (cpus, fits, room) = cpus_and_room(2 * Room::probe()?.cpus as u64, 0)?;
+    let counts = worker_counts(cpus, fits);
+    let Some(at) = counts.iter().position(|&w| w == cpus.min(fits)) else {
+        return Ok(Findings::skipped(format!("refused: no room for {cpus} workers: {:?}", room.tasks)));
+    };
+    let note_fewer = (fits < 2 * cpus).then(|| format!(" Only {fits} workers fit here ({:?}).", room.tasks));
+    let numbers = (jobs::numbers_per_us()? * job_us(ctx)) as u64;
+    let deadline = ctx.deadline();
+    let (mut ps, mut ts) = (Sweep::new(), Sweep::new());
+    type Split = fn(u64, u64, Duration) -> Result<(Duration, Vec<Report>)>;
+    let one = |w: u64, seen: &mut Vec<Together>, split: Split| -> Result<f64> {
+        let (took, reports) = split(numbers, w, deadline)?;
+        seen.push(Together::of(&reports));
+        Ok(took.as_secs_f64() * 1e3)
+    };
+    for (i, &w) in counts.iter().enumerate() {
+        let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
+        let (p, t) = interleave_at(
+            ctx,
+            i == at,
+            || one(w, &mut pseen, process::split_job),
+            || one(w, &mut tseen, thread::split_job),
+        )?;
+        ps.at.push((p, pseen));
+        ts.at.push((t, tseen));
+    }
+    let expected = jobs::checksum(0..numbers);
+    let side = |sw: &Sweep<Together>| {
+        let judged = sw.at[at].0.as_ref()?;
+        let ms = sw.medians();
+        let one_worker = ms[0].unwrap_or(f64::NAN);
+        Some(
+            Side::measured(judged, "ms")
+                .fact("cpus_allowed", cpus)
+                .fact("workers", &counts)
+                .fact("ms_median", ms.iter().map(|m| m.map(round2)).collect::<Vec<_>>())
+                .fact("speedup", ms.iter().map(|m| m.map(|m| round2(one_worker / m))).collect::<Vec<_>>())
+                .fact("linear_speedup", counts.iter().map(|&w| w.min(cpus)).collect::<Vec<_>>())
+                .fact("most_at_once", sw.most(|t| t.at_once as u64))
+                .fact("most_cpus_seen", sw.most(|t| u64::from(t.cpus_seen)))
+                .fact("numbers_hashed", numbers)
+                .fact("checksum_same_in_every_configuration", sw.all().all(|t| t.checksum == expected))
+                .fact("every_number_hashed_once", sw.all().all(|t| t.numbers == numbers)),
+        )
+    };
+    Ok(Findings {
+        process: side(&ps),
+        thread: side(&ts),
+        note: Some(format!(
+            "Each worker count splits the same job (hash numbers_hashed numbers, about {} ms on one CPU); the \
+             ratio is at as many workers as CPUs this run may use, the other counts have {} runs a side. Speed-up \
+             is the median time with one worker over the median with w; the linear reference is min(w, CPUs). \
+             Past the CPU count, extra workers only queue (Amdahl: the serial part, here the starts and the \
+             collection, bounds the speed-up).{}",
+            job_us(ctx) / 1e3,
+            stats::MIN_RUNS,
+            note_fewer.unwrap_or_default()
+        )),
+        ..Findings::default()
+    })
+}
+
+/// One way of running tasks: a new worker per task, or a pool (process.rs, thread.rs).
+type Way = fn(Tasks, u64, Duration) -> Result<(Duration, Vec<Report>)>;
+
+/// What one side of `granularity` saw over its runs.
+#[derive(Default)]
+struct Granular {
+    /// Start-up overhead per task of each run, µs: the extra time over the pool.
+    overhead_us: Vec<f64>,
+    /// Every group of workers, a new worker per task and the pool alike.
+    groups: Vec<Together>,
+    pool_ms: Vec<f64>,
+}
+
+fn granularity(ctx: &Ctx) -> Result<Findings> {
+    let (cpus, fits, _) = cpus_and_room(Room::probe()?.cpus as u64, 0)?;
+    let in_flight = cpus.min(fits).max(1);
+    let per_us = jobs::numbers_per_us()?;
+    // The job: about 6 ms on one CPU (2 ms with --quick), cut into 8 tasks per worker.
+    let total_us = if ctx.quick { 2_000.0 } else { 6_000.0 };
+    let count = 8 * in_flight;
+    let tasks = Tasks { count, numbers_each: (per_us * total_us / count as f64) as u64 };
+    let deadline = ctx.deadline();
+    // Each run: a new worker per task (timed: the number judged), then the same tasks on a pool
+    // of `in_flight` workers, for the overhead.
+    let run = |into: &mut Granular, per_task: Way, pool: Way| -> Result<f64> {
+        let (new_took, new_reports) = per_task(tasks, in_flight, deadline)?;
+        let (pool_took, pool_reports) = pool(tasks, in_flight, deadline)?;
+        let extra = new_took.as_secs_f64() - pool_took.as_secs_f64();
+        // Tasks run `in_flight` at a time, so each task's start-up delays the job by 1/in_flight of it.
+        into.overhead_us.push(extra * 1e6 * in_flight as f64 / count as f64);
+        into.pool_ms.push(pool_took.as_secs_f64() * 1e3);
+        into.groups.extend([Together::of(&new_reports), Together::of(&pool_reports)]);
+        Ok(new_took.as_secs_f64() * 1e6 / count as f64)
+    };
+    let (mut pg, mut tg) = (Granular::default(), Granular::default());
+    let (p, t) = ctx.interleave(
+        || run(&mut pg, process::worker_per_task, process::pool),
+        || run(&mut tg, thread::worker_per_task, thread::pool),
+    )?;
+    let expected = jobs::checksum(0..tasks.numbers());
+    let side = |s: &Summary, g: &Granular, per_task: Way, pool: Way| -> Result<Side> {
+        let overhead = stats::median(&g.overhead_us).max(0.0);
+        // The overhead is under 10 % of the work once a task is at least ten times the overhead.
+        let threshold_us = 10.0 * overhead;
+        let mut side = Side::measured(s, "µs/task")
+            .fact("tasks", count)
+            .fact("workers_in_flight", in_flight)
+            .fact("task_us", round1(total_us / count as f64))
+            .fact("pool_ms", round2(stats::median(&g.pool_ms)))
+            .fact("startup_overhead_us_per_task", round1(overhead))
+            .fact("task_us_for_overhead_under_10pct", round1(threshold_us))
+            .fact("checksum_same_in_every_run", g.groups.iter().all(|t| t.checksum == expected))
+            .fact("every_task_ran_once", g.groups.iter().all(|t| t.tasks == count))
+            .fact("most_at_once", g.groups.iter().map(|t| t.at_once).max().unwrap_or(0));
+        // Check the estimate: tasks of that size, a new worker for each against the pool.
+        let most = if ctx.quick { 3_000.0 } else { 20_000.0 };
+        if threshold_us > most {
+            side.set("overhead_share_at_that_size", format!("not checked: tasks over {most} µs take too long here"));
+        } else if threshold_us > 0.0 {
+            let check = Tasks { count: 2 * in_flight, numbers_each: (per_us * threshold_us) as u64 };
+            let fraction = stats::repeat(0, 3, || {
+                let new = per_task(check, in_flight, deadline)?.0.as_secs_f64();
+                let pooled = pool(check, in_flight, deadline)?.0.as_secs_f64();
+                Ok(new / pooled - 1.0)
+            })?;
+            side.set("overhead_share_at_that_size", round2(fraction.median));
+        }
+        Ok(side)
+    };
+    Ok(Findings {
+        process: p.as_ref().map(|s| side(s, &pg, process::worker_per_task, process::pool)).transpose()?,
+        thread: t.as_ref().map(|s| side(s, &tg, thread::worker_per_task, thread::pool)).transpose()?,
+        note: Some(format!(
+            "The same job (about {total_us:.0} µs of hashing on one CPU) cut into 8 tasks per CPU this run may \
+             use, as many in flight as CPUs: a new worker for every task (the number judged), then a pool of as \
+             many workers, which take the tasks from a shared counter. The start-up overhead per task is the \
+             extra time over the pool times the workers in flight over the tasks; it is under 10 % of the work \
+             once a task is ten times that, and overhead_share_at_that_size checks it on tasks of that size \
+             (median of 3)."
+        )),
+        ..Findings::default()
+    })
+}
+
+/// The bytes each contention worker maps per operation (4 MiB with --quick).
+const CHURN_BYTES: usize = 16 << 20;
+const CHURN_BYTES_QUICK: usize = 4 << 20;
+
+fn contention(ctx: &Ctx) -> Result<Findings> {
+    let bytes = if ctx.quick { CHURN_BYTES_QUICK } else { CHURN_BYTES };
+    let (cpus, fits, room) = cpus_and_room(Room::probe()?.cpus as u64, bytes as u64)?;
+    let most = cpus.min(fits);
+    if most == 0 {
+        return Ok(Findings::skipped(format!(
+            "refused: not one worker of {} MiB fits: {}",
+            bytes >> 20,
+            room.memory.why
+        )));
+    }
+    let counts = worker_counts(cpus, most);
+    let at = counts.len() - 1;
+    let deadline = ctx.deadline();
+    let ops = stats::iterations_for(budget(ctx, 8, 4), |n| {
+        let c = jobs::churn(bytes, n)?;
+        Ok(Duration::from_nanos(c.end_ns - c.start_ns))
+    })?
+    .max(1);
+    let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
+    type Churning = fn(u64, usize, u64, Duration) -> Result<Vec<Churn>>;
+    let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {
+        let all = churn(w, bytes, ops, deadline)?;
+        ensure!(all.iter().all(|c| c.ops == ops), "a worker did not do all its operations");
+        let us = us_per_op(&all);
+        seen.push(all);
+        Ok(us)
+    };
+    for (i, &w) in counts.iter().enumerate() {
+        let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
+        let (p, t) =
+            interleave_at(ctx, i == at, || one(w, &mut pseen, process::churn), || one(w, &mut tseen, thread::churn))?;
+        pr.at.push((p, pseen));
+        tr.at.push((t, tseen));
+    }
+    let pages = (bytes / harness::mem::page_size()) as u64;
+    let side = |sw: &Sweep<Vec<Churn>>| {
+        let judged = sw.at[at].0.as_ref()?;
+        let per_worker_ops_s = |(_, runs): &(Option<Summary>, Vec<Vec<Churn>>)| {
+            let each: Vec<f64> =
+                runs.iter().map(|all| all.iter().map(Churn::ops_per_s).sum::<f64>() / all.len() as f64).collect();
+            round1(stats::median(&each))
+        };
+        let faults = sw.all().flatten().map(|c| c.minor_faults).sum::<i64>();
+        let done = sw.all().flatten().map(|c| c.ops).sum::<u64>();
+        Some(
+            Side::measured(judged, "µs/op")
+                .fact("cpus_allowed", cpus)
+                .fact("workers", &counts)
+                .fact("ops_per_s_per_worker", sw.at.iter().map(per_worker_ops_s).collect::<Vec<_>>())
+                .fact("most_at_once", sw.most(|all| Churn::at_once(all) as u64))
+                .fact("most_cpus_seen", sw.most(|all| u64::from(Churn::cpus_seen(all))))
+                .fact("ops_per_worker", ops)
+                .fact("pages_per_op", pages)
+                .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64)),
+        )
+    };
+    let mut note = format!(
+        "will-it-scale's page_fault1: each operation is mmap of {} MiB, one write per page (a page fault each), \
+         munmap. Workers start together from one pipe; the ratio is at as many workers as CPUs this run may use. Threads share one address space: \
+         its lock (mmap_lock) serialises their mmap and munmap and each munmap must flush the TLB of the other \
+         threads' CPUs; processes have one each.",
+        bytes >> 20,
+    );
+    if most < cpus {
+        note.push_str(&format!(" Only {most} workers fit here, not {cpus}: {}.", room.memory.why));
+    }
+    Ok(Findings { process: side(&pr), thread: side(&tr), note: Some(note), ..Findings::default() })
+}
+
+/// µs per operation of a group of workers, the mean of each worker's own.
+fn us_per_op(all: &[Churn]) -> f64 {
+    all.iter().map(|c| 1e6 / c.ops_per_s()).sum::<f64>() / all.len() as f64
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
