@@ -33,6 +33,10 @@ fn target_dir() -> PathBuf {
 /// On SIGINT or SIGTERM: pass the signal on to the running child (a row cleans up after
 /// itself when it gets one), wait for it to end, and exit with 128 + the signal's number.
 pub fn forward_interrupts() -> Result<()> {
+    // A subreaper, like every row: whatever a killed row leaves orphaned comes back to us and
+    // is reaped here, not handed to a PID 1 that may never reap it (prctl(2)).
+    // Safety: prctl(2) with plain integer arguments; it changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .context("installing the SIGINT and SIGTERM handlers")?;
     std::thread::spawn(move || {
@@ -51,6 +55,7 @@ pub fn forward_interrupts() -> Result<()> {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
+            harness::cleanup::reap_orphans(std::time::Duration::from_secs(2));
             let name = if sig == libc::SIGINT { "interrupted (SIGINT)" } else { "terminated (SIGTERM)" };
             eprintln!("{name}: stopped the running row");
             std::process::exit(128 + sig);
@@ -74,7 +79,20 @@ fn start(cmd: &mut Command) -> Result<std::process::Child> {
 }
 
 fn finished() {
-    running().child = None;
+    let stopping = {
+        let mut r = running();
+        r.child = None;
+        r.stopping
+    };
+    if stopping {
+        // The interrupt handler ends the process with the signal's exit code; this thread
+        // must not go on to report the interrupted row as a failure and exit first.
+        loop {
+            std::thread::park();
+        }
+    }
+    // No child of ours runs now: collect any orphan the row left (none, when it cleaned up).
+    harness::cleanup::reap_orphans(std::time::Duration::ZERO);
 }
 
 /// Runs a command to its end with its output captured, known to the interrupt forwarder.

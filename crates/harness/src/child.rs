@@ -270,7 +270,12 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
                 unsafe { libc::_exit(code) }
             }
             ForkResult::Parent { child } => {
-                cleanup::register_child(child.as_raw())?;
+                // Every path after the fork ends with the child reaped: if it cannot be
+                // registered, it is killed and reaped here.
+                if let Err(e) = cleanup::register_child(child.as_raw()) {
+                    kill_and_reap(child);
+                    return Err(e);
+                }
                 Ok(child)
             }
         }
@@ -383,7 +388,10 @@ pub fn spawn_command(mut cmd: Command) -> Result<Child> {
     }
     let spawned = cleanup::with_signals_blocked(|| -> Result<std::process::Child> {
         let child = cmd.spawn().with_context(|| format!("spawning {}", program.to_string_lossy()))?;
-        cleanup::register_child(child.id() as i32)?;
+        if let Err(e) = cleanup::register_child(child.id() as i32) {
+            kill_and_reap(Pid::from_raw(child.id() as i32));
+            return Err(e);
+        }
         Ok(child)
     })?;
     let pid = Pid::from_raw(spawned.id() as i32);
@@ -403,10 +411,13 @@ fn adopt(pid: Pid, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<C
             return Err(e);
         }
     };
-    for fd in stdout.iter().chain(stderr.iter()) {
+    // From here on the Child owns the process: an early return drops it, which kills and
+    // reaps it.
+    let child = Child { pid, pidfd, stdout, stderr, out: Vec::new(), err: Vec::new(), reaped: false };
+    for fd in child.stdout.iter().chain(child.stderr.iter()) {
         fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("fcntl O_NONBLOCK")?;
     }
-    Ok(Child { pid, pidfd, stdout, stderr, out: Vec::new(), err: Vec::new(), reaped: false })
+    Ok(child)
 }
 
 /// A descriptor that becomes readable when the process ends (pidfd_open(2)).

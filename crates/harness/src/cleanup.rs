@@ -1,6 +1,13 @@
 //! Nothing left behind: every child is known, every segment is known, and Ctrl-C or SIGTERM
 //! kills and reaps the children and unlinks the segments before the program exits.
 //!
+//! A row is also a child subreaper (PR_SET_CHILD_SUBREAPER, prctl(2)): a grandchild orphaned
+//! when its parent dies (the workers of a sacrificial host killed at its deadline or by an
+//! interrupt) comes back to the row instead of to PID 1, which in a container may never reap
+//! it. The row reaps such orphans between experiments, at its end and in the signal handler
+//! ([`reap_orphans`]); they die with their parent (PR_SET_PDEATHSIG), so only their zombies
+//! are left to collect.
+//!
 //! The registries are fixed arrays of atomics so that the signal handler can read them
 //! without taking a lock or allocating: a handler may interrupt any code, including code that
 //! holds a lock or is inside the allocator. Everything the handler calls is on the list of
@@ -45,6 +52,8 @@ pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         OWNER.store(std::process::id() as i32, Ordering::SeqCst);
+        // Safety: prctl(2) with plain integer arguments; it changes only this process.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             // Safety: the handler only calls async-signal-safe functions (see the module doc).
             unsafe { signal(sig, SigHandler::Handler(on_signal)) }.expect("installing a signal handler");
@@ -133,6 +142,40 @@ pub fn forget_segment(path: &str) {
     }
 }
 
+/// Reaps every child that has ended (registered or adopted), waiting up to `wait` for those
+/// still running to end, and returns how many were reaped. Call it only when no registered
+/// child is still to be waited for by its owner (between experiments, at the end, in the
+/// handler): waitpid(-1) takes any child's status. Async-signal-safe: waitpid(2),
+/// clock_gettime(2) and nanosleep(2) only.
+pub fn reap_orphans(wait: std::time::Duration) -> u64 {
+    let now_ns = || {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // Safety: clock_gettime writes the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+    };
+    let until = now_ns() + wait.as_nanos() as i128;
+    let mut reaped = 0;
+    loop {
+        // Safety: waitpid(2) on any child of ours, without blocking.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid > 0 {
+            reaped += 1;
+            continue;
+        }
+        // -1: no child at all (ECHILD) or interrupted; 0: children that still run.
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return reaped;
+        }
+        if now_ns() >= until {
+            return reaped;
+        }
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        // Safety: nanosleep reads our timespec; a null remainder is allowed.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+}
+
 extern "C" fn on_signal(sig: libc::c_int) {
     // Safety, for the whole handler: only async-signal-safe calls, on memory that was
     // fully written before it was published (see the registries above).
@@ -152,6 +195,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
                 killed += 1;
             }
         }
+        // Their own children die with them (PR_SET_PDEATHSIG) and come back to us, the
+        // subreaper: collect them too, so that not even a zombie is left to PID 1.
+        killed += reap_orphans(std::time::Duration::from_secs(2));
         let mut removed = 0u64;
         for slot in &SEGMENTS {
             if slot.state.load(Ordering::Acquire) == READY {

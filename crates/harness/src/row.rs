@@ -215,6 +215,9 @@ pub fn main(row: &Row) -> ExitCode {
     let ctx = Ctx { quick: args.quick, side: args.side };
     let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = run(row, &ctx, &args.only, progress);
+    // Orphans still dying (their parent was killed just now) are collected before we exit:
+    // nothing of this run is left, not even a zombie.
+    cleanup::reap_orphans(Duration::from_millis(500));
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
@@ -255,6 +258,9 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         if progress {
             eprint!("{:<40}\r", "");
         }
+        // Every child of the experiment has been reaped by now; orphans it left (the workers of
+        // a host killed at its deadline) came back to us, the subreaper: collect them too.
+        cleanup::reap_orphans(Duration::ZERO);
         let mut e = conclude(spec, ctx, outcome);
         if e.kind == Kind::Measure && e.process.is_some() && e.thread.is_some() {
             e.others_cpu = machine.others_share();

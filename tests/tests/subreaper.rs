@@ -1,0 +1,45 @@
+//! Nothing of a run survives it, not even a zombie, even where PID 1 never reaps (a container
+//! with a lazy init). This test process makes itself a child subreaper that reaps nothing
+//! but the rows it starts, so that anything a row leaves orphaned comes to us and stays
+//! visible as a process or a zombie of the row's process group. (A test file of its own: the
+//! subreaper attribute belongs to the whole test process.)
+
+use std::time::Duration;
+
+/// Interrupts a row started in its own process group once `ready` says so, waits for it,
+/// and checks 100 ms later that no process or zombie of its group exists.
+fn interrupt_and_check(row: &str, args: &[&str], signal: i32, ready: impl Fn(u32) -> bool) {
+    let mut child = tests::spawn_in_own_group(row, args, &[]);
+    let pgid = child.id();
+    assert!(tests::wait_until(20, || ready(pgid)), "{row} {args:?}: never reached the point to interrupt");
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(pgid as i32, signal) };
+    let status = child.wait().expect("waiting for the row");
+    let code = std::os::unix::process::ExitStatusExt::into_raw(status) >> 8;
+    assert!([0, 1, 128 + signal].contains(&code), "{row} {args:?}: exit {code}");
+    std::thread::sleep(Duration::from_millis(100));
+    let left = tests::group_members(pgid);
+    assert!(left.is_empty(), "{row} {args:?}: left behind after the exit (pid, state): {left:?}");
+    assert!(tests::segments_of(pgid).is_empty(), "{row} {args:?}: segments left");
+}
+
+#[test]
+fn no_process_or_zombie_outlives_an_interrupted_row() {
+    // Safety: prctl(2) on this test process; it only changes who adopts our orphans.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) }, 0);
+    // While a sacrificial host holds many worker processes: the memory row's footprint.
+    let host_with_workers =
+        |pgid: u32| tests::group_members(pgid).iter().any(|(p, _)| tests::children_of(*p).len() >= 8);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        interrupt_and_check("memory", &["--quick", "--json", "--only", "footprint"], signal, host_with_workers);
+    }
+    // Every row, at several points of its run.
+    for row in tests::ROWS {
+        for delay_ms in [20, 150, 400] {
+            let started = std::time::Instant::now();
+            interrupt_and_check(row, &["--quick", "--json"], libc::SIGINT, move |_| {
+                started.elapsed() >= Duration::from_millis(delay_ms)
+            });
+        }
+    }
+}
