@@ -101,7 +101,8 @@ pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
                 let mut mine = Vec::new();
                 loop {
                     let number = next.fetch_add(1, Ordering::Relaxed);
-                    if number >= load.max_requests || Instant::now() >= until {
+                    // Every connection sends at least one request, however late it starts.
+                    if number >= load.max_requests || (Instant::now() >= until && !mine.is_empty()) {
                         break;
                     }
                     if load.poison_at.is_some_and(|p| number > p) {

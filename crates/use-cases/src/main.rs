@@ -596,7 +596,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let common = |s: Side, f: &Filtered| {
         s.fact("frames", frames)
             .fact("bytes", len)
-            .fact("workers", workers)
+            .fact("filter_workers", workers)
             .fact("checksum", hex(f.checksum))
             .fact("bytes_copied", 0)
             .fact("minor_faults_per_run", median(&f.faults).round())
