@@ -29,6 +29,7 @@ pub fn main(args: &[String]) -> Result<()> {
     ensure!(rounds >= 1, "--rounds must be at least 1");
     match row.as_str() {
         "switching" => switching(rounds),
+        "use-cases" => crate::anchors_use_cases::run(rounds),
         other => bail!("no anchors for row {other:?}; rows with anchors: switching"),
     }
 }
