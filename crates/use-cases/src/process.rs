@@ -45,9 +45,9 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
-        if fds[0].any().unwrap_or(false) {
-            break;
-        }
+        // Deaths first: a worker that died just before the order to stop is still replaced
+        // and counted, however the scheduler ordered the two.
+        let stopping = fds[0].any().unwrap_or(false);
         let dead: Vec<usize> = (0..pool.len()).filter(|&i| fds[i + 1].any().unwrap_or(false)).collect();
         for i in dead.into_iter().rev() {
             let exit = pool.remove(i).wait(deadline)?;
@@ -57,11 +57,17 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
             pool.push(start_worker(&listener)?);
             report.replaced += 1;
         }
+        if stopping {
+            break;
+        }
     }
     http::stop_accepting(&listener)?;
     for exit in wait_all(pool, deadline)? {
-        exit.check("a worker")?;
-        served.push(exit.received_one::<u64>("served")?);
+        match exit.status.signal() {
+            Some(_) => report.deaths.push(exit.status.to_string()),
+            None => exit.check("a worker")?,
+        }
+        served.push(exit.received::<u64>("served")?.first().copied().unwrap_or(0));
     }
     report.served = served.iter().sum();
     report.busy_workers = served.iter().filter(|&&n| n > 0).count();
