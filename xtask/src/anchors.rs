@@ -30,6 +30,7 @@ pub fn main(args: &[String]) -> Result<()> {
     match row.as_str() {
         "switching" => switching(rounds),
         "concurrency" => crate::anchors_concurrency::run(rounds),
+        "use-cases" => crate::anchors_use_cases::run(rounds),
         other => bail!("no anchors for row {other:?}; rows with anchors: switching"),
     }
 }

@@ -5,6 +5,7 @@
 
 mod anchors;
 mod anchors_concurrency;
+mod anchors_use_cases;
 mod compare;
 mod machine;
 mod repeat;

@@ -1,0 +1,176 @@
+//! Use cases, the process version: work that needs isolation.
+//!
+//! A prefork web server (as Apache's prefork MPM and PostgreSQL's postmaster): a master
+//! process forks N workers that accept on the listening socket they share, and replaces any
+//! worker that dies, so a request that crashes its handler takes only that worker with it.
+//! A sandbox: untrusted code runs in a child process with limits of its own (setrlimit), and
+//! a separately started process cannot read its host's memory. A video filter: worker
+//! processes share the frames through a shared-memory segment, or get copies through pipes.
+//! Compare with thread.rs: the same functions in the same order; lines marked `process:` are
+//! where the mechanism differs.
+//!
+//! See also: http.rs (the server both run), untrusted.rs, frame.rs; fork(2), setrlimit(2),
+//! shm_overview(7), pipe(7).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use harness::{Child, Exit, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::pipe2;
+
+use crate::http::{self, ServerReport};
+use crate::untrusted::{self, Runaway};
+use crate::{FilterRun, frame, plumbing};
+
+/// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
+/// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
+/// process of its own, which stays single-threaded so that it may fork at any time.
+pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Duration) -> Result<ServerReport> {
+    let mut pool: Vec<Child> = (0..workers).map(|_| start_worker(&listener)).collect::<Result<_>>()?;
+    let mut report = ServerReport { workers, ..ServerReport::default() };
+    let mut served = Vec::new();
+    loop {
+        // process: the master learns of a worker's death from its pidfd, as a parent does from
+        // SIGCHLD and waitpid(2), while it also listens for the order to stop.
+        let pidfds: Vec<OwnedFd> = pool.iter().map(|w| plumbing::pidfd(w.pid())).collect::<Result<_>>()?;
+        let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        // Deaths first: a worker that died just before the order to stop is still replaced
+        // and counted, however the scheduler ordered the two.
+        let stopping = fds[0].any().unwrap_or(false);
+        let dead: Vec<usize> = (0..pool.len()).filter(|&i| fds[i + 1].any().unwrap_or(false)).collect();
+        for i in dead.into_iter().rev() {
+            let exit = pool.remove(i).wait(deadline)?;
+            report.deaths.push(exit.status.to_string());
+            served.push(exit.received::<u64>("served")?.first().copied().unwrap_or(0));
+            // process: a new worker replaces the dead one; the others never noticed.
+            pool.push(start_worker(&listener)?);
+            report.replaced += 1;
+        }
+        if stopping {
+            break;
+        }
+    }
+    http::stop_accepting(&listener)?;
+    for exit in wait_all(pool, deadline)? {
+        match exit.status.signal() {
+            Some(_) => report.deaths.push(exit.status.to_string()),
+            None => exit.check("a worker")?,
+        }
+        served.push(exit.received::<u64>("served")?.first().copied().unwrap_or(0));
+    }
+    report.served = served.iter().sum();
+    report.busy_workers = served.iter().filter(|&&n| n > 0).count();
+    Ok(report)
+}
+
+/// One worker process: a copy of the master with the listening socket.
+fn start_worker(listener: &TcpListener) -> Result<Child> {
+    // process: fork(2) gives the worker its own address space; a crash there is its own.
+    fork_child_keeping(&[listener.as_raw_fd()], || {
+        let served = http::worker_loop(listener)?;
+        harness::deliver("served", &served);
+        Ok(())
+    })
+}
+
+/// Starts untrusted code that runs away in a child process with limits of its own.
+pub fn start_sandbox(runaway: Runaway) -> Result<Child> {
+    // process: the limits are set in the child and bind only the child; the parent (the
+    // host) goes on unlimited.
+    fork_child(move || {
+        untrusted::limit_this_process()?;
+        runaway.run()
+    })
+}
+
+/// The untrusted code, in a separately started process, looks for the host's secret at the
+/// address where the host keeps it.
+pub fn look_for_secret(address: usize, deadline: Duration) -> Result<std::result::Result<[u8; 16], String>> {
+    // process: a new program (execve), not a fork: a forked child would hold a copy of the
+    // secret at that very address.
+    let exit: Exit = spawn_sacrificial("peek", &[format!("{address:x}")])?.wait(deadline)?;
+    exit.check("the peeking process")?;
+    exit.received_one("peeked")
+}
+
+/// One filter run: a worker process per chunk, each brightening its chunk of `frames` in
+/// place. `frames` must be shared memory (a MAP_SHARED segment) for the parent to see it.
+pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
+    let start = Instant::now();
+    let mut children = Vec::new();
+    let mut rest = frames;
+    for range in frame::chunks(rest.len(), workers) {
+        let (chunk, tail) = rest.split_at_mut(range.len());
+        rest = tail;
+        // process: the child writes into the shared segment it inherited; no byte is copied.
+        children.push(fork_child(move || {
+            frame::brighten(chunk, delta);
+            Ok(())
+        })?);
+    }
+    let exits = wait_all(children, deadline)?;
+    let elapsed = start.elapsed();
+    for e in &exits {
+        e.check("a filter worker")?;
+    }
+    let minor_faults = exits.iter().map(|e| e.usage.minor_faults).sum::<i64>() as u64;
+    Ok(FilterRun { elapsed, minor_faults, bytes_copied: 0 })
+}
+
+/// The same filter run, but each worker gets a copy of its chunk through a pipe and sends the
+/// result back through another: two copies of every byte, and no memory shared.
+pub fn filter_frames_through_pipes(
+    frames: &mut [u8],
+    delta: i8,
+    workers: usize,
+    deadline: Duration,
+) -> Result<FilterRun> {
+    let start = Instant::now();
+    let mut children = Vec::new();
+    let mut links = Vec::new();
+    for range in frame::chunks(frames.len(), workers) {
+        let (to_child, from_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+        let (from_child, to_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+        let keep = [to_child.as_raw_fd(), to_parent.as_raw_fd()];
+        let len = range.len();
+        // process: the child has the frames only as the bytes it reads from its pipe.
+        children.push(fork_child_keeping(&keep, move || {
+            let mut chunk = vec![0u8; len];
+            File::from(to_child).read_exact(&mut chunk).context("read from the pipe")?;
+            frame::brighten(&mut chunk, delta);
+            File::from(to_parent).write_all(&chunk).context("write to the pipe")?;
+            Ok(())
+        })?);
+        links.push((range, File::from(from_parent), File::from(from_child)));
+    }
+    let mut copied = 0u64;
+    // Each child reads its whole chunk before it writes, so the parent can send every chunk
+    // first and then collect: no pipe waits on the other.
+    for (range, to, _) in &mut links {
+        to.write_all(&frames[range.clone()]).context("write to a filter worker")?;
+        copied += range.len() as u64;
+    }
+    for (range, _, from) in &mut links {
+        from.read_exact(&mut frames[range.clone()]).context("read from a filter worker")?;
+        copied += range.len() as u64;
+    }
+    drop(links);
+    let exits = wait_all(children, deadline)?;
+    let elapsed = start.elapsed();
+    for e in &exits {
+        e.check("a filter worker")?;
+    }
+    let minor_faults = exits.iter().map(|e| e.usage.minor_faults).sum::<i64>() as u64;
+    Ok(FilterRun { elapsed, minor_faults, bytes_copied: copied })
+}
