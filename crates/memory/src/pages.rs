@@ -445,6 +445,16 @@ mod tests {
         assert_eq!(first.checksum, expected_checksum(64, 1));
         // The owner filled every page: they are present and writable, nothing to copy.
         assert_eq!(first.minor_faults, 0);
+        assert_eq!(first.huge_kib, 0, "MADV_NOHUGEPAGE kept the buffer on base pages");
+        // Keeping it out of forks changes nothing for its owner.
+        let kept = b.kept_from_forks().unwrap();
+        assert_eq!(kept.write_every_page().unwrap().checksum, expected_checksum(64, 2));
+    }
+
+    #[test]
+    fn the_machine_has_kernel_stacks_and_unreclaimable_slab() {
+        let k = Kernel::now().unwrap();
+        assert!(k.stacks > 0 && k.slab_unreclaimable > 0 && k.page_tables > 0, "{k:?}");
     }
 
     #[test]
