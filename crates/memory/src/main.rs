@@ -7,16 +7,18 @@
 //! verdicts. See docs/memory.md.
 
 mod pages;
+mod plumbing;
 mod process;
 mod thread;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use harness::stats::{self, Summary};
 use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, spawn_sacrificial};
 
-use pages::{Added, BEFORE, WRITTEN, Writes, hex};
+use pages::{Added, BEFORE, Buffer, Pass, WRITTEN, Writes, hex};
 
 static ROW: Row = Row {
     name: "memory",
@@ -49,8 +51,8 @@ static ROW: Row = Row {
             kind: Kind::Measure,
             unit: Some(("ns/page", Better::Lower)),
             expected: Expected::Thread,
-            // The parent's buffer and the child's copy of it.
-            needs: Needs::tasks(1).and_memory(2 * COW_BYTES as u64),
+            // Each side's buffer, and a child's copy of the process side's.
+            needs: Needs::tasks(1).and_memory(3 * COW_BYTES as u64),
             headline: true,
             run: cow_copy,
         },
@@ -93,10 +95,6 @@ const MIN_WORKERS: u64 = 4;
 /// A generous bound on what one idle worker may use, for sizing the experiment to the machine.
 const WORKER_MEMORY: u64 = 1 << 20;
 
-fn main() -> ExitCode {
-    harness::row::main(&ROW)
-}
-
 /// What a writer did, and what the observer saw at the same addresses afterwards.
 pub struct PrivateWrite {
     pub writer: Writes,
@@ -106,10 +104,13 @@ pub struct PrivateWrite {
     pub observer_saw: [u64; 2],
 }
 
-/// One value shared between two tasks, and what the sharing took.
+/// One value shared between two tasks: what the observer read, and how.
 pub struct SharedSegment {
-    pub written: u64,
+    /// The value the observer read where the writer stored [`SEGMENT_VALUE`].
     pub seen: u64,
+    /// The thread side: the observer read the value while the writer still ran, before the
+    /// join.
+    pub seen_before_join: Option<bool>,
     /// The process side: what happened to the segment.
     pub segment: Option<SegmentFacts>,
 }
@@ -125,49 +126,8 @@ pub struct SegmentFacts {
     pub other_address: usize,
 }
 
-/// Writing every page of a buffer, over repeated runs.
-pub struct CowCopy {
-    pub ns_per_page: Summary,
-    pub pages: usize,
-    pub page_bytes: usize,
-    /// Minor faults of each timed run's write loop.
-    pub faults_per_run: Vec<u64>,
-    /// Every pass found the contents it should have.
-    pub checksums_ok: bool,
-    /// The last pass's checksum.
-    pub checksum: u64,
-    /// The buffer's owner sees the writers' writes afterwards.
-    pub owner_sees_writes: bool,
-}
-
-impl CowCopy {
-    /// What the writers' passes over `buffer` showed: `passes` holds the warm-up passes and
-    /// then the timed ones; `checksums_ok` is each side's own check of every pass.
-    pub fn from_passes(
-        ns_per_page: Summary,
-        buffer: &pages::Buffer,
-        passes: &[pages::Pass],
-        runs: usize,
-        checksums_ok: bool,
-    ) -> CowCopy {
-        let timed = &passes[passes.len().saturating_sub(runs)..];
-        CowCopy {
-            ns_per_page,
-            pages: buffer.pages(),
-            page_bytes: buffer.page(),
-            faults_per_run: timed.iter().map(|p| p.minor_faults).collect(),
-            checksums_ok,
-            checksum: timed.last().map_or(0, |p| p.checksum),
-            owner_sees_writes: buffer.checksum() != pages::expected_checksum(buffer.pages(), 0),
-        }
-    }
-}
-
-/// N idle workers, over repeated runs.
-pub struct Footprint {
-    pub kib_per_worker: Summary,
-    /// What each timed run found.
-    pub runs: Vec<Added>,
+fn main() -> ExitCode {
+    harness::row::main(&ROW)
 }
 
 fn private_write(ctx: &Ctx) -> Result<Findings> {
@@ -181,13 +141,14 @@ fn private_write(ctx: &Ctx) -> Result<Findings> {
     let side = |w: PrivateWrite, writer: &str, observer: &str| {
         let same = w.observer_addresses == [w.writer.global_address, w.writer.heap_address];
         let [global, heap] = w.observer_saw;
+        let [back_global, back_heap] = w.writer.read_back;
         let summary = format!(
-            "{writer} wrote {WRITTEN}; {observer} reads {global} and {heap} at {} addresses; {} minor faults",
+            "{writer} reads back {back_global} and {back_heap}; {observer} reads {global} and {heap} at {} addresses; \
+             {} minor faults",
             if same { "the same" } else { "other" },
             w.writer.minor_faults
         );
         Side::observed(summary)
-            .fact("writer_wrote", WRITTEN)
             .fact("writer_read_back", w.writer.read_back)
             .fact("observer_saw_global", global)
             .fact("observer_saw_heap", heap)
@@ -195,43 +156,50 @@ fn private_write(ctx: &Ctx) -> Result<Findings> {
             .fact("global_address", hex(w.writer.global_address))
             .fact("heap_address", hex(w.writer.heap_address))
             .fact("same_addresses", same)
-            .fact("pages_written", 2)
             .fact("writer_minor_faults", w.writer.minor_faults)
     };
     Ok(Findings {
         process: process.map(|p| side(p, "child", "parent")),
         thread: thread.map(|t| side(t, "thread", "observer")),
         matches_claim: matches,
-        note: Some(
-            "Same address, different memory: after fork(2) the child writes at the very addresses the parent \
-             reads, but to its own copy of each page, made by the kernel at the first write (copy-on-write: one \
-             minor fault per page). A thread writes the one page of the one address space, which is already \
-             writable: no fault, and the observer reads the new value."
-                .to_string(),
-        ),
+        note: Some(format!(
+            "The observer sets a global and a heap value, each alone on its page, to {BEFORE}; the writer stores \
+             {WRITTEN} into both (two stores, two pages). Same address, different memory: after fork(2) the child \
+             writes at the very addresses the parent reads, but to its own copy of each page, made by the kernel \
+             at the first write (copy-on-write: one minor fault per page). A thread writes the one page of the \
+             one address space, which is already writable: no fault, and the observer reads the new value."
+        )),
         skipped: None,
     })
 }
 
 fn shared_segment(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::shared_segment(ctx.deadline()))?;
-    let thread = ctx.thread_side(thread::shared_segment)?;
-    let seen = |s: &SharedSegment| s.seen == s.written;
+    let thread = ctx.thread_side(|| thread::shared_segment(ctx.deadline()))?;
+    let seen = |s: &SharedSegment| s.seen == SEGMENT_VALUE;
     // The claim: processes share what they map on purpose, through a segment whose name is
-    // private and short-lived, and the write arrives; a thread's plain store arrives as it is.
+    // private and short-lived, and the write arrives; a thread's plain store arrives as it is,
+    // to an observer that reads it while the writer still runs.
     let through_segment =
         |s: &SharedSegment| s.segment.as_ref().is_some_and(|g| g.unlinked_while_both_mapped && g.other_found_name_gone);
-    let matches = process.as_ref().zip(thread.as_ref()).map(|(p, t)| seen(p) && through_segment(p) && seen(t));
+    let matches = process
+        .as_ref()
+        .zip(thread.as_ref())
+        .map(|(p, t)| seen(p) && through_segment(p) && seen(t) && t.seen_before_join == Some(true));
     let side = |s: SharedSegment| {
-        let (who, how) = match s.segment {
-            Some(_) => ("another program mapped the segment by name and", "through the segment"),
-            None => ("a thread", "a plain store, no setup"),
+        let how = match (&s.segment, s.seen_before_join) {
+            (Some(_), _) => "the other program mapped the segment by name and ended; the owner read".to_string(),
+            (None, Some(before)) => {
+                format!("the observer read, {} the writer ended,", if before { "before" } else { "after" })
+            }
+            (None, None) => "the observer read".to_string(),
         };
-        let summary = format!("{who} wrote {}; {} ({how})", s.written, if seen(&s) { "seen" } else { "not seen" });
-        let mut side = Side::observed(summary)
-            .fact("value_written", s.written)
-            .fact("value_seen", s.seen)
-            .fact("write_seen", seen(&s));
+        let summary =
+            format!("{how} {} ({})", s.seen, if seen(&s) { "the value stored" } else { "not the value stored" });
+        let mut side = Side::observed(summary).fact("value_seen", s.seen).fact("write_seen", seen(&s));
+        if let Some(before) = s.seen_before_join {
+            side.set("seen_before_join", before);
+        }
         if let Some(g) = &s.segment {
             side.set("segment_mode", format!("{:04o}", g.mode));
             side.set("name_unlinked_while_both_mapped", g.unlinked_while_both_mapped);
@@ -245,44 +213,85 @@ fn shared_segment(ctx: &Ctx) -> Result<Findings> {
         process: process.map(side),
         thread: thread.map(side),
         matches_claim: matches,
-        note: Some(
-            "Processes can share memory, but only memory they map on purpose: here a POSIX segment (shm_open + \
-             mmap) that the other program finds by name, possibly at another address. The name is unlinked as \
-             soon as both have it mapped; the memory lives as long as the mappings. Threads share every value of \
-             their process with no setup at all, and need synchronisation instead (here the join)."
-                .to_string(),
-        ),
+        note: Some(format!(
+            "The writer stores {SEGMENT_VALUE}. Processes can share memory, but only memory they map on purpose: \
+             here a POSIX segment (shm_open + mmap) that the other program finds by name, possibly at another \
+             address. The name is unlinked as soon as both have it mapped; the memory lives as long as the \
+             mappings. The thread side is the reference: a plain value of the process, no setup at all; the \
+             writer stores it and waits, and the observer, running beside it, must read it before the join (only \
+             an atomic store and load make it visible)."
+        )),
         skipped: None,
     })
 }
 
 fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let bytes = if ctx.quick { COW_BYTES_QUICK } else { COW_BYTES };
-    let process = ctx.process_side(|| process::cow_copy(ctx, bytes))?;
-    let thread = ctx.thread_side(|| thread::cow_copy(ctx, bytes))?;
-    let side = |c: CowCopy| {
-        let faults = stats::summarize(&c.faults_per_run.iter().map(|&f| f as f64).collect::<Vec<_>>()).median as u64;
-        Side::measured(&c.ns_per_page, "ns/page")
-            .fact("pages_written", c.pages)
-            .fact("page_bytes", c.page_bytes)
-            .fact("huge_pages", "off (MADV_NOHUGEPAGE)")
-            .fact("minor_faults_per_run", faults)
-            .fact("minor_faults_per_page", (faults as f64 / c.pages as f64 * 1000.0).round() / 1000.0)
-            .fact("checksum", c.checksum)
-            .fact("checksums_ok", c.checksums_ok)
-            .fact("owner_sees_writes", c.owner_sees_writes)
-    };
+    // Setup, once and outside the timed runs: each side's buffer, filled by its owner.
+    let process_buffer = ctx.process_side(|| process::cow_copy_buffer(bytes))?;
+    let thread_buffer = ctx.thread_side(|| thread::cow_copy_buffer(bytes))?;
+    let (mut ps, mut ts) = (Vec::new(), Vec::new());
+    // The process side forks only while this process is single-threaded: the thread side's
+    // writer is joined before its run returns.
+    let (p, t) = ctx.interleave(
+        || {
+            let buffer = process_buffer.as_ref().context("the process side's buffer")?;
+            Ok(ns_per_page(&mut ps, buffer, process::cow_copy_pass(buffer, ctx.deadline())?))
+        },
+        || {
+            let buffer = thread_buffer.as_ref().context("the thread side's buffer")?;
+            Ok(ns_per_page(&mut ts, buffer, thread::cow_copy_pass(buffer)?))
+        },
+    )?;
+    let process = p.zip(process_buffer).map(|(summary, buffer)| {
+        // process: every child started from the parent's copy, so each pass was the first.
+        let ok = ps.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages(), 1));
+        cow_side(&summary, &buffer, &ps, ok)
+    });
+    let thread = t.zip(thread_buffer).map(|(summary, buffer)| {
+        // thread: every pass wrote the one shared buffer, so pass k found k-1 passes before it.
+        let ok =
+            ts.iter().enumerate().all(|(k, p)| p.checksum == pages::expected_checksum(buffer.pages(), k as u64 + 1));
+        cow_side(&summary, &buffer, &ts, ok)
+    });
     Ok(Findings {
-        process: process.map(side),
-        thread: thread.map(side),
+        process,
+        thread,
         note: Some(
-            "Only the write loop is timed, by the writer itself. The child's first write to each page faults and \
-             the kernel copies the page (copy-on-write), so the process side counts about one minor fault per \
-             page and its owner never sees the writes; the thread writes the owner's own pages."
+            "Both sides write one byte per page of a private anonymous buffer its owner filled, with \
+             MADV_NOHUGEPAGE; the sides take their runs in turns, and the thread side's buffer is MADV_DONTFORK \
+             so that the process side's forks do not write-protect it. Only the write loop is timed, by the writer \
+             itself. The child's first write to each page faults and the kernel copies the page (copy-on-write), \
+             so the process side counts about one minor fault per page and its owner never sees the writes; the \
+             thread writes the owner's own pages. huge_pages_kib is what /proc/self/smaps showed backed by huge \
+             pages after each pass (the most of any pass)."
                 .to_string(),
         ),
         ..Findings::default()
     })
+}
+
+/// Keeps a pass for the evidence and returns its time per page.
+fn ns_per_page(all: &mut Vec<Pass>, buffer: &Buffer, pass: Pass) -> f64 {
+    all.push(pass);
+    pass.took_ns as f64 / buffer.pages() as f64
+}
+
+/// One side of cow-copy: `passes` holds the warm-up passes and then the timed ones;
+/// `checksums_ok` is the side's own check of every pass.
+fn cow_side(summary: &Summary, buffer: &Buffer, passes: &[Pass], checksums_ok: bool) -> Side {
+    let timed = &passes[passes.len() - summary.runs..];
+    let faults = stats::median(&timed.iter().map(|p| p.minor_faults as f64).collect::<Vec<_>>()).round() as u64;
+    let pages = buffer.pages();
+    Side::measured(summary, "ns/page")
+        .fact("pages_written", pages)
+        .fact("page_bytes", buffer.page())
+        .fact("huge_pages_kib", passes.iter().map(|p| p.huge_kib).max().unwrap_or(0))
+        .fact("minor_faults_per_run", faults)
+        .fact("minor_faults_per_page", (faults as f64 / pages as f64 * 1000.0).round() / 1000.0)
+        .fact("checksum", timed.last().map_or(0, |p| p.checksum))
+        .fact("checksums_ok", checksums_ok)
+        .fact("owner_sees_writes", buffer.checksum() != pages::expected_checksum(pages, 0))
 }
 
 fn footprint(ctx: &Ctx) -> Result<Findings> {
@@ -298,55 +307,72 @@ fn footprint(ctx: &Ctx) -> Result<Findings> {
             room.memory.why
         )));
     }
-    let process = ctx.process_side(|| process::footprint(ctx, workers))?;
-    let thread = ctx.thread_side(|| thread::footprint(ctx, workers))?;
-    let side = |f: Footprint, measured: &str| {
-        let kib = |pick: fn(&Added) -> i64| {
-            let per_worker: Vec<f64> =
-                f.runs.iter().map(|a| pick(a) as f64 / 1024.0 / a.workers.max(1) as f64).collect();
-            (stats::summarize(&per_worker).median * 10.0).round() / 10.0
-        };
-        Side::measured(&f.kib_per_worker, FOOTPRINT_UNIT)
-            .fact("workers", workers)
-            .fact("workers_idle_when_measured", f.runs.iter().map(|a| a.idle_when_measured).min().unwrap_or(0))
-            .fact("heap_and_stack_touched_kib", (pages::HEAP_TOUCHED + pages::STACK_TOUCHED) / 1024)
-            .fact("anon_kib_per_worker", kib(|a| a.usage.anon))
-            .fact("page_tables_kib_per_worker", kib(|a| a.usage.page_tables))
-            .fact("file_backed_kib_per_worker_not_counted", kib(|a| a.usage.file))
-            .fact("measured", measured)
-    };
+    // Each run is a fresh host that ends with its workers: nothing outlives a run, so the
+    // process side's forks always happen in a single-threaded host.
+    let (mut ps, mut ts) = (Vec::new(), Vec::new());
+    let (p, t) = ctx.interleave(
+        || Ok(kib_per_worker(&mut ps, process::footprint(workers, ctx.deadline())?)),
+        || Ok(kib_per_worker(&mut ts, thread::footprint(workers, ctx.deadline())?)),
+    )?;
     Ok(Findings {
-        process: process.map(|f| side(f, "Pss_Anon + VmPTE of the host and every worker, after minus before")),
-        thread: thread.map(|f| side(f, "Pss_Anon + VmPTE of the host process, after minus before")),
-        note: Some(
-            "Each run starts a fresh copy of this program as the host, so both sides grow from the same start. \
-             Pss splits a shared page among the processes that map it, so summing it over the host and its \
-             workers counts every page once. File-backed pages (the program, libc) are in the page cache once \
-             whoever maps them and are not counted; neither are kernel structures (each task's kernel stack, \
-             and for a process its mm and VMAs), which /proc does not show per task."
-                .to_string(),
-        ),
+        process: p.map(|s| footprint_side(&s, &ps)),
+        thread: t.map(|s| footprint_side(&s, &ts)),
+        note: Some(format!(
+            "Each run starts a fresh copy of this program as the host, so both sides grow from the same start; \
+             each worker touches {} KiB of heap and {} KiB of stack, then sleeps. The measured figure is \
+             Pss_Anon + VmPTE, after minus before: of the host and every worker for processes (Pss splits a \
+             shared page among the processes that map it, so the sum counts every page once), of the host \
+             alone for threads. File-backed pages (the program, libc) are in the page cache once whoever maps \
+             them and are not counted. The kernel's share comes from /proc/meminfo, read right before the \
+             first worker starts and once all are idle: kernel_stack (KernelStack), slab_unreclaimable \
+             (SUnreclaim: task, mm and VMA structures) and machine_page_tables (PageTables, which VmPTE already \
+             counts); with_kernel_kib_per_worker is the measured figure plus kernel stack and slab. These \
+             counters are machine-wide and include other programs' noise: each is the median over the timed \
+             runs of one before/after pair per run.",
+            pages::HEAP_TOUCHED >> 10,
+            pages::STACK_TOUCHED >> 10
+        )),
         ..Findings::default()
     })
 }
 
-/// Runs a footprint host, a fresh copy of this program, once per run, and collects what it
-/// found; the figure of a run is KiB per worker.
-pub fn footprint_runs(ctx: &Ctx, host: &str, args: &[String]) -> Result<Footprint> {
-    let mut runs = Vec::new();
-    let kib_per_worker = stats::repeat(ctx.warmup(), ctx.runs(), || {
-        let exit = spawn_sacrificial(host, args)?.wait(ctx.deadline())?;
-        exit.check("the footprint host")?;
-        let added: Added = exit.received_one("added")?;
-        anyhow::ensure!(
-            added.idle_when_measured == added.workers,
-            "only {} of {} workers were idle when their memory was read",
-            added.idle_when_measured,
-            added.workers
-        );
-        runs.push(added);
-        Ok(added.kib_per_worker())
-    })?;
-    let timed = runs.split_off(runs.len() - ctx.runs());
-    Ok(Footprint { kib_per_worker, runs: timed })
+/// Keeps a host's findings for the evidence and returns its figure, KiB per worker.
+fn kib_per_worker(all: &mut Vec<Added>, added: Added) -> f64 {
+    all.push(added);
+    added.kib_per_worker()
+}
+
+/// One side of footprint: the measured figure, and per worker the medians over the timed
+/// runs of what each part added (the warm-up runs came first in `runs`).
+fn footprint_side(summary: &Summary, runs: &[Added]) -> Side {
+    let timed = &runs[runs.len() - summary.runs..];
+    let median_kib = |per_worker: fn(&Added) -> f64| {
+        (stats::median(&timed.iter().map(per_worker).collect::<Vec<_>>()) * 10.0).round() / 10.0
+    };
+    Side::measured(summary, FOOTPRINT_UNIT)
+        .fact("workers", timed.iter().map(|a| a.workers).min().unwrap_or(0))
+        .fact("workers_idle_when_measured", timed.iter().map(|a| a.idle_when_measured).min().unwrap_or(0))
+        .fact("anon_kib_per_worker", median_kib(|a| a.per_worker_kib(a.usage.anon)))
+        .fact("page_tables_kib_per_worker", median_kib(|a| a.per_worker_kib(a.usage.page_tables)))
+        .fact("file_backed_kib_per_worker_not_counted", median_kib(|a| a.per_worker_kib(a.usage.file)))
+        .fact("kernel_stack_kib_per_worker", median_kib(|a| a.per_worker_kib(a.kernel.stacks)))
+        .fact("slab_unreclaimable_kib_per_worker", median_kib(|a| a.per_worker_kib(a.kernel.slab_unreclaimable)))
+        .fact("machine_page_tables_kib_per_worker", median_kib(|a| a.per_worker_kib(a.kernel.page_tables)))
+        .fact("with_kernel_kib_per_worker", median_kib(|a| a.with_kernel_kib_per_worker()))
+}
+
+/// One footprint run: a fresh copy of this program as the host (`footprint-processes` or
+/// `footprint-threads`) starts `workers` idle workers and delivers what they added.
+pub fn footprint_host(host: &str, workers: u64, deadline: Duration) -> Result<Added> {
+    let args = [workers.to_string(), deadline.as_millis().to_string()];
+    let exit = spawn_sacrificial(host, &args)?.wait(deadline)?;
+    exit.check("the footprint host")?;
+    let added: Added = exit.received_one("added")?;
+    anyhow::ensure!(
+        added.idle_when_measured == added.workers,
+        "only {} of {} workers were idle when their memory was read",
+        added.idle_when_measured,
+        added.workers
+    );
+    Ok(added)
 }

@@ -4,23 +4,27 @@
 //! the two versions of an experiment is the mechanism: a forked process or a thread. What a
 //! task writes and how it counts its page faults is here, once; so are the ways we read the
 //! kernel's accounts: getrusage(2) for page faults, /proc/PID/smaps_rollup for proportional
-//! set sizes and /proc/PID/status for the size of the page tables.
+//! set sizes, /proc/PID/status for the size of the page tables and /proc/meminfo for the
+//! kernel's own memory.
 //!
-//! See also: getrusage(2), proc_pid_smaps(5), proc_pid_status(5), madvise(2); TLPI 24.2
-//! (fork and copy-on-write).
+//! See also: getrusage(2), proc_pid_smaps(5), proc_pid_status(5), proc_meminfo(5),
+//! madvise(2); TLPI 24.2 (fork and copy-on-write).
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
+use harness::mem::{Mapping, Sharing, page_size};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
+use nix::sys::mman::{MmapAdvise, madvise};
 use nix::unistd::pipe2;
+use procfs::Current;
+
+use crate::plumbing::poll_until;
 
 /// The value every private-write experiment starts from.
 pub const BEFORE: u64 = 1;
@@ -92,24 +96,13 @@ pub fn minor_faults() -> Result<u64> {
     Ok(harness::Usage::of_thread()?.minor_faults as u64)
 }
 
-/// The size of a page (sysconf(3) _SC_PAGESIZE).
-pub fn page_size() -> usize {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
-}
-
 /// An anonymous private buffer whose every page is present: written once by its owner.
+/// Every access goes through volatile reads and writes of single bytes, and the experiments
+/// let one task at a time write it (the others wait in join or waitpid).
 pub struct Buffer {
-    start: NonNull<libc::c_void>,
-    len: usize,
+    mapping: Mapping,
     page: usize,
 }
-
-// Safety: the buffer is plain memory; every access goes through volatile reads and writes of
-// single bytes, and the experiments let one task at a time write it (the others wait in join
-// or waitpid), so moving or sharing the handle between threads is sound.
-unsafe impl Send for Buffer {}
-// Safety: as above.
-unsafe impl Sync for Buffer {}
 
 /// The first byte of page `i` after the owner's fill.
 fn fill(i: usize) -> u8 {
@@ -129,28 +122,21 @@ pub struct Pass {
     pub minor_faults: u64,
     /// The sum of the first byte of every page, after the pass.
     pub checksum: u64,
+    /// KiB of the buffer backed by transparent huge pages after the pass, as the writer's
+    /// /proc/self/smaps shows it (AnonHugePages): 0 when the kernel kept to base pages.
+    pub huge_kib: u64,
 }
-
-impl Pass {}
 
 impl Buffer {
     /// Maps `bytes` (rounded up to whole pages) and writes every page once, so that each is
     /// present and private to this process.
     pub fn filled(bytes: usize) -> Result<Buffer> {
-        let page = page_size();
-        let len = bytes.div_ceil(page).max(1) * page;
-        let length = NonZeroUsize::new(len).context("an empty buffer")?;
-        // Safety: a fresh anonymous mapping at an address the kernel picks (mmap(2)); no
-        // existing memory is affected.
-        let start = unsafe {
-            mmap_anonymous(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
-        }
-        .context("mmap MAP_PRIVATE|MAP_ANONYMOUS")?;
-        let buffer = Buffer { start, len, page };
+        let mapping = Mapping::anonymous(bytes, Sharing::Private)?;
         // Base pages only: with transparent huge pages one write could stand for 512 pages,
-        // and whether the kernel then copies 2 MiB or splits the huge page depends on its version.
-        // Safety: advice on the mapping we just made (madvise(2)); it changes no contents.
-        unsafe { madvise(start, len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")?;
+        // and whether the kernel then copies 2 MiB or splits the huge page depends on its
+        // version. Advice is not proof: every pass reads back what backs the buffer.
+        mapping.no_huge_pages()?;
+        let buffer = Buffer { mapping, page: page_size() };
         for i in 0..buffer.pages() {
             // Safety: i * page < len, inside our mapping.
             unsafe { buffer.byte(i).write_volatile(fill(i)) };
@@ -158,8 +144,20 @@ impl Buffer {
         Ok(buffer)
     }
 
+    /// Keeps the buffer out of every later fork(2) of this process (MADV_DONTFORK,
+    /// madvise(2)): a fork write-protects every private page that the child inherits, even in
+    /// the parent, and the parent's next write to each then faults to make it writable again.
+    /// A buffer no child inherits is left alone.
+    pub fn kept_from_forks(self) -> Result<Buffer> {
+        let start = NonNull::new(self.mapping.as_ptr().cast()).context("a mapping at address 0")?;
+        // Safety: advice on our own mapping, whole pages; it changes no contents, only what a
+        // child gets (nothing of this range).
+        unsafe { madvise(start, self.mapping.len(), MmapAdvise::MADV_DONTFORK) }.context("madvise MADV_DONTFORK")?;
+        Ok(self)
+    }
+
     pub fn pages(&self) -> usize {
-        self.len / self.page
+        self.mapping.len() / self.page
     }
 
     pub fn page(&self) -> usize {
@@ -170,7 +168,7 @@ impl Buffer {
         debug_assert!(page < self.pages());
         // Safety (of the arithmetic): page * self.page < len, so the result stays inside
         // the mapping.
-        unsafe { self.start.as_ptr().cast::<u8>().add(page * self.page) }
+        unsafe { self.mapping.as_ptr().add(page * self.page) }
     }
 
     /// Adds one to the first byte of every page, timing the loop and counting the minor faults
@@ -194,21 +192,18 @@ impl Buffer {
         }
         let took = start.elapsed();
         let faults = minor_faults()? - faults_before;
-        Ok(Pass { took_ns: took.as_nanos() as u64, minor_faults: faults, checksum: self.checksum() })
+        Ok(Pass {
+            took_ns: took.as_nanos() as u64,
+            minor_faults: faults,
+            checksum: self.checksum(),
+            huge_kib: self.mapping.huge_kib()?,
+        })
     }
 
     /// The sum of the first byte of every page, as this task sees them.
     pub fn checksum(&self) -> u64 {
         // Safety: every byte read is inside our mapping (see `byte`).
         (0..self.pages()).map(|i| unsafe { self.byte(i).read_volatile() } as u64).sum()
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // Safety: we mapped exactly this range in `filled`, and no reference into it outlives
-        // `self` (munmap(2)).
-        let _ = unsafe { munmap(self.start, self.len) };
     }
 }
 
@@ -268,20 +263,74 @@ impl std::ops::Sub for Usage {
     }
 }
 
+/// The kernel's own memory for tasks, machine-wide, in bytes (/proc/meminfo): it counts
+/// every program's tasks, so a difference of two readings carries other programs' noise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kernel {
+    /// Every task's kernel stack (KernelStack).
+    pub stacks: i64,
+    /// Slab memory the kernel cannot reclaim (SUnreclaim): task, mm and VMA structures and
+    /// the like.
+    pub slab_unreclaimable: i64,
+    /// Every process's page tables (PageTables).
+    pub page_tables: i64,
+}
+
+impl Kernel {
+    /// Reads /proc/meminfo now.
+    pub fn now() -> Result<Kernel> {
+        let m = procfs::Meminfo::current().context("reading /proc/meminfo")?;
+        let field =
+            |v: Option<u64>, name: &str| v.map(|b| b as i64).with_context(|| format!("/proc/meminfo has no {name}"));
+        Ok(Kernel {
+            stacks: field(m.kernel_stack, "KernelStack")?,
+            slab_unreclaimable: field(m.s_unreclaim, "SUnreclaim")?,
+            page_tables: field(m.page_tables, "PageTables")?,
+        })
+    }
+}
+
+impl std::ops::Sub for Kernel {
+    type Output = Kernel;
+    fn sub(self, o: Kernel) -> Kernel {
+        Kernel {
+            stacks: self.stacks - o.stacks,
+            slab_unreclaimable: self.slab_unreclaimable - o.slab_unreclaimable,
+            page_tables: self.page_tables - o.page_tables,
+        }
+    }
+}
+
 /// What N idle workers added, as a footprint host measured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Added {
+    /// Workers the host started.
     pub workers: u64,
     /// Workers asleep in their idle wait when the memory was read: all of them, or the
     /// measurement did not happen.
     pub idle_when_measured: u64,
+    /// What the host (and, for processes, every worker) grew by.
     pub usage: Usage,
+    /// What the machine's kernel memory grew by, from right before the first worker started
+    /// to when all were idle.
+    pub kernel: Kernel,
 }
 
 impl Added {
-    /// KiB of anonymous memory and page tables per worker.
+    /// KiB per worker of `bytes`.
+    pub fn per_worker_kib(self, bytes: i64) -> f64 {
+        bytes as f64 / 1024.0 / self.workers.max(1) as f64
+    }
+
+    /// KiB of anonymous memory and page tables per worker: the measured figure.
     pub fn kib_per_worker(self) -> f64 {
-        self.usage.counted() as f64 / 1024.0 / self.workers.max(1) as f64
+        self.per_worker_kib(self.usage.counted())
+    }
+
+    /// The measured figure plus each worker's share of the kernel stacks and of the
+    /// unreclaimable slab. Not the machine's page tables: VmPTE already counts ours.
+    pub fn with_kernel_kib_per_worker(self) -> f64 {
+        self.per_worker_kib(self.usage.counted() + self.kernel.stacks + self.kernel.slab_unreclaimable)
     }
 }
 
@@ -335,16 +384,13 @@ impl Gate {
 
     /// Waits until `workers` workers said they are ready, at most until `deadline` has passed.
     pub fn wait_ready(&self, workers: usize, deadline: Duration) -> Result<()> {
-        let until = Instant::now() + deadline;
         let mut seen = 0;
         let mut buf = [0u8; 256];
-        while seen < workers {
-            let left = until.saturating_duration_since(Instant::now());
-            ensure!(!left.is_zero(), "only {seen} of {workers} workers were ready within {} ms", deadline.as_millis());
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        poll_until(deadline, "the workers to be ready", Duration::ZERO, || {
+            // The ready pipe can be waited on: up to a millisecond per look.
             let mut fds = [PollFd::new(self.ready_rx.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            match poll(&mut fds, PollTimeout::from(1u8)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(None),
                 Ok(_) => {}
                 Err(e) => return Err(e).context("poll(2) on the ready pipe"),
             }
@@ -354,8 +400,9 @@ impl Gate {
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e).context("read(2) from the ready pipe"),
             }
-        }
-        Ok(())
+            Ok((seen >= workers).then_some(()))
+        })
+        .with_context(|| format!("only {seen} of {workers} workers were ready"))
     }
 
     /// Lets every worker go: their read(2) on the release pipe returns end of file.
@@ -372,15 +419,12 @@ pub fn sleeping(states: impl Iterator<Item = char>) -> u64 {
 /// Waits until `idle()` counts `workers` sleeping workers: a worker that said it is ready may
 /// still be on its way into read(2), and its memory is settled only once it sleeps there.
 pub fn wait_until_idle(workers: u64, deadline: Duration, mut idle: impl FnMut() -> Result<u64>) -> Result<()> {
-    let until = Instant::now() + deadline;
-    loop {
-        let now = idle()?;
-        if now == workers {
-            return Ok(());
-        }
-        ensure!(Instant::now() < until, "only {now} of {workers} workers were idle within {} ms", deadline.as_millis());
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut now = 0;
+    poll_until(deadline, "the workers to be idle", Duration::from_millis(1), || {
+        now = idle()?;
+        Ok((now == workers).then_some(()))
+    })
+    .with_context(|| format!("only {now} of {workers} workers were idle"))
 }
 
 /// A hexadecimal address, as people read them.
@@ -401,6 +445,16 @@ mod tests {
         assert_eq!(first.checksum, expected_checksum(64, 1));
         // The owner filled every page: they are present and writable, nothing to copy.
         assert_eq!(first.minor_faults, 0);
+        assert_eq!(first.huge_kib, 0, "MADV_NOHUGEPAGE kept the buffer on base pages");
+        // Keeping it out of forks changes nothing for its owner.
+        let kept = b.kept_from_forks().unwrap();
+        assert_eq!(kept.write_every_page().unwrap().checksum, expected_checksum(64, 2));
+    }
+
+    #[test]
+    fn the_machine_has_kernel_stacks_and_unreclaimable_slab() {
+        let k = Kernel::now().unwrap();
+        assert!(k.stacks > 0 && k.slab_unreclaimable > 0 && k.page_tables > 0, "{k:?}");
     }
 
     #[test]

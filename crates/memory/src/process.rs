@@ -15,16 +15,17 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use harness::mem::page_size;
 use harness::shm::Segment;
-use harness::stats;
-use harness::{Child, Ctx, deliver, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
+use harness::{Child, deliver, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
 use shared_memory::{ShmemConf, ShmemError};
 
-use crate::pages::{self, Added, BEFORE, Buffer, Gate, OwnPage, Pass, Usage, Writes};
-use crate::{CowCopy, Footprint, PrivateWrite, SEGMENT_VALUE, SegmentFacts, SharedSegment};
+use crate::pages::{self, Added, BEFORE, Buffer, Gate, Kernel, OwnPage, Pass, Usage, Writes};
+use crate::plumbing::poll_until;
+use crate::{PrivateWrite, SEGMENT_VALUE, SegmentFacts, SharedSegment};
 
 /// A child process writes a global and a heap value; the parent looks at both afterwards.
 pub fn private_write(deadline: Duration) -> Result<PrivateWrite> {
@@ -74,7 +75,7 @@ impl Handshake {
 pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
     // process: nothing is shared unless it is mapped on purpose. Create a named segment,
     // mode 0600, exclusively: shm_open(3), ftruncate(2), mmap(2).
-    let mut segment = Segment::create(pages::page_size())?;
+    let mut segment = Segment::create(page_size())?;
     let path = format!("/dev/shm/{}", segment.name());
     let mode = std::fs::metadata(&path).with_context(|| format!("stat {path}"))?.permissions().mode() & 0o777;
     // Safety: the segment is one page, page-aligned, zero-filled by ftruncate(2), and stays
@@ -96,11 +97,11 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
     let exit = child.wait(deadline)?;
     exit.check("the program that opened the segment")?;
     let child_address: u64 = exit.received_one("mapped").context("the program that opened the segment")?;
-    let (written, name_gone): (u64, bool) =
-        exit.received_one("wrote").context("the program that opened the segment")?;
+    let name_gone: bool = exit.received_one("name_gone").context("the program that opened the segment")?;
     Ok(SharedSegment {
-        written,
+        // process: the parent reads the segment once the other program has ended.
         seen: shared.value.load(Ordering::Acquire),
+        seen_before_join: None,
         segment: Some(SegmentFacts {
             mode,
             unlinked_while_both_mapped: unlinked,
@@ -116,22 +117,16 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
 /// reaps it, and only then unlinks the segment (dropping it), so that a hung child keeps the
 /// segment until its deadline, and an interrupt meanwhile leaves it to the harness's cleanup.
 fn wait_until_mapped(child: &Child, shared: &Handshake, deadline: Duration) -> Result<bool> {
-    let until = Instant::now() + deadline;
-    while shared.state.load(Ordering::Acquire) < MAPPED {
-        if Instant::now() >= until {
-            bail!(
-                "child {} did not map the segment within its deadline of {} ms: killed with SIGKILL and reaped",
-                child.pid(),
-                deadline.as_millis()
-            );
+    let mapped = || shared.state.load(Ordering::Acquire) >= MAPPED;
+    // The handshake word cannot be polled: look at it every millisecond, and meanwhile wait
+    // for the child's end (it may still have mapped the segment just before).
+    poll_until(deadline, "the child to map the segment", Duration::ZERO, || {
+        if mapped() {
+            return Ok(Some(true));
         }
-        // The handshake word cannot be polled: look at it every millisecond, and meanwhile
-        // for the child's end (it may still have mapped the segment just before).
-        if child.ended_within(Duration::from_millis(1))? {
-            return Ok(shared.state.load(Ordering::Acquire) >= MAPPED);
-        }
-    }
-    Ok(true)
+        Ok(child.ended_within(Duration::from_millis(1))?.then(mapped))
+    })
+    .with_context(|| format!("child {} did not map the segment: killed with SIGKILL and reaped", child.pid()))
 }
 
 /// Runs in the separately started program: open the segment by name, map it, say so, wait
@@ -148,47 +143,42 @@ pub fn open_segment(args: &[String]) -> Result<()> {
     let shared = unsafe { Handshake::at(shmem.as_ptr()) };
     deliver("mapped", &(shmem.as_ptr() as u64));
     shared.state.store(MAPPED, Ordering::Release);
-    let until = Instant::now() + deadline;
-    while shared.state.load(Ordering::Acquire) != UNLINKED {
-        anyhow::ensure!(Instant::now() < until, "the owner did not unlink the segment within {deadline_ms} ms");
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    poll_until(deadline, "the owner to unlink the segment", Duration::from_micros(100), || {
+        Ok((shared.state.load(Ordering::Acquire) == UNLINKED).then_some(()))
+    })?;
     // The name is gone, the mapping is not: a second open by name must fail with ENOENT.
     let name_gone =
         matches!(ShmemConf::new().os_id(name).open(), Err(ShmemError::MapOpenFailed(e)) if e == libc::ENOENT as u32);
     shared.value.store(SEGMENT_VALUE, Ordering::Release);
-    deliver("wrote", &(SEGMENT_VALUE, name_gone));
+    deliver("name_gone", &name_gone);
     Ok(())
 }
 
-/// A forked child writes one byte to every page of a buffer its parent filled; each first
-/// write makes the kernel copy the page.
-pub fn cow_copy(ctx: &Ctx, bytes: usize) -> Result<CowCopy> {
-    let buffer = Buffer::filled(bytes)?;
-    let mut passes: Vec<Pass> = Vec::new();
-    let ns_per_page = stats::repeat(ctx.warmup(), ctx.runs(), || {
-        // process: the child gets the parent's pages write-protected and shared; the fork is
-        // setup, outside the timed loop (the child times only its own loop).
-        let writer = fork_child(|| {
-            let pass = buffer.write_every_page()?;
-            deliver("pass", &pass);
-            Ok(())
-        })?;
-        let exit = writer.wait(ctx.deadline())?;
-        exit.check("the writing process")?;
-        let pass: Pass = exit.received_one("pass")?;
-        passes.push(pass);
-        Ok(pass.took_ns as f64 / buffer.pages() as f64)
-    })?;
-    // process: every child started from the parent's copy, so each pass was the first.
-    let checksums_ok = passes.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages(), 1));
-    Ok(CowCopy::from_passes(ns_per_page, &buffer, &passes, ctx.runs(), checksums_ok))
+/// The buffer the process side's children write: filled by its owner, so that every page is
+/// present and private.
+pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
+    // process: each child gets this buffer's pages, shared copy-on-write.
+    Buffer::filled(bytes)
 }
 
-/// N idle worker processes: what they add to the machine's memory, per worker.
-pub fn footprint(ctx: &Ctx, workers: u64) -> Result<Footprint> {
-    let args = [workers.to_string(), ctx.deadline().as_millis().to_string()];
-    crate::footprint_runs(ctx, "footprint-processes", &args)
+/// One pass: a forked child writes one byte to every page of a buffer its parent filled;
+/// each first write makes the kernel copy the page.
+pub fn cow_copy_pass(buffer: &Buffer, deadline: Duration) -> Result<Pass> {
+    // process: the child gets the parent's pages write-protected and shared; the fork is
+    // setup, outside the timed loop (the child times only its own loop).
+    let writer = fork_child(|| {
+        let pass = buffer.write_every_page()?;
+        deliver("pass", &pass);
+        Ok(())
+    })?;
+    let exit = writer.wait(deadline)?;
+    exit.check("the writing process")?;
+    exit.received_one("pass")
+}
+
+/// One run of N idle worker processes, in a fresh host: what they add, per worker.
+pub fn footprint(workers: u64, deadline: Duration) -> Result<Added> {
+    crate::footprint_host("footprint-processes", workers, deadline)
 }
 
 /// Runs in a fresh copy of this program: fork N workers, let each touch a little memory and
@@ -200,6 +190,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     Usage::of_self()?; // the first read allocates what later reads reuse
     let before = Usage::of_self()?;
     let gate = Gate::new()?;
+    let kernel_before = Kernel::now()?;
     let mut children = Vec::with_capacity(workers);
     for _ in 0..workers {
         // process: each worker is a copy of this process; it shares our pages until it writes
@@ -222,7 +213,8 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
         for p in &processes {
             after = after + Usage::of(p)?;
         }
-        Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before })
+        let kernel = Kernel::now()? - kernel_before;
+        Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before, kernel })
     });
     gate.release();
     for exit in wait_all(children, deadline)? {

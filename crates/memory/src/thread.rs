@@ -2,7 +2,8 @@
 //!
 //! Every thread of a process runs in one address space: a global, a heap value or a buffer is
 //! the same memory for all of them, at the same address. A write by one thread is there for
-//! the others to read (with the synchronisation that makes it visible: here `join`), costs no
+//! the others to read (with the synchronisation that makes it visible: an atomic store and
+//! load, or `join`), costs no
 //! page fault when the page is already present, and a new thread adds only its stack and its
 //! share of the allocator, not page tables for everything. Compare with process.rs: the same
 //! functions in the same order, and only the lines marked "thread:" differ in mechanism.
@@ -10,16 +11,16 @@
 //! See also: pthreads(7), clone(2) (CLONE_VM), pthread_create(3), mallopt(3) (arenas per
 //! thread), proc_pid_smaps(5); TLPI 29 (threads: introduction).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use harness::stats;
-use harness::{Ctx, deliver};
+use harness::deliver;
 
-use crate::pages::{self, Added, BEFORE, Buffer, Gate, OwnPage, Pass, Usage};
-use crate::{CowCopy, Footprint, PrivateWrite, SEGMENT_VALUE, SharedSegment};
+use crate::pages::{self, Added, BEFORE, Buffer, Gate, Kernel, OwnPage, Pass, Usage};
+use crate::plumbing::poll_until;
+use crate::{PrivateWrite, SEGMENT_VALUE, SharedSegment};
 
 /// A thread writes a global and a heap value; the thread that started it looks at both
 /// afterwards.
@@ -37,44 +38,55 @@ pub fn private_write() -> Result<PrivateWrite> {
     })
 }
 
-/// A second thread writes a plain value of this process.
-pub fn shared_segment() -> Result<SharedSegment> {
+/// A second thread writes a plain value of this process and waits until the first, still
+/// running beside it, has seen it.
+pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
     // thread: no setup at all: every value of the process is already shared.
     let value = AtomicU64::new(0);
-    let written = thread::scope(|s| {
-        s.spawn(|| {
+    let acknowledged = AtomicBool::new(false);
+    thread::scope(|s| {
+        let writer = s.spawn(|| {
             value.store(SEGMENT_VALUE, Ordering::Release);
-            SEGMENT_VALUE
-        })
-        .join()
+            // The writer stays until its value has been seen, so that the observer's read
+            // happens while both run, not after a join that would synchronise them anyway.
+            poll_until(deadline, "the observer to see the value", Duration::ZERO, || {
+                Ok(acknowledged.load(Ordering::Acquire).then_some(()))
+            })
+        });
+        // thread: the observer reads the very same value, with no copy and no message.
+        let seen = poll_until(deadline, "the writer's value", Duration::ZERO, || {
+            let v = value.load(Ordering::Acquire);
+            Ok((v != 0).then_some(v))
+        });
+        let writer_was_running = !writer.is_finished();
+        acknowledged.store(true, Ordering::Release);
+        writer.join().map_err(|_| anyhow!("the writing thread panicked"))?.context("the writing thread")?;
+        let seen = seen?;
+        Ok(SharedSegment { seen, seen_before_join: Some(writer_was_running), segment: None })
     })
-    .map_err(|_| anyhow!("the writing thread panicked"))?;
-    Ok(SharedSegment { written, seen: value.load(Ordering::Acquire), segment: None })
 }
 
-/// A thread writes one byte to every page of a buffer the observer filled; the pages are
-/// shared and already writable, so nothing is copied.
-pub fn cow_copy(ctx: &Ctx, bytes: usize) -> Result<CowCopy> {
-    let buffer = Buffer::filled(bytes)?;
-    let mut passes: Vec<Pass> = Vec::new();
-    let ns_per_page = stats::repeat(ctx.warmup(), ctx.runs(), || {
-        // thread: the writer shares this address space; spawning it is setup, outside the
-        // timed loop (the thread times only its own loop).
-        let pass = thread::scope(|s| s.spawn(|| buffer.write_every_page()).join())
-            .map_err(|_| anyhow!("the writing thread panicked"))??;
-        passes.push(pass);
-        Ok(pass.took_ns as f64 / buffer.pages() as f64)
-    })?;
-    // thread: every pass wrote the one shared buffer, so pass k found k-1 passes before it.
-    let checksums_ok =
-        passes.iter().enumerate().all(|(k, p)| p.checksum == pages::expected_checksum(buffer.pages(), k as u64 + 1));
-    Ok(CowCopy::from_passes(ns_per_page, &buffer, &passes, ctx.runs(), checksums_ok))
+/// The buffer the thread side's writers write: filled by its owner, so that every page is
+/// present and private.
+pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
+    // thread: the buffer is kept out of the process side's forks, which take turns with our
+    // passes: a fork would write-protect its pages here too, and our next pass would fault on
+    // every page because of the other side's run, not because of a thread.
+    Buffer::filled(bytes)?.kept_from_forks()
 }
 
-/// N idle worker threads: what they add to the machine's memory, per worker.
-pub fn footprint(ctx: &Ctx, workers: u64) -> Result<Footprint> {
-    let args = [workers.to_string(), ctx.deadline().as_millis().to_string()];
-    crate::footprint_runs(ctx, "footprint-threads", &args)
+/// One pass: a thread writes one byte to every page of a buffer the observer filled; the
+/// pages are shared and already writable, so nothing is copied.
+pub fn cow_copy_pass(buffer: &Buffer) -> Result<Pass> {
+    // thread: the writer shares this address space; spawning it is setup, outside the timed
+    // loop (the thread times only its own loop).
+    thread::scope(|s| s.spawn(|| buffer.write_every_page()).join())
+        .map_err(|_| anyhow!("the writing thread panicked"))?
+}
+
+/// One run of N idle worker threads, in a fresh host: what they add, per worker.
+pub fn footprint(workers: u64, deadline: Duration) -> Result<Added> {
+    crate::footprint_host("footprint-threads", workers, deadline)
 }
 
 /// Runs in a fresh copy of this program: spawn N worker threads, let each touch a little
@@ -87,6 +99,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     let before = Usage::of_self()?;
     let gate = Gate::new()?;
     let me = procfs::process::Process::myself().context("opening /proc/self")?;
+    let kernel_before = Kernel::now()?;
     let measured = thread::scope(|s| {
         let mut children = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -114,7 +127,8 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
             pages::wait_until_idle(workers as u64, deadline, idle)?;
             // thread: the workers' memory is this process's memory.
             let after = Usage::of(&me)?;
-            Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before })
+            let kernel = Kernel::now()? - kernel_before;
+            Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before, kernel })
         });
         gate.release();
         for h in children {
