@@ -249,6 +249,9 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 pub fn assert_measures_are_sound(report: &serde_json::Value) {
     for e in report["experiments"].as_array().unwrap() {
         let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };
+        if e["kind"] != "measure" {
+            continue;
+        }
         let id = &e["id"];
         let runs = p["runs"].as_u64().unwrap();
         assert!(runs >= 7, "{id}: {runs} runs");

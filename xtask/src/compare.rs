@@ -32,7 +32,7 @@ pub const ROWS: &[(&str, &str, &str, &str)] = &[
     (
         "use-cases",
         "Use case",
-        "isolation: a process per request, sandboxes, browsers",
+        "isolation: servers, sandboxes, browsers",
         "closely related tasks sharing memory: editors, servers",
     ),
 ];
