@@ -109,7 +109,7 @@ pub fn serve(link: &mut dyn Link, deadline: Duration) -> Result<()> {
                         link.send_truncated()?;
                         bail!("fault injected ({FAULT_ENV}=truncate): ended after half a message");
                     }
-                    Some(Fault::Stall) if pings > 100 => loop {
+                    Some(Fault::Stall) if pings > 10 => loop {
                         std::thread::sleep(Duration::from_secs(3600));
                     },
                     _ => {}

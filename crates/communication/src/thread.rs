@@ -126,7 +126,6 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
 }
 
-// effort: partner begin
 /// Starts the partner thread on its link.
 fn spawn(ctx: &Ctx, place: Placement, link: impl Link + 'static, ended: EndsFlag) -> Result<Partner> {
     let deadline: Duration = ctx.deadline();
@@ -149,8 +148,6 @@ fn thread_peer() -> (Peer, EndsFlag) {
     let ended = Arc::new(AtomicBool::new(false));
     (Peer::Thread(ended.clone()), EndsFlag(ended))
 }
-
-// effort: end
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
     fd.try_clone().context("dup")
