@@ -29,6 +29,7 @@ pub fn main(args: &[String]) -> Result<()> {
     ensure!(rounds >= 1, "--rounds must be at least 1");
     match row.as_str() {
         "switching" => switching(rounds),
+        "communication" => crate::anchors_communication::run(rounds),
         other => bail!("no anchors for row {other:?}; rows with anchors: switching"),
     }
 }
@@ -109,7 +110,7 @@ fn our_pipe_same_cpu(binary: &PathBuf) -> Result<(f64, f64, usize)> {
 }
 
 /// `taskset -c CPU perf bench sched pipe -l LOOPS [-T]`: µs per round trip.
-fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
+pub(crate) fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &cpu.to_string(), "perf", "bench", "sched", "pipe", "-l", PERF_LOOPS]);
     if threads {
@@ -122,12 +123,12 @@ fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
 }
 
 /// The number before "usecs/op" in perf bench's output ("      3.869265 usecs/op").
-fn parse_usecs_per_op(text: &str) -> Option<f64> {
+pub(crate) fn parse_usecs_per_op(text: &str) -> Option<f64> {
     text.lines().find_map(|l| l.trim().strip_suffix("usecs/op").and_then(|n| n.trim().parse().ok()))
 }
 
 /// Fails with the way to install perf when it is missing or does not work here.
-fn check_perf() -> Result<()> {
+pub(crate) fn check_perf() -> Result<()> {
     let works = Command::new("perf")
         .args(["bench", "sched", "pipe", "-l", "10"])
         .output()
@@ -141,19 +142,19 @@ fn check_perf() -> Result<()> {
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     harness::stats::summarize(values).median
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the workspace").to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
