@@ -277,3 +277,16 @@ fn list_names_every_experiment_and_bad_input_is_refused() {
         tests::assert_bad_input("communication", args, expected);
     }
 }
+
+/// The row is not in `tests::ROWS` yet (the ulimit test there expects every experiment to need
+/// a task, and `effort` needs none), so the whole-run leftovers check is made here: a full
+/// `--quick` run leaves no process of its group and no segment of its pid.
+#[test]
+fn a_whole_run_leaves_no_process_or_segment() {
+    let child = tests::spawn_in_own_group("communication", &["--quick", "--json"], &[]);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
+    assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
+}
