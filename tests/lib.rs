@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
 /// Every row binary of the workspace.
-pub const ROWS: &[&str] = &["memory", "switching", "stability", "concurrency", "use-cases"];
+pub const ROWS: &[&str] = &["memory", "switching", "communication", "stability", "concurrency", "use-cases"];
 
 /// The workspace root.
 pub fn root() -> PathBuf {

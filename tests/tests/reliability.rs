@@ -175,6 +175,11 @@ fn a_low_process_limit_is_refused_with_the_limit_named() {
         let (code, report) = under_limit(row, "ulimit -u 1");
         assert_eq!(code, Some(0), "{row}: a refusal is not a failure");
         for e in report["experiments"].as_array().unwrap() {
+            // Counting lines of source starts no task: it runs under any limit.
+            if (row, e["id"].as_str().unwrap()) == ("communication", "effort") {
+                assert_eq!(e["verdict"], "holds", "{row} {}", e["id"]);
+                continue;
+            }
             assert_eq!(e["verdict"], "skipped", "{row} {}", e["id"]);
             let note = e["note"].as_str().unwrap();
             assert!(note.starts_with("refused: needs "), "{row}: {note}");

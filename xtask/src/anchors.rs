@@ -31,6 +31,7 @@ pub fn main(args: &[String]) -> Result<()> {
         "switching" => switching(rounds),
         "concurrency" => crate::anchors_concurrency::run(rounds),
         "use-cases" => crate::anchors_use_cases::run(rounds),
+        "communication" => crate::anchors_communication::run(rounds),
         other => bail!("no anchors for row {other:?}; rows with anchors: switching"),
     }
 }
@@ -111,7 +112,7 @@ fn our_pipe_same_cpu(binary: &PathBuf) -> Result<(f64, f64, usize)> {
 }
 
 /// `taskset -c CPU perf bench sched pipe -l LOOPS [-T]`: µs per round trip.
-fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
+pub(crate) fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &cpu.to_string(), "perf", "bench", "sched", "pipe", "-l", PERF_LOOPS]);
     if threads {
@@ -124,12 +125,12 @@ fn perf_pipe(cpu: usize, threads: bool) -> Result<f64> {
 }
 
 /// The number before "usecs/op" in perf bench's output ("      3.869265 usecs/op").
-fn parse_usecs_per_op(text: &str) -> Option<f64> {
+pub(crate) fn parse_usecs_per_op(text: &str) -> Option<f64> {
     text.lines().find_map(|l| l.trim().strip_suffix("usecs/op").and_then(|n| n.trim().parse().ok()))
 }
 
 /// Fails with the way to install perf when it is missing or does not work here.
-fn check_perf() -> Result<()> {
+pub(crate) fn check_perf() -> Result<()> {
     let works = Command::new("perf")
         .args(["bench", "sched", "pipe", "-l", "10"])
         .output()

@@ -4,6 +4,7 @@
 //! - `anchors ROW`: a row's figures beside the standard tool's, as ratios from one run.
 
 mod anchors;
+mod anchors_communication;
 mod anchors_concurrency;
 mod anchors_use_cases;
 mod compare;

@@ -1,0 +1,734 @@
+//! The communication row: processes must talk through IPC, threads through the memory they
+//! share. What does each mechanism cost, in time, in CPU and in lines of code?
+//!
+//! Every mechanism carries the same exchange (exchange.rs). The process versions (process.rs)
+//! are a pipe, a Unix socket pair, a POSIX message queue, ipc-channel and a ring in a
+//! shared-memory segment; the thread versions (thread.rs) are the same pipe and socket pair
+//! (the controls), std's mpsc, a crossbeam channel and a ring in the process's own memory.
+//! Each experiment pairs like with like and says which; the matrix of every mechanism is in
+//! the facts of `cpu-cost` (latency and CPU) and `throughput-shm` (GB/s). See
+//! docs/communication.md.
+
+mod exchange;
+mod links;
+mod plumbing;
+mod process;
+mod thread;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use harness::cpu::{Pinned, Placement};
+use harness::row::Which;
+use harness::stats::{self, Latencies, Summary};
+use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Row, Side, Spec};
+
+use exchange::{Moved, Session, Shape, Trips};
+
+const LATENCY_UNIT: &str = "µs/round-trip";
+const BULK_UNIT: &str = "µs/MiB";
+
+const fn measure(
+    id: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    better: Better,
+    expected: Expected,
+    needs: Needs,
+    run: fn(&Ctx) -> Result<Findings>,
+) -> Spec {
+    Spec { id, title, kind: Kind::Measure, unit: Some((unit, better)), expected, needs, headline: false, run }
+}
+
+/// One partner task per side and what it exchanges: for bulk, two rings of up to 4 MiB each.
+const PARTNER: Needs = Needs::tasks(2);
+const BULK_NEEDS: Needs = Needs::tasks(2).and_memory(4 * (8 << 20));
+
+static ROW: Row = Row {
+    name: "communication",
+    claim: "Processes must talk through IPC (pipes, sockets, message queues, shared memory), which takes more \
+            work and is slower; threads talk directly through the memory they share, which is simpler and \
+            faster but needs synchronisation.",
+    experiments: &[
+        measure(
+            "latency-channel",
+            "A 64-byte message and its answer over a channel: ipc-channel between processes, a crossbeam \
+             channel between threads, one CPU",
+            LATENCY_UNIT,
+            Better::Lower,
+            Expected::Thread,
+            PARTNER,
+            latency_channel,
+        )
+        .headline(),
+        measure(
+            "latency-shm",
+            "A 64-byte message and its answer through shared memory: a ring in a shared-memory segment \
+             (shared futex) between processes, a ring in the process's memory (private futex) between threads, \
+             one CPU",
+            LATENCY_UNIT,
+            Better::Lower,
+            Expected::Thread,
+            PARTNER,
+            latency_shm,
+        ),
+        measure(
+            "latency-pipe",
+            "Control: a 64-byte message and its answer over the same two pipes, between processes and between \
+             threads, one CPU",
+            LATENCY_UNIT,
+            Better::Lower,
+            Expected::Same,
+            PARTNER,
+            latency_pipe,
+        ),
+        measure(
+            "throughput-shm",
+            "Bulk in 1 MiB messages through shared memory, one CPU: a segment ring between processes, an \
+             in-place ring between threads (matrix: every mechanism at 4 KiB, 64 KiB, 1 MiB)",
+            BULK_UNIT,
+            Better::Lower,
+            Expected::Thread,
+            BULK_NEEDS,
+            throughput_shm,
+        )
+        .headline(),
+        measure(
+            "throughput-pipe",
+            "Control: bulk in 64 KiB messages over the same two pipes, between processes and between threads, \
+             one CPU",
+            BULK_UNIT,
+            Better::Lower,
+            Expected::Same,
+            PARTNER,
+            throughput_pipe,
+        ),
+        measure(
+            "cpu-cost",
+            "CPU time of both tasks per 64-byte round trip over a channel, ipc-channel vs crossbeam, on two \
+             CPUs (matrix: every mechanism's latency and CPU, one CPU and two)",
+            LATENCY_UNIT,
+            Better::Lower,
+            Expected::Thread,
+            PARTNER,
+            cpu_cost,
+        ),
+        Spec {
+            id: "effort",
+            title: "Lines of code each mechanism needs for one exchange, counted in this row's own sources",
+            kind: Kind::Observe,
+            unit: None,
+            expected: Expected::Thread,
+            needs: Needs::tasks(0),
+            headline: true,
+            run: effort,
+        },
+    ],
+    children: &[("ipc-partner", process::ipc_partner)],
+};
+
+fn main() -> ExitCode {
+    if let Err(e) = plumbing::remove_stale_queues() {
+        eprintln!("warning: could not remove stale message queues: {e:#}");
+    }
+    harness::row::main(&ROW)
+}
+
+/// How a session of one side is started: process::X or thread::X.
+type Start = fn(&Ctx, Placement, Shape) -> Result<Session>;
+
+/// A mechanism on each side, like with like.
+#[derive(Clone, Copy)]
+struct Mechanism {
+    process: (&'static str, Start),
+    thread: (&'static str, Start),
+}
+
+const PIPE: Mechanism = Mechanism { process: ("pipe", process::pipe), thread: ("pipe", thread::pipe) };
+const SOCKET: Mechanism =
+    Mechanism { process: ("socket pair", process::socket), thread: ("socket pair", thread::socket) };
+const QUEUE: Mechanism =
+    Mechanism { process: ("POSIX message queue", process::queue), thread: ("std mpsc channel", thread::queue) };
+const CHANNEL: Mechanism =
+    Mechanism { process: ("ipc-channel", process::channel), thread: ("crossbeam channel", thread::channel) };
+const RING: Mechanism =
+    Mechanism { process: ("shared-memory ring", process::ring), thread: ("in-place ring", thread::ring) };
+const MECHANISMS: [Mechanism; 5] = [PIPE, SOCKET, QUEUE, CHANNEL, RING];
+
+impl Mechanism {
+    fn side(&self, which: Which) -> (&'static str, Start) {
+        if which == Which::Process { self.process } else { self.thread }
+    }
+}
+
+/// How long one timed run of round trips lasts.
+fn trip_budget(ctx: &Ctx) -> Duration {
+    if ctx.quick { Duration::from_micros(500) } else { Duration::from_millis(1) }
+}
+
+/// Bytes each side of throughput-shm moves over its warm-up and timed runs, at least.
+fn bulk_total(ctx: &Ctx) -> usize {
+    if ctx.quick { 16 << 20 } else { 256 << 20 }
+}
+
+/// Bytes each side of the pipe control moves, at least: a pipe is several times slower, and
+/// the row must stay within its time budget.
+fn control_total(ctx: &Ctx) -> usize {
+    if ctx.quick { 8 << 20 } else { 64 << 20 }
+}
+
+/// Bytes each mechanism moves per message size in the matrix, at least.
+fn matrix_total(ctx: &Ctx) -> usize {
+    if ctx.quick { 4 << 20 } else { 16 << 20 }
+}
+
+const MATRIX_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
+
+/// Starts a session and waits for its partner's READY: nothing before it is timed.
+fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape) -> Result<Session> {
+    let (name, start) = m.side(which);
+    let mut session = start(ctx, place, shape).with_context(|| format!("starting the {name}"))?;
+    match exchange::wait_ready(&mut *session.link, ctx.deadline()) {
+        Ok(()) => Ok(session),
+        Err(e) => Err(session.fail(e.context(format!("the {name}")))),
+    }
+}
+
+/// Both sides of a pair, run in turns: the process side is set up first (fork while
+/// single-threaded), then the thread side; each run is `run` on one side's link, which
+/// returns the run's number and what else it saw. Warm-up runs are left out of the `T`s.
+#[allow(clippy::type_complexity)]
+fn pair<T>(
+    ctx: &Ctx,
+    m: &Mechanism,
+    place: Placement,
+    shape: Shape,
+    run: impl FnMut(&mut dyn exchange::Link, Which) -> Result<(f64, T)>,
+) -> Result<(Option<(Summary, Vec<T>)>, Option<(Summary, Vec<T>)>)> {
+    // Both closures call `run`, one at a time.
+    let run = std::cell::RefCell::new(run);
+    let _pinned = Pinned::to(place.driver)?;
+    let mut p = ctx.process_side(|| start(ctx, Which::Process, m, place, shape))?;
+    let mut t = match ctx.thread_side(|| start(ctx, Which::Thread, m, place, shape)) {
+        Ok(t) => t,
+        Err(e) => return Err(fail_both(p, None, Some(Which::Process), e)),
+    };
+    let (mut pv, mut tv) = (Vec::new(), Vec::new());
+    let failed = std::cell::Cell::new(None);
+    let runs = ctx.interleave(
+        || {
+            let s = p.as_mut().expect("the process side runs only when set up");
+            let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Process)
+                .inspect_err(|_| failed.set(Some(Which::Process)))
+                .with_context(|| format!("the {}", m.process.0))?;
+            pv.push(seen);
+            Ok(value)
+        },
+        || {
+            let s = t.as_mut().expect("the thread side runs only when set up");
+            let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Thread)
+                .inspect_err(|_| failed.set(Some(Which::Thread)))
+                .with_context(|| format!("the {}", m.thread.0))?;
+            tv.push(seen);
+            Ok(value)
+        },
+    );
+    let (ps, ts) = match runs {
+        Ok(r) => r,
+        Err(e) => return Err(fail_both(p, t, failed.get(), e)),
+    };
+    for s in [p, t].into_iter().flatten() {
+        s.finish(ctx.deadline())?;
+    }
+    let timed = |mut v: Vec<T>| v.split_off(ctx.warmup().min(v.len()));
+    Ok((ps.map(|s| (s, timed(pv))), ts.map(|s| (s, timed(tv)))))
+}
+
+fn fail_both(p: Option<Session>, t: Option<Session>, failed: Option<Which>, e: anyhow::Error) -> anyhow::Error {
+    // Only the side whose run failed says what became of its partner; the other side's
+    // partner just sees its link close, and its session is dropped.
+    match failed {
+        Some(Which::Process) => match p {
+            Some(p) => p.fail(e),
+            None => e,
+        },
+        Some(Which::Thread) | None => match t {
+            Some(t) => t.fail(e),
+            None => e,
+        },
+    }
+}
+
+/// The round trips both sides of a pair make per run: as many as fill the budget on the
+/// slower side, so that both do the same work.
+fn trips_per_run(ctx: &Ctx, links: &mut [&mut dyn exchange::Link]) -> Result<u64> {
+    let mut n = u64::MAX;
+    for link in links.iter_mut() {
+        n = n.min(exchange::size_trips(&mut **link, trip_budget(ctx), ctx.deadline())?);
+    }
+    Ok(n.max(1))
+}
+
+/// A latency pair: each run is `n` round trips, its number the run's median in µs.
+struct LatencySide {
+    name: &'static str,
+    summary: Summary,
+    runs: Vec<Trips>,
+    all: Latencies,
+}
+
+fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement) -> Result<[Option<LatencySide>; 2]> {
+    let mut all = [Latencies::new(), Latencies::new()];
+    let mut n = None;
+    let (p, t) = pair(ctx, m, place, Shape::CONTROL, |link, which| {
+        // The first call of each side sizes the runs: the same count for both, from the slower.
+        let trips = match n {
+            Some(n) => n,
+            None => {
+                let sized = trips_per_run(ctx, &mut [link])?;
+                n = Some(sized);
+                sized
+            }
+        };
+        let run = exchange::trips(link, trips, &mut all[which as usize], ctx.deadline())?;
+        Ok((run.p50_ns / 1000.0, run))
+    })?;
+    let [pa, ta] = all;
+    Ok([
+        p.map(|(summary, runs)| LatencySide { name: m.process.0, summary, runs, all: pa }),
+        t.map(|(summary, runs)| LatencySide { name: m.thread.0, summary, runs, all: ta }),
+    ])
+}
+
+fn latency_side(s: &LatencySide, place: Placement) -> Side {
+    let trips: u64 = s.runs.iter().map(|r| r.round_trips).sum();
+    let cpu = stats::median(&s.runs.iter().map(|r| r.cpu_ns / 1000.0).collect::<Vec<_>>());
+    let ran_on = s.runs.last().map(|r| r.ran_on).unwrap_or([usize::MAX; 2]);
+    Side::measured(&s.summary, LATENCY_UNIT)
+        .fact("mechanism", s.name)
+        .fact("message_bytes", exchange::CONTROL_BYTES)
+        .fact("round_trips", trips)
+        .fact("p50_us", micros(s.all.percentile_ns(50.0) as f64))
+        .fact("p99_us", micros(s.all.percentile_ns(99.0) as f64))
+        .fact("cpu_us_per_round_trip", round2(cpu))
+        .fact("pinned_cpus", [place.driver, place.partner])
+        .fact("ran_on_cpus", ran_on)
+        .fact("ran_on_pinned_cpus", ran_on == [place.driver, place.partner])
+}
+
+fn same_cpu() -> Result<std::result::Result<Placement, String>> {
+    Placement::same_cpu()
+}
+
+fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> {
+    let place = match same_cpu()? {
+        Ok(p) => p,
+        Err(why) => return Ok(Findings::skipped(why)),
+    };
+    let [p, t] = latency_pair(ctx, m, place)?;
+    Ok(Findings {
+        process: p.map(|s| latency_side(&s, place)),
+        thread: t.map(|s| latency_side(&s, place)),
+        note: Some(note.to_string()),
+        ..Findings::default()
+    })
+}
+
+fn latency_channel(ctx: &Ctx) -> Result<Findings> {
+    latency_experiment(
+        ctx,
+        &CHANNEL,
+        "Channel against channel: both send typed values and block in the receive. ipc-channel serializes each \
+         value (bincode) into a Unix socket and the kernel wakes the other process; crossbeam moves the value \
+         through memory and wakes the other thread with a futex. Each run is the median of its round trips; \
+         p50/p99 are over every round trip of the timed runs.",
+    )
+}
+
+fn latency_shm(ctx: &Ctx) -> Result<Findings> {
+    latency_experiment(
+        ctx,
+        &RING,
+        "Shared memory against shared memory: the same ring code on both sides. Between processes the memory is \
+         a named segment mapped before fork and the futex ops are the shared ones (the kernel keys waiters by the \
+         physical page); between threads it is the process's own memory and the private ops. What remains is \
+         what being a process costs on this path.",
+    )
+}
+
+fn latency_pipe(ctx: &Ctx) -> Result<Findings> {
+    latency_experiment(
+        ctx,
+        &PIPE,
+        "Control, kernel pipe against kernel pipe: the same two pipes and the same code between two processes and \
+         between two threads. If the two sides cost the same, the gap between IPC and thread channels lies in \
+         the mechanism, not in being a process. Every receive waits in poll(2) with the deadline (read, poll, \
+         read), which costs more than perf bench's bare read.",
+    )
+}
+
+/// A bulk side: each run's µs per MiB, and what it moved.
+struct BulkSide {
+    name: &'static str,
+    summary: Summary,
+    runs: Vec<Moved>,
+}
+
+/// Messages per run so that the side moves at least `total` bytes over `runs` runs.
+fn messages_per_run(total: usize, runs: usize, size: usize) -> u64 {
+    (total.div_ceil(runs).div_ceil(size) as u64).max(4)
+}
+
+fn bulk_run(link: &mut dyn exchange::Link, size: usize, count: u64, seed: &mut u64, ctx: &Ctx) -> Result<(f64, Moved)> {
+    *seed += 1;
+    let moved = exchange::bulk(link, size, count, *seed, ctx.deadline())?;
+    Ok((1e6 / (moved.gb_per_s * 1e9 / f64::from(1 << 20)), moved))
+}
+
+fn bulk_pair(ctx: &Ctx, m: &Mechanism, place: Placement, size: usize, total: usize) -> Result<[Option<BulkSide>; 2]> {
+    let count = messages_per_run(total, ctx.warmup() + ctx.runs(), size);
+    let mut seed = 0;
+    let (p, t) = pair(ctx, m, place, Shape { bulk: size }, |link, _| bulk_run(link, size, count, &mut seed, ctx))?;
+    Ok([
+        p.map(|(summary, runs)| BulkSide { name: m.process.0, summary, runs }),
+        t.map(|(summary, runs)| BulkSide { name: m.thread.0, summary, runs }),
+    ])
+}
+
+fn bulk_side(s: &BulkSide, size: usize, warmup_bytes: u64) -> Side {
+    let sent: u64 = s.runs.iter().map(|r| r.bytes_sent).sum();
+    let received: u64 = s.runs.iter().map(|r| r.bytes_received).sum();
+    let gbs = stats::median(&s.runs.iter().map(|r| r.gb_per_s).collect::<Vec<_>>());
+    Side::measured(&s.summary, BULK_UNIT)
+        .fact("mechanism", s.name)
+        .fact("message_bytes", size)
+        .fact("gb_per_s", round2(gbs))
+        .fact("bytes_sent", sent + warmup_bytes)
+        .fact("bytes_received_timed_runs", received)
+        .fact("checksums_match", s.runs.iter().all(Moved::checksums_match))
+}
+
+/// Both tasks on one CPU, as in the latency experiments: the producer fills the ring's slots
+/// until it is full and blocks, then the consumer empties them, so a switch comes once per
+/// few MiB and the figure is the cost of moving the bytes, comparable with a memcpy.
+fn throughput_experiment(ctx: &Ctx, m: &Mechanism, size: usize, total: usize) -> Result<Option<[Option<Side>; 2]>> {
+    let place = match same_cpu()? {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    let warmup_bytes = (ctx.warmup() as u64) * messages_per_run(total, ctx.warmup() + ctx.runs(), size) * size as u64;
+    let [p, t] = bulk_pair(ctx, m, place, size, total)?;
+    Ok(Some([p.map(|s| bulk_side(&s, size, warmup_bytes)), t.map(|s| bulk_side(&s, size, warmup_bytes))]))
+}
+
+fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
+    let Some([mut p, mut t]) = throughput_experiment(ctx, &RING, 1 << 20, bulk_total(ctx))? else {
+        return Ok(Findings::skipped("pinning to a CPU was refused here"));
+    };
+    // The whole matrix: every mechanism at every size, on one line per side.
+    for (which, side) in [(Which::Process, &mut p), (Which::Thread, &mut t)] {
+        if let Some(side) = side {
+            let mut all_match = true;
+            for m in &MECHANISMS {
+                let (line, matched) = matrix_bulk(ctx, which, m)?;
+                all_match &= matched;
+                side.set(m.side(which).0, line);
+            }
+            side.set("matrix_checksums_match", all_match);
+        }
+    }
+    Ok(Findings {
+        process: p,
+        thread: t,
+        note: Some(
+            "Shared memory against shared memory, both tasks on one CPU: the producer fills the ring until it \
+             is full and blocks, then the consumer empties it. The producer writes each message in place into a slot and the consumer checksums it where it lies, so no byte is copied \
+             through the kernel on either side. The receiver's checksum of every message is compared with the \
+             sender's: checksums_match is what was seen, never assumed. The unit is µs per MiB (lower is better); \
+             gb_per_s says the same as a rate. The matrix (one fact per mechanism) moves fewer bytes per size and \
+             has no verdict."
+                .to_string(),
+        ),
+        ..Findings::default()
+    })
+}
+
+fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
+    let Some([p, t]) = throughput_experiment(ctx, &PIPE, 64 << 10, control_total(ctx))? else {
+        return Ok(Findings::skipped("pinning to a CPU was refused here"));
+    };
+    Ok(Findings {
+        process: p,
+        thread: t,
+        note: Some(
+            "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer (64 KiB by \
+             default) and out again, whichever kind of task is at the other end."
+                .to_string(),
+        ),
+        ..Findings::default()
+    })
+}
+
+/// One matrix line: a mechanism's GB/s at each size, and whether every checksum matched.
+fn matrix_bulk(ctx: &Ctx, which: Which, m: &Mechanism) -> Result<(String, bool)> {
+    let place = same_cpu()?.map_err(|why| anyhow::anyhow!(why))?;
+    let _pinned = Pinned::to(place.driver)?;
+    let mut parts = Vec::new();
+    let mut all_match = true;
+    let mut bytes = 0u64;
+    for size in MATRIX_SIZES {
+        let mut session = match start(ctx, which, m, place, Shape { bulk: size }) {
+            Ok(s) => s,
+            Err(e) if format!("{e:#}").contains("msgsize_max") => {
+                parts.push(format!("{} not possible (msgsize_max)", kib(size)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let count = (matrix_total(ctx) / (1 + ctx.runs())).div_ceil(size).max(1) as u64;
+        let mut seed = 1000;
+        let mut runs = Vec::new();
+        let measured = stats::repeat(1, ctx.runs(), || {
+            let (_, moved) = bulk_run(&mut *session.link, size, count, &mut seed, ctx)?;
+            runs.push(moved);
+            Ok(moved.gb_per_s)
+        });
+        let gbs = match measured {
+            Ok(s) => s,
+            Err(e) => return Err(session.fail(e.context(format!("the {}", m.side(which).0)))),
+        };
+        session.finish(ctx.deadline())?;
+        all_match &= runs.iter().all(Moved::checksums_match);
+        bytes += runs.iter().map(|r| r.bytes_received).sum::<u64>();
+        parts.push(format!("{} {} GB/s", kib(size), harness::report::fmt_num(gbs.median)));
+    }
+    let checked = if all_match { "checksums match" } else { "CHECKSUMS DIFFER" };
+    Ok((format!("{}; {checked} ({} MiB)", parts.join(", "), bytes >> 20), all_match))
+}
+
+fn kib(size: usize) -> String {
+    if size >= 1 << 20 { format!("{} MiB", size >> 20) } else { format!("{} KiB", size >> 10) }
+}
+
+fn cpu_cost(ctx: &Ctx) -> Result<Findings> {
+    let (place, where_) = match Placement::cross_cpu()? {
+        Ok(p) => (p, "two CPUs"),
+        Err(_) => match same_cpu()? {
+            Ok(p) => (p, "one CPU (only one is allowed here)"),
+            Err(why) => return Ok(Findings::skipped(why)),
+        },
+    };
+    let [p, t] = latency_pair(ctx, &CHANNEL, place)?;
+    let side = |s: LatencySide| -> Side {
+        let cpu: Vec<f64> = s.runs.iter().map(|r| r.cpu_ns / 1000.0).collect();
+        let summary = stats::summarize(&cpu);
+        let latency = latency_side(&s, place);
+        let mut side = Side::measured(&summary, LATENCY_UNIT);
+        side.facts = latency.facts;
+        side.set("latency_p50_us_median_of_runs", round2(s.summary.median));
+        side
+    };
+    let (mut p, mut t) = (p.map(side), t.map(side));
+    for (which, side) in [(Which::Process, &mut p), (Which::Thread, &mut t)] {
+        if let Some(side) = side {
+            for m in &MECHANISMS {
+                side.set(m.side(which).0, matrix_latency(ctx, which, m)?);
+            }
+        }
+    }
+    Ok(Findings {
+        process: p,
+        thread: t,
+        note: Some(format!(
+            "Measured on {where_}. The number is the CPU time both tasks used (CLOCK_THREAD_CPUTIME_ID of the \
+             driver and of the partner, which reports its own) per round trip, beside its latency: a mechanism \
+             that spins or polls while it waits shows here what it burns for its speed. The matrix gives every \
+             mechanism's p50/p99 latency and CPU per round trip on one CPU and, where there are two, on two."
+        )),
+        ..Findings::default()
+    })
+}
+
+/// One matrix line: a mechanism's latency and CPU per round trip, one CPU and two.
+fn matrix_latency(ctx: &Ctx, which: Which, m: &Mechanism) -> Result<String> {
+    let mut parts = Vec::new();
+    let placements = [("one CPU", same_cpu()?.ok()), ("two CPUs", Placement::cross_cpu()?.ok())];
+    for (label, place) in placements {
+        let Some(place) = place else {
+            parts.push(format!("{label}: not possible here"));
+            continue;
+        };
+        let _pinned = Pinned::to(place.driver)?;
+        let mut session = start(ctx, which, m, place, Shape::CONTROL)?;
+        let mut all = Latencies::new();
+        let mut cpu = Vec::new();
+        let measured = trips_per_run(ctx, &mut [&mut *session.link]).and_then(|n| {
+            stats::repeat(1, ctx.runs(), || {
+                let run = exchange::trips(&mut *session.link, n, &mut all, ctx.deadline())?;
+                cpu.push(run.cpu_ns / 1000.0);
+                Ok(run.p50_ns)
+            })
+        });
+        if let Err(e) = measured {
+            return Err(session.fail(e.context(format!("the {}", m.side(which).0))));
+        }
+        session.finish(ctx.deadline())?;
+        parts.push(format!(
+            "{label}: p50 {} µs, p99 {} µs, CPU {} µs",
+            harness::report::fmt_num(all.percentile_ns(50.0) as f64 / 1000.0),
+            harness::report::fmt_num(all.percentile_ns(99.0) as f64 / 1000.0),
+            harness::report::fmt_num(stats::median(&cpu[1..]))
+        ));
+    }
+    Ok(parts.join("; "))
+}
+
+/// The sources the effort experiment counts, as they were when this binary was built.
+const SOURCES: [(&str, &str); 3] = [
+    ("process.rs", include_str!("process.rs")),
+    ("thread.rs", include_str!("thread.rs")),
+    ("links.rs", include_str!("links.rs")),
+];
+
+/// Lines of code (not blank, not only a comment) between `// effort: NAME begin` and
+/// `// effort: end` in one source, over every such region.
+fn effort_lines(source: &str, name: &str) -> usize {
+    let begin = format!("// effort: {name} begin");
+    let mut inside = false;
+    let mut count = 0;
+    for line in source.lines().map(str::trim) {
+        if line == begin {
+            inside = true;
+        } else if line == "// effort: end" {
+            inside = false;
+        } else if inside && !line.is_empty() && !line.starts_with("//") {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Each mechanism's setup region (process.rs or thread.rs) and the link it sends with (links.rs).
+/// Several regions are separated by commas. The helpers that start a partner are not counted
+/// on either side: harness::fork_child for processes, `spawn` (std's thread::Builder) for
+/// threads; neither are the liveness checks (plumbing.rs).
+const EFFORT: [(&str, &str, &str, &str); 5] = [
+    ("pipe", "stream", "pipe", "stream"),
+    ("socket", "stream", "socket", "stream"),
+    ("queue", "queue", "queue", "channel,mpsc"),
+    ("ipc-channel", "ipc-channel", "channel", "channel,crossbeam"),
+    ("ring", "ring", "ring", "ring"),
+];
+
+/// The harness code only processes need: fork and wait with deadlines, the interrupt
+/// cleanup of children and segments, and named segments. Threads need none of it.
+const HARNESS_FOR_PROCESSES: [&str; 3] = [
+    include_str!("../../harness/src/child.rs"),
+    include_str!("../../harness/src/cleanup.rs"),
+    include_str!("../../harness/src/shm.rs"),
+];
+
+/// Lines of code (not blank, not only a comment) before a file's unit tests.
+fn code_lines(source: &str) -> usize {
+    source
+        .lines()
+        .map(str::trim)
+        .take_while(|l| *l != "#[cfg(test)]")
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .count()
+}
+
+/// The lines of every region named in `names` (comma-separated).
+fn regions(source: &str, names: &str) -> usize {
+    names.split(',').map(|n| effort_lines(source, n)).sum()
+}
+
+fn effort(ctx: &Ctx) -> Result<Findings> {
+    let [(_, process_rs), (_, thread_rs), (_, links_rs)] = SOURCES;
+    let count = |file: &str, setup: &str, link: &str| regions(file, setup) + regions(links_rs, link);
+    let mut p = Side::observed("");
+    let mut t = Side::observed("");
+    let mut lines = Vec::new();
+    for (i, (p_setup, p_link, t_setup, t_link)) in EFFORT.iter().enumerate() {
+        let m = &MECHANISMS[i];
+        let (pl, tl) = (count(process_rs, p_setup, p_link), count(thread_rs, t_setup, t_link));
+        anyhow::ensure!(pl > 0 && tl > 0, "no effort markers found for {} / {}", m.process.0, m.thread.0);
+        p.set(m.process.0, pl);
+        t.set(m.thread.0, tl);
+        lines.push((pl, tl));
+    }
+    let [pipe, socket, _, channel, ring] = [lines[0], lines[1], lines[2], lines[3], lines[4]];
+    p.set("harness_code_lines_processes_rely_on", HARNESS_FOR_PROCESSES.iter().map(|s| code_lines(s)).sum::<usize>());
+    p.summary = format!("{} lines for ipc-channel, {} for the shared-memory ring", channel.0, ring.0);
+    t.summary = format!("{} lines for crossbeam, {} for the in-place ring", channel.1, ring.1);
+    for side in [&mut p, &mut t] {
+        side.set("pipe_lines_equal_on_both_sides", pipe.0 == pipe.1);
+        side.set("socket_lines_equal_on_both_sides", socket.0 == socket.1);
+    }
+    // The claim, like with like: the channel and the shared memory take more lines between processes.
+    let matches = channel.0 > channel.1 && ring.0 > ring.1;
+    Ok(Findings {
+        process: ctx.process().then_some(p),
+        thread: ctx.thread().then_some(t),
+        matches_claim: (ctx.process() && ctx.thread()).then_some(matches),
+        note: Some(
+            "Counted in this binary's own sources (include_str! of process.rs, thread.rs and links.rs), between \
+             the `// effort: NAME begin` and `// effort: end` markers: each mechanism's setup (creating it, \
+             starting the partner, handing it its end) plus its send and receive. Blank and comment-only lines do \
+             not count. The pipe and socket pair are the same code on both sides except for how the partner gets \
+             its end; the channel and the ring are the like-with-like pairs the verdict compares: it holds when both \
+             take more lines between processes. The helpers that start the partner are counted on neither side; \
+             harness_code_lines_processes_rely_on is the harness code (fork and wait with deadlines, interrupt \
+             cleanup, named segments) that exists because processes need it."
+                .to_string(),
+        ),
+        skipped: None,
+    })
+}
+
+/// µs from ns, two decimals.
+fn micros(ns: f64) -> f64 {
+    round2(ns / 1000.0)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effort_counts_code_lines_between_markers_only() {
+        let src = "fn a() {}\n// effort: x begin\nlet a = 1;\n\n// a comment\nlet b = 2;\n// effort: end\nlet c = 3;\n\
+                   // effort: x begin\nlet d = 4;\n// effort: end\n";
+        assert_eq!(effort_lines(src, "x"), 3);
+        assert_eq!(effort_lines(src, "y"), 0);
+    }
+
+    #[test]
+    fn every_mechanism_has_its_markers_in_the_sources() {
+        let [(_, p), (_, t), (_, l)] = SOURCES;
+        for (p_setup, p_link, t_setup, t_link) in EFFORT {
+            for (source, names, file) in [
+                (p, p_setup, "process.rs"),
+                (t, t_setup, "thread.rs"),
+                (l, p_link, "links.rs"),
+                (l, t_link, "links.rs"),
+            ] {
+                for name in names.split(',') {
+                    assert!(effort_lines(source, name) > 0, "no region {name} in {file}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_runs_move_at_least_the_total() {
+        let n = messages_per_run(256 << 20, 13, 1 << 20);
+        assert!(n * 13 * (1 << 20) >= 256 << 20);
+        assert_eq!(messages_per_run(1, 7, 1 << 20), 4, "at least four messages a run");
+    }
+}

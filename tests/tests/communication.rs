@@ -1,0 +1,292 @@
+//! The communication row, driven as a user would drive it: its real binary as a subprocess.
+//! These tests assert what was observed (every byte arrived, checksummed; each task ran where
+//! it was pinned; the lines each mechanism takes; what a broken partner does to a run), never
+//! timings.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The mechanisms of each side, as the report names them.
+const PROCESS: [&str; 5] = ["pipe", "socket pair", "POSIX message queue", "ipc-channel", "shared-memory ring"];
+const THREAD: [&str; 5] = ["pipe", "socket pair", "std mpsc channel", "crossbeam channel", "in-place ring"];
+
+/// One `--quick` run shared by the tests that read the whole report.
+fn quick_report() -> &'static Value {
+    static REPORT: OnceLock<Value> = OnceLock::new();
+    REPORT.get_or_init(|| tests::report("communication", &["--quick"]))
+}
+
+fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
+}
+
+/// The report with what depends on the run or the machine taken out: measured numbers (also
+/// inside the matrix lines), the latency matrix (its shape depends on the CPUs allowed), and
+/// the size of the harness (it changes with other rows' work). Mechanisms, checksum facts and
+/// the effort counts of this row stay.
+fn redacted(report: &Value) -> Value {
+    let mut report = report.clone();
+    let keep: Vec<&str> = PROCESS.iter().chain(THREAD.iter()).copied().collect();
+    tests::redact_numbers(&mut report, &keep);
+    for e in report["experiments"].as_array_mut().unwrap() {
+        let id = e["id"].as_str().unwrap().to_string();
+        if let Some(Value::String(note)) = e.get_mut("note") {
+            *note = note.replace("one CPU (only one is allowed here)", "two CPUs");
+        }
+        for side in ["process", "thread"] {
+            let Some(facts) = e.get_mut(side).and_then(|s| s.get_mut("facts")).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (k, v) in facts.iter_mut() {
+                if k == "harness_code_lines_processes_rely_on" {
+                    *v = Value::String("[number]".into());
+                } else if let Value::String(s) = v {
+                    if id == "cpu-cost" && keep.contains(&k.as_str()) {
+                        *v = Value::String("[latency and CPU, one CPU and two]".into());
+                    } else {
+                        *v = Value::String(tests::digits_to_n(s));
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+#[test]
+fn json_report_matches_the_snapshot() {
+    insta::assert_json_snapshot!("communication_quick_json", redacted(quick_report()));
+}
+
+#[test]
+fn every_experiment_ran_and_none_failed() {
+    let ids: Vec<&str> =
+        quick_report()["experiments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["latency-channel", "latency-shm", "latency-pipe", "throughput-shm", "throughput-pipe", "cpu-cost", "effort"]
+    );
+    for e in quick_report()["experiments"].as_array().unwrap() {
+        assert!(e["verdict"] != "error" && e["verdict"] != "skipped", "{}: {}", e["id"], e["note"]);
+    }
+    let headlines: Vec<&str> = quick_report()["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["headline"] == true)
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(headlines, ["latency-channel", "throughput-shm", "effort"]);
+}
+
+#[test]
+fn every_byte_sent_arrived_and_its_checksum_matched() {
+    for id in ["throughput-shm", "throughput-pipe"] {
+        let e = experiment(quick_report(), id);
+        for side in ["process", "thread"] {
+            let f = &e[side]["facts"];
+            assert_eq!(f["checksums_match"], true, "{id} {side}");
+            let sent = f["bytes_sent"].as_u64().unwrap();
+            let received = f["bytes_received_timed_runs"].as_u64().unwrap();
+            assert!(received > 0 && received <= sent, "{id} {side}: {received} of {sent}");
+            assert_eq!(received % f["message_bytes"].as_u64().unwrap(), 0, "{id} {side}: whole messages");
+        }
+    }
+    // --quick moves at least 16 MiB through each side of the headline pair.
+    let shm = experiment(quick_report(), "throughput-shm");
+    assert!(shm["process"]["facts"]["bytes_sent"].as_u64().unwrap() >= 16 << 20);
+    assert_eq!(shm["process"]["facts"]["message_bytes"], 1 << 20);
+}
+
+#[test]
+fn the_matrix_shows_every_mechanism_at_every_size_with_its_checksums() {
+    let msgsize_max: usize =
+        std::fs::read_to_string("/proc/sys/fs/mqueue/msgsize_max").unwrap().trim().parse().unwrap();
+    let e = experiment(quick_report(), "throughput-shm");
+    for (side, names) in [("process", PROCESS), ("thread", THREAD)] {
+        let f = &e[side]["facts"];
+        assert_eq!(f["matrix_checksums_match"], true, "{side}");
+        for name in names {
+            let line = f[name].as_str().unwrap_or_else(|| panic!("{side}: no matrix line for {name}"));
+            assert!(line.contains("checksums match"), "{side} {name}: {line}");
+            for size in ["4 KiB", "64 KiB", "1 MiB"] {
+                assert!(line.contains(size), "{side} {name}: {size} missing in {line}");
+            }
+            // A message queue refuses messages over msgsize_max, and says so.
+            let refused = line.matches("not possible (msgsize_max)").count();
+            let expected = if name == "POSIX message queue" {
+                [64 << 10, 1 << 20].iter().filter(|&&s| s > msgsize_max).count()
+            } else {
+                0
+            };
+            assert_eq!(refused, expected, "{side} {name}: {line}");
+        }
+    }
+    let e = experiment(quick_report(), "cpu-cost");
+    for (side, names) in [("process", PROCESS), ("thread", THREAD)] {
+        for name in names {
+            let line = e[side]["facts"][name].as_str().unwrap_or_else(|| panic!("{side}: no latency line for {name}"));
+            assert!(line.starts_with("one CPU: p50 ") && line.contains("two CPUs: "), "{side} {name}: {line}");
+        }
+    }
+}
+
+#[test]
+fn round_trips_happened_where_the_tasks_were_pinned() {
+    for id in ["latency-channel", "latency-shm", "latency-pipe", "cpu-cost"] {
+        let e = experiment(quick_report(), id);
+        for side in ["process", "thread"] {
+            let f = &e[side]["facts"];
+            assert_eq!(f["ran_on_pinned_cpus"], true, "{id} {side}");
+            assert_eq!(f["pinned_cpus"], f["ran_on_cpus"], "{id} {side}");
+            assert_eq!(f["message_bytes"], 64, "{id} {side}");
+            assert!(f["round_trips"].as_u64().unwrap() >= 7, "{id} {side}");
+            assert!(f["p50_us"].as_f64().unwrap() <= f["p99_us"].as_f64().unwrap(), "{id} {side}");
+            assert!(f["cpu_us_per_round_trip"].as_f64().unwrap() > 0.0, "{id} {side}: CPU was used");
+        }
+        // Both sides of a pair make the same number of round trips.
+        assert_eq!(e["process"]["facts"]["round_trips"], e["thread"]["facts"]["round_trips"], "{id}");
+    }
+    let e = experiment(quick_report(), "latency-channel");
+    assert_eq!(e["process"]["facts"]["mechanism"], "ipc-channel");
+    assert_eq!(e["thread"]["facts"]["mechanism"], "crossbeam channel");
+    let same = |id: &str| {
+        let p = &experiment(quick_report(), id)["process"]["facts"]["pinned_cpus"];
+        p[0] == p[1]
+    };
+    assert!(same("latency-shm") && same("latency-pipe"), "the latency pairs run on one CPU");
+}
+
+#[test]
+fn effort_is_counted_from_the_sources_like_with_like() {
+    let e = experiment(quick_report(), "effort");
+    let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
+    for (side, names, f) in [("process", PROCESS, p), ("thread", THREAD, t)] {
+        for name in names {
+            assert!(f[name].as_u64().unwrap() >= 5, "{side} {name}: {}", f[name]);
+        }
+    }
+    let more = |pn: &str, tn: &str| p[pn].as_u64().unwrap() > t[tn].as_u64().unwrap();
+    let claim = more("ipc-channel", "crossbeam channel") && more("shared-memory ring", "in-place ring");
+    assert_eq!(e["verdict"], if claim { "holds" } else { "contradicted" });
+    assert!(p["harness_code_lines_processes_rely_on"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn a_truncated_message_is_an_error_that_says_so_never_a_hang() {
+    for id in ["latency-pipe", "latency-shm", "latency-channel"] {
+        let started = Instant::now();
+        let child = tests::spawn_in_own_group(
+            "communication",
+            &["--quick", "--json", "--only", id, "--side", "process"],
+            &[("PVT_COMM_FAULT", "truncate")],
+        );
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
+        let e = experiment(&report, id);
+        assert_eq!(e["verdict"], "error", "{id}");
+        let note = e["note"].as_str().unwrap();
+        assert!(note.contains("a truncated message") && note.contains("32 of 64 bytes"), "{id}: {note}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{id}: took {:?}", started.elapsed());
+        assert!(tests::group_members(pid).is_empty(), "{id} left: {:?}", tests::group_members(pid));
+    }
+}
+
+#[test]
+fn a_partner_that_stops_answering_is_an_error_at_the_deadline() {
+    let child = tests::spawn_in_own_group(
+        "communication",
+        &["--quick", "--json", "--only", "latency-shm", "--only", "effort"],
+        &[("PVT_COMM_FAULT", "stall"), ("PVT_DEADLINE_MS", "1000")],
+    );
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
+    let e = experiment(&report, "latency-shm");
+    assert_eq!(e["verdict"], "error");
+    assert!(e["note"].as_str().unwrap().contains("stopped answering"), "{e}");
+    assert_ne!(experiment(&report, "effort")["verdict"], "error", "the next experiment still ran");
+    assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_shared_memory_exchange_leaves_nothing_behind() {
+    // The partner stalls after a few messages, so the row is held inside the exchange.
+    let mut child = tests::spawn_in_own_group(
+        "communication",
+        &["--quick", "--json", "--only", "latency-shm", "--side", "process"],
+        &[("PVT_COMM_FAULT", "stall"), ("PVT_DEADLINE_MS", "30000")],
+    );
+    let pid = child.id();
+    assert!(tests::wait_until(30, || tests::group_members(pid).len() >= 2), "the partner never started");
+    std::thread::sleep(Duration::from_millis(300));
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    // The partner dies with the row (PR_SET_PDEATHSIG); the segment's name was removed as soon
+    // as both had it mapped, so no file is left in /dev/shm.
+    assert!(tests::wait_until(5, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
+    assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
+    // And the next run removes whatever a killed run of ours could have left.
+    assert!(tests::run("communication", &["--list"]).status.success());
+    assert!(tests::segments_of(pid).is_empty());
+}
+
+#[test]
+fn the_human_output_shows_the_matrix_one_line_per_side() {
+    let out = tests::run("communication", &["--quick", "--only", "throughput-shm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (side, names) in [("process", PROCESS), ("thread", THREAD)] {
+        let line = text.lines().find(|l| l.trim_start().starts_with(side)).unwrap_or_else(|| panic!("{text}"));
+        for name in names {
+            assert!(line.contains(&format!("{name}=4 KiB")), "{side}: {name} not on its line: {line}");
+        }
+    }
+}
+
+#[test]
+fn one_side_only_is_reported_as_skipped_not_judged() {
+    let report = tests::report("communication", &["--quick", "--only", "latency-pipe", "--side", "thread"]);
+    let e = experiment(&report, "latency-pipe");
+    assert!(e.get("process").is_none());
+    assert_eq!(e["verdict"], "skipped");
+    assert_eq!(e["thread"]["facts"]["mechanism"], "pipe");
+}
+
+#[test]
+fn list_names_every_experiment_and_bad_input_is_refused() {
+    let out = tests::run("communication", &["--list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ids.len(), 7, "{text}");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--only", "nosuch"], "invalid value 'nosuch'"),
+        (&["--side", "both"], "invalid value 'both'"),
+        (&["--list", "--json"], "cannot be used with"),
+        (&["stray"], "unexpected argument 'stray'"),
+    ];
+    for (args, expected) in cases {
+        tests::assert_bad_input("communication", args, expected);
+    }
+}
+
+/// The row is not in `tests::ROWS` yet (the ulimit test there expects every experiment to need
+/// a task, and `effort` needs none), so the whole-run leftovers check is made here: a full
+/// `--quick` run leaves no process of its group and no segment of its pid.
+#[test]
+fn a_whole_run_leaves_no_process_or_segment() {
+    let child = tests::spawn_in_own_group("communication", &["--quick", "--json"], &[]);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
+    assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
+}
