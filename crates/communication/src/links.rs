@@ -24,7 +24,8 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::exchange::{CONTROL_BYTES, Control, Link, truncated, wait_for};
-use crate::plumbing::{Peer, futex_wait, futex_wake};
+use crate::plumbing::Peer;
+use harness::futex::{self, Ops};
 
 fn control_bytes(message: &Control) -> [u8; CONTROL_BYTES] {
     let mut bytes = [0u8; CONTROL_BYTES];
@@ -268,7 +269,7 @@ impl Ring {
         h.lens[(head % ring.count) as usize].store(len as u32, Ordering::Relaxed);
         h.head.store(head.wrapping_add(1), Ordering::SeqCst);
         if h.consumer_waits.load(Ordering::SeqCst) != 0 {
-            futex_wake(&h.head, self.shared);
+            let _ = futex::wake(&h.head, u32::MAX, Ops::shared_if(self.shared));
         }
         Ok(())
     }
@@ -290,7 +291,7 @@ impl Ring {
         read(unsafe { std::slice::from_raw_parts(ring.slot(tail), len) });
         h.tail.store(tail.wrapping_add(1), Ordering::SeqCst);
         if h.producer_waits.load(Ordering::SeqCst) != 0 {
-            futex_wake(&h.tail, self.shared);
+            let _ = futex::wake(&h.tail, u32::MAX, Ops::shared_if(self.shared));
         }
         Ok(())
     }
@@ -313,7 +314,7 @@ fn sleep_until(
     let seen = word.load(Ordering::SeqCst);
     waits.store(1, Ordering::SeqCst);
     if !ready() && gone.load(Ordering::SeqCst) == 0 {
-        match futex_wait(word, seen, shared, slice) {
+        match futex::wait(word, seen, Ops::shared_if(shared), Some(slice)) {
             Ok(()) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR | nix::errno::Errno::ETIMEDOUT) => {}
             Err(e) => return Err(e).context("futex FUTEX_WAIT"),
         }
@@ -332,8 +333,8 @@ impl Drop for Ring {
         for ring in [self.out, self.inn] {
             let h = ring.header();
             h.gone.store(1, Ordering::SeqCst);
-            futex_wake(&h.head, self.shared);
-            futex_wake(&h.tail, self.shared);
+            let _ = futex::wake(&h.head, u32::MAX, Ops::shared_if(self.shared));
+            let _ = futex::wake(&h.tail, u32::MAX, Ops::shared_if(self.shared));
         }
     }
 }

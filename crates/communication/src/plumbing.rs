@@ -1,35 +1,14 @@
-//! Plumbing this row needs that the harness does not have yet. Each item here belongs in the
-//! harness (see the report of issue 11): a futex call, a cheap "is the partner still alive?"
-//! check on a child, and POSIX message queues with the naming, cleanup and stale-removal
-//! rules of `harness::shm::Segment`.
+//! Plumbing only this row needs: a cheap "is the partner still alive?" check, and POSIX
+//! message queues with the naming, cleanup and stale-removal rules of `harness::shm::Segment`.
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, ensure};
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
-
-/// futex(2) on a 32-bit word: FUTEX_WAIT(_PRIVATE) with a relative timeout, or
-/// FUTEX_WAKE(_PRIVATE). `shared` picks the ops that work across address spaces.
-pub fn futex_wait(word: &AtomicU32, expected: u32, shared: bool, timeout: Duration) -> nix::Result<()> {
-    let op = if shared { libc::FUTEX_WAIT } else { libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG };
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
-    // Safety: futex(2) reads the aligned 32-bit word behind `word`, valid for the call; `ts`
-    // lives on our stack; uaddr2 and val3 are unused by FUTEX_WAIT.
-    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, expected, &ts, std::ptr::null::<u32>(), 0u32) };
-    nix::errno::Errno::result(r).map(drop)
-}
-
-/// Wakes every task waiting on `word`.
-pub fn futex_wake(word: &AtomicU32, shared: bool) {
-    let op = if shared { libc::FUTEX_WAKE } else { libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG };
-    // Safety: as above; FUTEX_WAKE reads no timeout.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, i32::MAX, std::ptr::null::<u8>(), 0usize, 0u32) };
-}
 
 /// Is the task on the other end still there? Asked only when a wait has gone on for a while,
 /// so that a partner that died shows as an error at once instead of at the deadline.

@@ -420,6 +420,12 @@ fn adopt(pid: Pid, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> Result<C
     Ok(child)
 }
 
+/// A descriptor that becomes readable when process `pid` ends (pidfd_open(2)), for a caller
+/// that must wake for a child's end beside other descriptors (poll(2)).
+pub fn pidfd(pid: i32) -> Result<OwnedFd> {
+    pidfd_open(Pid::from_raw(pid))
+}
+
 /// A descriptor that becomes readable when the process ends (pidfd_open(2)).
 fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1.

@@ -59,6 +59,17 @@ impl Mapping {
         unsafe { madvise(self.start, self.len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")
     }
 
+    /// Keeps the mapping out of every later fork(2) of this process (MADV_DONTFORK,
+    /// madvise(2)): a fork write-protects every private page the child inherits, even in the
+    /// parent, whose next write to each then faults; and it copies their page-table entries.
+    /// A mapping no child inherits is left alone. For the thread side of an experiment whose
+    /// process side forks in turns with it.
+    pub fn dont_fork(&self) -> Result<()> {
+        // Safety: advice on our own mapping, whole pages; it changes no contents, only what a
+        // child gets (nothing of this range).
+        unsafe { madvise(self.start, self.len, MmapAdvise::MADV_DONTFORK) }.context("madvise MADV_DONTFORK")
+    }
+
     /// KiB of this mapping backed by transparent huge pages now (AnonHugePages in
     /// /proc/self/smaps for the area that holds our mapping).
     pub fn huge_kib(&self) -> Result<u64> {

@@ -369,9 +369,13 @@ fn withhold_if_busy(e: &mut Experiment) {
     e.verdict = Verdict::Tie;
 }
 
-/// True for a unit of time, alone or per something: "µs", "ns/switch".
+/// True for a unit of time, alone or per something ("µs", "ns/switch"), or a rate per unit
+/// of time ("GB/s", "requests/s"): both measure who else had the CPU.
 fn is_timing(unit: &str) -> bool {
-    matches!(unit.split('/').next(), Some("s" | "ms" | "µs" | "us" | "ns"))
+    let mut parts = unit.split('/');
+    let (first, last) = (parts.next(), unit.rsplit('/').next());
+    let time = |u: Option<&str>| matches!(u, Some("s" | "ms" | "µs" | "us" | "ns"));
+    time(first) || (unit.contains('/') && time(last))
 }
 
 fn run_child(row: &Row, args: &[String]) -> ExitCode {
@@ -439,6 +443,10 @@ mod tests {
         count.unit = Some("KiB/worker".into());
         withhold_if_busy(&mut count);
         assert_eq!((count.verdict, count.busy), (Verdict::Holds, None), "a count is not a timing");
+        let mut rate = measured(Verdict::Holds, 0.9);
+        rate.unit = Some("GB/s".into());
+        withhold_if_busy(&mut rate);
+        assert_eq!(rate.verdict, Verdict::Tie, "a rate per second is a timing");
         let mut skipped = measured(Verdict::Skipped, 0.9);
         withhold_if_busy(&mut skipped);
         assert_eq!((skipped.verdict, skipped.busy), (Verdict::Skipped, None));

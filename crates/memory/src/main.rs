@@ -7,7 +7,6 @@
 //! verdicts. See docs/memory.md.
 
 mod pages;
-mod plumbing;
 mod process;
 mod thread;
 

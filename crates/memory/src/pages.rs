@@ -11,7 +11,6 @@
 //! madvise(2); TLPI 24.2 (fork and copy-on-write).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,11 +19,10 @@ use anyhow::{Context, Result, bail};
 use harness::mem::{Mapping, Sharing, page_size};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::mman::{MmapAdvise, madvise};
 use nix::unistd::pipe2;
 use procfs::Current;
 
-use crate::plumbing::poll_until;
+use harness::poll::poll_until;
 
 /// The value every private-write experiment starts from.
 pub const BEFORE: u64 = 1;
@@ -149,10 +147,7 @@ impl Buffer {
     /// the parent, and the parent's next write to each then faults to make it writable again.
     /// A buffer no child inherits is left alone.
     pub fn kept_from_forks(self) -> Result<Buffer> {
-        let start = NonNull::new(self.mapping.as_ptr().cast()).context("a mapping at address 0")?;
-        // Safety: advice on our own mapping, whole pages; it changes no contents, only what a
-        // child gets (nothing of this range).
-        unsafe { madvise(start, self.mapping.len(), MmapAdvise::MADV_DONTFORK) }.context("madvise MADV_DONTFORK")?;
+        self.mapping.dont_fork()?;
         Ok(self)
     }
 

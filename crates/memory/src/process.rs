@@ -24,8 +24,8 @@ use harness::{Child, deliver, fork_child, fork_child_keeping, spawn_sacrificial,
 use shared_memory::{ShmemConf, ShmemError};
 
 use crate::pages::{self, Added, BEFORE, Buffer, Gate, Kernel, OwnPage, Pass, Usage, Writes};
-use crate::plumbing::poll_until;
 use crate::{PrivateWrite, SEGMENT_VALUE, SegmentFacts, SharedSegment};
+use harness::poll::poll_until;
 
 /// A child process writes a global and a heap value; the parent looks at both afterwards.
 pub fn private_write(deadline: Duration) -> Result<PrivateWrite> {

@@ -19,8 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use harness::deliver;
 
 use crate::pages::{self, Added, BEFORE, Buffer, Gate, Kernel, OwnPage, Pass, Usage};
-use crate::plumbing::poll_until;
 use crate::{PrivateWrite, SEGMENT_VALUE, SharedSegment};
+use harness::poll::poll_until;
 
 /// A thread writes a global and a heap value; the thread that started it looks at both
 /// afterwards.

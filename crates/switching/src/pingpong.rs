@@ -112,27 +112,8 @@ impl Partner for Pipes {
     }
 }
 
-/// Which futex operations to use (futex(2)).
-#[derive(Debug, Clone, Copy)]
-pub struct FutexOps {
-    pub wait: libc::c_int,
-    pub wake: libc::c_int,
-    pub name: &'static str,
-    /// True for the _PRIVATE ops, which work only inside one address space.
-    pub private: bool,
-}
-
-/// Works across address spaces: the kernel finds the waiters by the word's physical page.
-pub const SHARED: FutexOps =
-    FutexOps { wait: libc::FUTEX_WAIT, wake: libc::FUTEX_WAKE, name: "FUTEX_WAIT/FUTEX_WAKE", private: false };
-
-/// Works only inside one address space: the kernel finds the waiters by (mm, virtual address).
-pub const PRIVATE: FutexOps = FutexOps {
-    wait: libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-    wake: libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-    name: "FUTEX_WAIT_PRIVATE/FUTEX_WAKE_PRIVATE",
-    private: true,
-};
+/// Which futex operations to use (futex(2)): the harness's one wrapper.
+pub use harness::futex::{Ops as FutexOps, PRIVATE, SHARED};
 
 /// One 32-bit word that says whose turn it is: a command means the partner's, DONE the
 /// driver's. Each task sleeps in FUTEX_WAIT while the word says it is the other's turn.
@@ -168,7 +149,7 @@ impl<'a> Futex<'a> {
             bail!("the other task is gone");
         }
         if old & SLEEPING != 0 {
-            futex(self.word, self.ops.wake, 1, None).context("futex FUTEX_WAKE")?;
+            harness::futex::wake(self.word, 1, self.ops).context("futex FUTEX_WAKE")?;
         }
         Ok(())
     }
@@ -177,7 +158,7 @@ impl<'a> Futex<'a> {
     /// driver, asleep or about to be, wakes up and stops instead of waiting forever.
     pub fn abandon(word: &AtomicU32, ops: FutexOps) {
         word.store(GONE, Ordering::Release);
-        let _ = futex(word, ops.wake, i32::MAX as u32, None);
+        let _ = harness::futex::wake(word, u32::MAX, ops);
     }
 
     /// Sleeps until the word no longer says `value`, and returns what it says then.
@@ -195,7 +176,7 @@ impl<'a> Futex<'a> {
             }
             // The kernel sleeps only if the word still says "value, and I sleep"; EAGAIN (it
             // changed first) and EINTR just mean: look again.
-            match futex(self.word, self.ops.wait, value | SLEEPING, timeout) {
+            match harness::futex::wait(self.word, value | SLEEPING, self.ops, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::ETIMEDOUT) => bail!("no answer on the futex within {timeout:?}"),
                 Err(e) => return Err(e).context("futex FUTEX_WAIT"),
@@ -253,17 +234,6 @@ impl Drop for Futex<'_> {
         // the other task, which then sees STOP or GONE instead of sleeping forever.
         let _ = self.set(self.on_drop);
     }
-}
-
-/// futex(2) on a 32-bit word: FUTEX_WAIT(_PRIVATE) with a relative timeout, or FUTEX_WAKE(_PRIVATE).
-fn futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: Option<Duration>) -> nix::Result<libc::c_long> {
-    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // Safety: futex(2) reads the aligned 32-bit word behind `word`, which stays valid for
-    // the call; `ts_ptr` is null or points at a timespec on our stack; uaddr2 and val3 are
-    // unused by FUTEX_WAIT and FUTEX_WAKE.
-    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts_ptr, std::ptr::null::<u32>(), 0u32) };
-    nix::errno::Errno::result(r)
 }
 
 /// A task's own buffer, touched one cache line at a time between switches (lmbench's

@@ -8,7 +8,6 @@
 mod frame;
 mod http;
 mod load;
-mod plumbing;
 mod process;
 mod thread;
 mod untrusted;
@@ -543,10 +542,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     // process side's forks, which would otherwise copy their page tables.
     let buffer = ctx.thread_side(|| {
         let m = Mapping::anonymous(len, Sharing::Private)?;
-        let start = std::ptr::NonNull::new(m.as_ptr().cast()).context("a null mapping")?;
-        // Safety: advice on our own mapping; it changes no contents.
-        unsafe { nix::sys::mman::madvise(start, m.len(), nix::sys::mman::MmapAdvise::MADV_DONTFORK) }
-            .context("madvise MADV_DONTFORK")?;
+        m.dont_fork()?;
         Ok(m)
     })?;
     // Safety: each slice covers exactly its own mapping, which lives until the end of this

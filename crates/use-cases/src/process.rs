@@ -26,7 +26,7 @@ use nix::unistd::pipe2;
 
 use crate::http::{self, ServerReport};
 use crate::untrusted::{self, Runaway};
-use crate::{FilterRun, frame, plumbing};
+use crate::{FilterRun, frame};
 
 /// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
 /// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
@@ -38,7 +38,7 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
     loop {
         // process: the master learns of a worker's death from its pidfd, as a parent does from
         // SIGCHLD and waitpid(2), while it also listens for the order to stop.
-        let pidfds: Vec<OwnedFd> = pool.iter().map(|w| plumbing::pidfd(w.pid())).collect::<Result<_>>()?;
+        let pidfds: Vec<OwnedFd> = pool.iter().map(|w| harness::child::pidfd(w.pid())).collect::<Result<_>>()?;
         let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
         match poll(&mut fds, PollTimeout::NONE) {

@@ -1,7 +1,6 @@
-//! Plumbing this row needs that belongs in the harness: waiting, with a deadline, for
-//! something that cannot be waited on directly (a word in shared memory, a count in /proc).
-//! Every wait of the row goes through [`poll_until`], so that each has a deadline and says
-//! what it was waiting for when it gives up.
+//! Waiting, with a deadline, for something that cannot be waited on directly (a word in
+//! shared memory, a count in /proc): every such wait goes through [`poll_until`], so that
+//! each has a deadline and says what it was waiting for when it gives up.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,6 @@ pub fn poll_until<T>(
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
