@@ -34,6 +34,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The environment the tests give `cargo xtask`: build the rows in the dev profile (as
+/// optimised as release here), so that the tests reuse what `cargo test` built instead of
+/// building the whole workspace a second time.
+pub const XTASK_ENV: (&str, &str) = ("PVT_BUILD_PROFILE", "dev");
+
+/// `cargo xtask` as the tests run it.
+pub fn xtask() -> Command {
+    let mut cmd = Command::new(binary("xtask"));
+    cmd.env(XTASK_ENV.0, XTASK_ENV.1);
+    cmd
+}
+
 /// Runs a row binary with arguments and returns what it did.
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(binary(name)).args(args).output().expect("running the row binary")

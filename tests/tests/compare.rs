@@ -2,12 +2,11 @@
 //! `--repeat` accounts for every experiment of every row.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use serde_json::Value;
 
 fn xtask(args: &[&str]) -> (String, String, Option<i32>) {
-    let out = Command::new(tests::binary("xtask")).args(args).output().expect("running the xtask");
+    let out = tests::xtask().args(args).output().expect("running the xtask");
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -232,10 +232,10 @@ fn interrupt_compare(signal: i32, whole_group: bool) -> String {
     let child = tests::spawn_in_own_group(
         "xtask",
         &["compare", "--quick", "stability"],
-        &[("PVT_HANG", "restart"), ("PVT_DEADLINE_MS", "60000")],
+        &[("PVT_HANG", "restart"), ("PVT_DEADLINE_MS", "60000"), tests::XTASK_ENV],
     );
     let pgid = child.id();
-    // The release build comes first and may take minutes on a fresh clone.
+    // The build comes first (a no-op when cargo test has built the rows).
     let mut row = 0;
     let holding = || {
         let members = tests::group_members(pgid);

@@ -112,17 +112,23 @@ pub fn status(mut cmd: Command) -> Result<std::process::ExitStatus> {
 }
 
 /// Builds the rows' binaries once, with optimisations, and returns their paths.
+///
+/// `PVT_BUILD_PROFILE=dev` builds the dev profile instead (optimised too, see Cargo.toml): the
+/// tests set it so that they reuse the binaries `cargo test` has built rather than build
+/// everything a second time.
 pub fn build_release(rows: &[String]) -> Result<Vec<PathBuf>> {
+    let profile = std::env::var("PVT_BUILD_PROFILE").unwrap_or_else(|_| "release".to_string());
+    let dir = if profile == "dev" { "debug" } else { profile.as_str() };
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(root()).args(["build", "--release", "--quiet"]);
+    cmd.current_dir(root()).args(["build", "--profile", &profile, "--quiet"]);
     for r in rows {
         cmd.args(["--package", r, "--bin", r]);
     }
     // Cargo's own messages go to stderr; stdout stays for the report.
     cmd.stdout(Stdio::null());
     let status = status(cmd)?;
-    ensure!(status.success(), "cargo build --release failed ({status})");
-    Ok(rows.iter().map(|r| target_dir().join("release").join(r)).collect())
+    ensure!(status.success(), "cargo build --profile {profile} failed ({status})");
+    Ok(rows.iter().map(|r| target_dir().join(dir).join(r)).collect())
 }
 
 /// Runs a row binary with `--json` and reads its report.
