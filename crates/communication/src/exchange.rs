@@ -52,25 +52,24 @@ pub fn truncated(what: &str, got: usize, wanted: usize) -> anyhow::Error {
 
 /// Waits in slices until `attempt` gets something: between slices it asks whether the
 /// peer is still alive, so a partner that died is an error at once, and a partner that hangs
-/// is one at the deadline.
+/// is one at the deadline (harness::poll::poll_until keeps the deadline).
 pub fn wait_for<T>(
     what: &str,
     peer: &Peer,
     deadline: Instant,
     mut attempt: impl FnMut(Duration) -> Result<Option<T>>,
 ) -> Result<T> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(got) = attempt(left.min(SLICE))? {
-            return Ok(got);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let awaited = format!("a message on the {what} (the partner stopped answering)");
+    // Each check waits itself (up to a slice), so there is no pause between checks.
+    harness::poll::poll_until(left, &awaited, Duration::ZERO, || {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+        if let Some(got) = attempt(slice)? {
+            return Ok(Some(got));
         }
-        if !peer.alive() {
-            bail!("the partner ended while we waited for a message on the {what}");
-        }
-        if Instant::now() >= deadline {
-            bail!("no message on the {what} within the deadline: the partner stopped answering");
-        }
-    }
+        ensure!(peer.alive(), "the partner ended while we waited for a message on the {what}");
+        Ok(None)
+    })
 }
 
 /// What the partner was told to do wrong (`PVT_COMM_FAULT`, for the reliability tests).
@@ -78,7 +77,8 @@ pub fn wait_for<T>(
 pub enum Fault {
     /// Answer the first PING with half a message, then end: a peer that dies mid-message.
     Truncate,
-    /// Stop answering after the first few PINGs and sleep: a peer that hangs.
+    /// Stop answering after the first few PINGs: a peer that hangs. It still takes what
+    /// arrives, so that it ends (and a partner thread can be joined) once the link closes.
     Stall,
 }
 
@@ -110,7 +110,7 @@ pub fn serve(link: &mut dyn Link, deadline: Duration) -> Result<()> {
                         bail!("fault injected ({FAULT_ENV}=truncate): ended after half a message");
                     }
                     Some(Fault::Stall) if pings > 10 => loop {
-                        std::thread::sleep(Duration::from_secs(3600));
+                        link.recv_control(Instant::now() + deadline)?;
                     },
                     _ => {}
                 }
@@ -200,7 +200,8 @@ fn round_trip(link: &mut dyn Link, deadline: Duration) -> Result<()> {
 
 /// One timed run: `n` round trips, each timed into `all` and into the run's own histogram,
 /// with the CPU time both tasks used meanwhile.
-pub fn trips(link: &mut dyn Link, n: u64, all: &mut Latencies, deadline: Duration) -> Result<Trips> {
+/// `all` is None for a warm-up run, whose round trips go into no percentile.
+pub fn trips(link: &mut dyn Link, n: u64, mut all: Option<&mut Latencies>, deadline: Duration) -> Result<Trips> {
     let (partner_before, _) = report(link, deadline)?;
     let driver_before = thread_cpu_ns();
     let mut this_run = Latencies::new();
@@ -209,7 +210,9 @@ pub fn trips(link: &mut dyn Link, n: u64, all: &mut Latencies, deadline: Duratio
         round_trip(link, deadline)?;
         let took = start.elapsed();
         this_run.record(took);
-        all.record(took);
+        if let Some(all) = all.as_deref_mut() {
+            all.record(took);
+        }
     }
     let driver = thread_cpu_ns() - driver_before;
     let (partner_after, partner_cpu) = report(link, deadline)?;
@@ -251,9 +254,10 @@ pub fn bulk(link: &mut dyn Link, size: usize, count: u64, seed: u64, deadline: D
     let first = source.get(..8).map_or(0, |w| u64::from_ne_bytes(w.try_into().expect("8 bytes")));
     let start = Instant::now();
     link.send_control(&[BULK, size as u64, count, 0, 0, 0, 0, 0])?;
-    let mut sent = 0u64;
+    let (mut sent, mut bytes_sent) = (0u64, 0u64);
     for i in 0..count {
         link.send_bulk(size, &mut |m| {
+            bytes_sent += m.len() as u64;
             m.copy_from_slice(&source);
             let mut sum = source_sum;
             if size >= 8 {
@@ -267,10 +271,9 @@ pub fn bulk(link: &mut dyn Link, size: usize, count: u64, seed: u64, deadline: D
     let answer = link.recv_control(Instant::now() + deadline)?;
     let took = start.elapsed();
     ensure!(answer[0] == ANSWER, "expected the partner's bulk answer, got {}", answer[0]);
-    let bytes = size as u64 * count;
     Ok(Moved {
-        gb_per_s: bytes as f64 / took.as_secs_f64() / 1e9,
-        bytes_sent: bytes,
+        gb_per_s: bytes_sent as f64 / took.as_secs_f64() / 1e9,
+        bytes_sent,
         bytes_received: answer[2],
         checksum_sent: sent,
         checksum_received: answer[1],
@@ -344,41 +347,54 @@ pub struct Session {
     pub partner: Partner,
     /// What must outlive the partner: a segment, queues. Dropped last (field order).
     pub keep: Vec<Box<dyn std::any::Any>>,
+    /// Where the messages are written, for a mechanism that writes them into memory (the
+    /// rings): the run reads the huge pages behind it (crate::plumbing::huge_kib_at).
+    pub memory: Option<usize>,
 }
 
 impl Session {
     /// Stops the partner and waits for it (with the deadline); its own error, if it had one,
     /// comes first.
-    pub fn finish(self, deadline: Duration) -> Result<()> {
-        let Session { mut link, partner, keep } = self;
-        let stopped = stop(&mut *link);
-        drop(link);
-        let ended = Session::end(partner, deadline);
-        drop(keep);
+    pub fn finish(mut self, deadline: Duration) -> Result<()> {
+        let stopped = stop(&mut *self.link);
+        let ended = self.close(deadline);
         ended.and(stopped)
     }
 
     /// After a failed run: the error, with what became of the partner.
     pub fn fail(self, error: anyhow::Error) -> anyhow::Error {
-        let Session { link, partner, keep } = self;
-        drop(link);
-        let ended = Session::end(partner, Duration::from_secs(2));
-        drop(keep);
-        match ended {
+        match self.close(Duration::from_secs(2)) {
             Ok(()) => error,
             Err(e) => error.context(format!("{e:#}")),
         }
+    }
+
+    /// Closes our end, so that the partner's next receive fails and it returns, and waits
+    /// for it up to `deadline`.
+    pub fn close(self, deadline: Duration) -> Result<()> {
+        let Session { link, partner, keep, memory: _ } = self;
+        drop(link);
+        let ended = Session::end(partner, deadline);
+        drop(keep);
+        ended
     }
 
     fn end(partner: Partner, deadline: Duration) -> Result<()> {
         match partner {
             Partner::Process(child) => child.wait(deadline)?.check("the partner process"),
             Partner::Thread(handle, ended) => {
-                // A thread cannot be killed: wait for its end up to the deadline, then leave it.
-                let until = Instant::now() + deadline;
-                while !ended.load(std::sync::atomic::Ordering::Acquire) {
-                    ensure!(Instant::now() < until, "the partner thread did not end within {deadline:?}");
-                    std::thread::sleep(Duration::from_micros(200));
+                // A thread cannot be killed: our end is closed, so it returns; wait for that up
+                // to the deadline. One that does not is left running, and a fork from now on
+                // would copy a process with a second thread in it: the row forks no more.
+                let seen = harness::poll::poll_until(
+                    deadline,
+                    "the partner thread to end after its link closed",
+                    Duration::from_micros(200),
+                    || Ok(ended.load(std::sync::atomic::Ordering::Acquire).then_some(())),
+                );
+                if let Err(e) = seen {
+                    crate::plumbing::refuse_forks(format!("a partner thread did not end ({e})"));
+                    return Err(e.context("a partner thread outlives its session: this row forks no more"));
                 }
                 handle.join().map_err(|_| anyhow::anyhow!("the partner thread panicked"))?.context("the partner thread")
             }

@@ -572,7 +572,8 @@ pub struct Channel<Tx, Rx> {
 
 /// The little that differs between crossbeam's channels and std's.
 pub trait Bounded: Send {
-    fn put(&self, m: Message) -> Result<(), ()>;
+    /// Sends `m`, waiting up to `slice` for room; gives it back if there was none.
+    fn put(&self, m: Message, slice: Duration) -> Result<Option<Message>, ()>;
     fn put_now(&self, m: Message);
 }
 pub trait Take: Send {
@@ -584,8 +585,12 @@ pub trait Take: Send {
 
 // effort: crossbeam begin
 impl Bounded for crossbeam::channel::Sender<Message> {
-    fn put(&self, m: Message) -> Result<(), ()> {
-        self.send(m).map_err(drop)
+    fn put(&self, m: Message, slice: Duration) -> Result<Option<Message>, ()> {
+        match self.send_timeout(m, slice) {
+            Ok(()) => Ok(None),
+            Err(crossbeam::channel::SendTimeoutError::Timeout(m)) => Ok(Some(m)),
+            Err(crossbeam::channel::SendTimeoutError::Disconnected(_)) => Err(()),
+        }
     }
     fn put_now(&self, m: Message) {
         let _ = self.try_send(m);
@@ -607,8 +612,19 @@ impl Take for crossbeam::channel::Receiver<Message> {
 
 // effort: mpsc begin
 impl Bounded for std::sync::mpsc::SyncSender<Message> {
-    fn put(&self, m: Message) -> Result<(), ()> {
-        self.send(m).map_err(drop)
+    fn put(&self, mut m: Message, slice: Duration) -> Result<Option<Message>, ()> {
+        // std's SyncSender has no send with a timeout: try, and give the CPU to the receiver
+        // while the channel is full.
+        let until = Instant::now() + slice;
+        loop {
+            match self.try_send(m) {
+                Ok(()) => return Ok(None),
+                Err(std::sync::mpsc::TrySendError::Full(back)) if Instant::now() < until => m = back,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => return Ok(Some(back)),
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
+            }
+            std::thread::yield_now();
+        }
     }
     fn put_now(&self, m: Message) {
         let _ = self.try_send(m);
@@ -632,8 +648,13 @@ impl Take for std::sync::mpsc::Receiver<Message> {
 // effort: channel begin
 impl<Tx: Bounded, Rx: Take> Channel<Tx, Rx> {
     fn send(&mut self, m: Message) -> Result<()> {
-        // A bounded channel blocks the sender while it is full: back-pressure.
-        self.tx.put(m).map_err(|()| anyhow!("the partner closed the {}", self.what))
+        // A bounded channel holds the sender back while it is full: back-pressure.
+        let (tx, what, mut pending) = (&self.tx, self.what, Some(m));
+        wait_for(what, &self.peer, Instant::now() + crate::exchange::SLICE * 600, |slice| {
+            let m = pending.take().expect("a message is pending until sent");
+            pending = tx.put(m, slice).map_err(|()| anyhow!("the partner closed the {what}"))?;
+            Ok(pending.is_none().then_some(()))
+        })
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Message> {

@@ -21,12 +21,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::cpu::{Pinned, Placement};
 use harness::row::Which;
-use harness::stats::{self, Latencies, Summary};
+use harness::stats::{self, Latencies, Plan, Summary};
 use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Row, Side, Spec};
 
 use exchange::{Moved, Session, Shape, Trips};
 
 const LATENCY_UNIT: &str = "µs/round-trip";
+/// CPU time, not latency; it still starts with a unit of time, so the busy rule treats it as
+/// the timing it is (harness::row::is_timing looks at the part before the first '/').
+const CPU_UNIT: &str = "µs/round-trip (CPU)";
 const BULK_UNIT: &str = "µs/MiB";
 
 const fn measure(
@@ -108,7 +111,7 @@ static ROW: Row = Row {
             "cpu-cost",
             "CPU time of both tasks per 64-byte round trip over a channel, ipc-channel vs crossbeam, on two \
              CPUs (matrix: every mechanism's latency and CPU, one CPU and two)",
-            LATENCY_UNIT,
+            CPU_UNIT,
             Better::Lower,
             Expected::Thread,
             PARTNER,
@@ -116,7 +119,8 @@ static ROW: Row = Row {
         ),
         Spec {
             id: "effort",
-            title: "Lines of code each mechanism needs for one exchange, counted in this row's own sources",
+            title: "Lines of code each mechanism needs for one exchange, counted in this row's own sources at build \
+                    time",
             kind: Kind::Observe,
             unit: None,
             expected: Expected::Thread,
@@ -188,6 +192,10 @@ const MATRIX_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
 /// Starts a session and waits for its partner's READY: nothing before it is timed.
 fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape) -> Result<Session> {
     let (name, start) = m.side(which);
+    if which == Which::Process {
+        // A fork copies only the forking thread: none may be left from an earlier session.
+        plumbing::ensure_forks_allowed().with_context(|| format!("the {name} was not started"))?;
+    }
     let mut session = start(ctx, place, shape).with_context(|| format!("starting the {name}"))?;
     match exchange::wait_ready(&mut *session.link, ctx.deadline()) {
         Ok(()) => Ok(session),
@@ -195,73 +203,126 @@ fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape)
     }
 }
 
-/// Both sides of a pair, run in turns: the process side is set up first (fork while
-/// single-threaded), then the thread side; each run is `run` on one side's link, which
-/// returns the run's number and what else it saw. Warm-up runs are left out of the `T`s.
+/// What one side of a pair gave: the summary of its timed runs, what each run saw (the
+/// warm-up runs apart), and the huge pages behind the memory its messages were written into
+/// (the rings), read after its last run.
+struct Ran<T> {
+    summary: Summary,
+    warmup: Vec<T>,
+    timed: Vec<T>,
+    huge_kib: Option<u64>,
+}
+
+impl<T> Ran<T> {
+    fn all(&self) -> impl Iterator<Item = &T> {
+        self.warmup.iter().chain(&self.timed)
+    }
+}
+
+/// Both sides of a pair, run in turns by `plan` (harness::stats::interleave): the process
+/// side is set up first (fork while single-threaded), then the thread side; `prepare` then
+/// sees both links (sizing the runs: outside every run, the same for both), and each run is
+/// `run` on one side's link, which returns the run's number and what else it saw.
 #[allow(clippy::type_complexity)]
-fn pair<T>(
+fn pair<S, T>(
     ctx: &Ctx,
     m: &Mechanism,
     place: Placement,
     shape: Shape,
-    run: impl FnMut(&mut dyn exchange::Link, Which) -> Result<(f64, T)>,
-) -> Result<(Option<(Summary, Vec<T>)>, Option<(Summary, Vec<T>)>)> {
+    plan: Plan,
+    prepare: impl FnOnce(&mut [&mut dyn exchange::Link]) -> Result<S>,
+    run: impl FnMut(&mut dyn exchange::Link, Which, &S) -> Result<(f64, T)>,
+) -> Result<[Option<Ran<T>>; 2]> {
     // Both closures call `run`, one at a time.
     let run = std::cell::RefCell::new(run);
     let _pinned = Pinned::to(place.driver)?;
     let mut p = ctx.process_side(|| start(ctx, Which::Process, m, place, shape))?;
     let mut t = match ctx.thread_side(|| start(ctx, Which::Thread, m, place, shape)) {
         Ok(t) => t,
-        Err(e) => return Err(fail_both(p, None, Some(Which::Process), e)),
+        Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
+    };
+    let prepared = {
+        let mut links: Vec<&mut dyn exchange::Link> =
+            [p.as_mut(), t.as_mut()].into_iter().flatten().map(|s| &mut *s.link as &mut dyn exchange::Link).collect();
+        prepare(&mut links)
+    };
+    let prepared = match prepared {
+        Ok(s) => s,
+        Err(e) => return Err(end_both(ctx, p, t, None, e)),
     };
     let (mut pv, mut tv) = (Vec::new(), Vec::new());
     let failed = std::cell::Cell::new(None);
-    let runs = ctx.interleave(
-        || {
-            let s = p.as_mut().expect("the process side runs only when set up");
-            let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Process)
-                .inspect_err(|_| failed.set(Some(Which::Process)))
-                .with_context(|| format!("the {}", m.process.0))?;
-            pv.push(seen);
-            Ok(value)
-        },
-        || {
-            let s = t.as_mut().expect("the thread side runs only when set up");
-            let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Thread)
-                .inspect_err(|_| failed.set(Some(Which::Thread)))
-                .with_context(|| format!("the {}", m.thread.0))?;
-            tv.push(seen);
-            Ok(value)
-        },
+    let mut process_run = || {
+        let s = p.as_mut().expect("the process side runs only when set up");
+        let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Process, &prepared)
+            .inspect_err(|_| failed.set(Some(Which::Process)))
+            .with_context(|| format!("the {}", m.process.0))?;
+        pv.push(seen);
+        Ok(value)
+    };
+    let mut thread_run = || {
+        let s = t.as_mut().expect("the thread side runs only when set up");
+        let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Thread, &prepared)
+            .inspect_err(|_| failed.set(Some(Which::Thread)))
+            .with_context(|| format!("the {}", m.thread.0))?;
+        tv.push(seen);
+        Ok(value)
+    };
+    let runs = stats::interleave(
+        plan,
+        ctx.process().then_some(&mut process_run as stats::TimedRun<'_>),
+        ctx.thread().then_some(&mut thread_run as stats::TimedRun<'_>),
     );
     let (ps, ts) = match runs {
         Ok(r) => r,
-        Err(e) => return Err(fail_both(p, t, failed.get(), e)),
+        Err(e) => return Err(end_both(ctx, p, t, failed.get(), e)),
     };
-    for s in [p, t].into_iter().flatten() {
-        s.finish(ctx.deadline())?;
-    }
-    let timed = |mut v: Vec<T>| v.split_off(ctx.warmup().min(v.len()));
-    Ok((ps.map(|s| (s, timed(pv))), ts.map(|s| (s, timed(tv)))))
+    let huge = |s: &Option<Session>| s.as_ref().and_then(|s| s.memory).map(plumbing::huge_kib_at).transpose();
+    let (p_huge, t_huge) = match (huge(&p), huge(&t)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(end_both(ctx, p, t, None, e)),
+    };
+    // Both sessions end, whatever became of the other.
+    let (p_end, t_end) =
+        (p.map_or(Ok(()), |s| s.finish(ctx.deadline())), t.map_or(Ok(()), |s| s.finish(ctx.deadline())));
+    p_end.context("ending the process side")?;
+    t_end.context("ending the thread side")?;
+    let ran = |summary: Summary, mut v: Vec<T>, huge_kib| {
+        let timed = v.split_off(plan.warmup.min(v.len()));
+        Ran { summary, warmup: v, timed, huge_kib }
+    };
+    Ok([ps.map(|s| ran(s, pv, p_huge)), ts.map(|s| ran(s, tv, t_huge))])
 }
 
-fn fail_both(p: Option<Session>, t: Option<Session>, failed: Option<Which>, e: anyhow::Error) -> anyhow::Error {
-    // Only the side whose run failed says what became of its partner; the other side's
-    // partner just sees its link close, and its session is dropped.
-    match failed {
-        Some(Which::Process) => match p {
-            Some(p) => p.fail(e),
-            None => e,
-        },
-        Some(Which::Thread) | None => match t {
-            Some(t) => t.fail(e),
-            None => e,
-        },
+/// After a failure: both sessions end (their partners are joined or reaped). The side whose
+/// run failed (both when unknown) says what became of its partner in the error; the other's
+/// partner just sees its link close, and only an error in its ending is added.
+fn end_both(
+    ctx: &Ctx,
+    p: Option<Session>,
+    t: Option<Session>,
+    failed: Option<Which>,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let mut e = e;
+    for (which, session) in [(Which::Process, p), (Which::Thread, t)] {
+        let Some(session) = session else { continue };
+        if failed.is_none() || failed == Some(which) {
+            e = session.fail(e);
+        } else if let Err(other) = session.close(ctx.deadline()) {
+            e = e.context(format!("{other:#}"));
+        }
     }
+    e
+}
+
+/// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns.
+fn matrix_plan(ctx: &Ctx) -> Plan {
+    Plan { warmup: 1, min_runs: ctx.runs(), max_runs: ctx.runs().next_multiple_of(2), budget: Duration::ZERO }
 }
 
 /// The round trips both sides of a pair make per run: as many as fill the budget on the
-/// slower side, so that both do the same work.
+/// slower side, so that both do the same work. Sized once on each link before the runs.
 fn trips_per_run(ctx: &Ctx, links: &mut [&mut dyn exchange::Link]) -> Result<u64> {
     let mut n = u64::MAX;
     for link in links.iter_mut() {
@@ -273,39 +334,43 @@ fn trips_per_run(ctx: &Ctx, links: &mut [&mut dyn exchange::Link]) -> Result<u64
 /// A latency pair: each run is `n` round trips, its number the run's median in µs.
 struct LatencySide {
     name: &'static str,
-    summary: Summary,
-    runs: Vec<Trips>,
+    ran: Ran<Trips>,
     all: Latencies,
 }
 
-fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement) -> Result<[Option<LatencySide>; 2]> {
+fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement, plan: Plan) -> Result<[Option<LatencySide>; 2]> {
     let mut all = [Latencies::new(), Latencies::new()];
-    let mut n = None;
-    let (p, t) = pair(ctx, m, place, Shape::CONTROL, |link, which| {
-        // The first call of each side sizes the runs: the same count for both, from the slower.
-        let trips = match n {
-            Some(n) => n,
-            None => {
-                let sized = trips_per_run(ctx, &mut [link])?;
-                n = Some(sized);
-                sized
-            }
-        };
-        let run = exchange::trips(link, trips, &mut all[which as usize], ctx.deadline())?;
-        Ok((run.p50_ns / 1000.0, run))
-    })?;
+    let mut calls = [0usize; 2];
+    let [p, t] = pair(
+        ctx,
+        m,
+        place,
+        Shape::CONTROL,
+        plan,
+        |links| trips_per_run(ctx, links),
+        |link, which, &trips| {
+            // The first `plan.warmup` runs of each side are warm-ups: their round trips go
+            // into no percentile.
+            let side = which as usize;
+            calls[side] += 1;
+            let timed = (calls[side] > plan.warmup).then_some(&mut all[side]);
+            let run = exchange::trips(link, trips, timed, ctx.deadline())?;
+            Ok((run.p50_ns / 1000.0, run))
+        },
+    )?;
     let [pa, ta] = all;
     Ok([
-        p.map(|(summary, runs)| LatencySide { name: m.process.0, summary, runs, all: pa }),
-        t.map(|(summary, runs)| LatencySide { name: m.thread.0, summary, runs, all: ta }),
+        p.map(|ran| LatencySide { name: m.process.0, ran, all: pa }),
+        t.map(|ran| LatencySide { name: m.thread.0, ran, all: ta }),
     ])
 }
 
 fn latency_side(s: &LatencySide, place: Placement) -> Side {
-    let trips: u64 = s.runs.iter().map(|r| r.round_trips).sum();
-    let cpu = stats::median(&s.runs.iter().map(|r| r.cpu_ns / 1000.0).collect::<Vec<_>>());
-    let ran_on = s.runs.last().map(|r| r.ran_on).unwrap_or([usize::MAX; 2]);
-    Side::measured(&s.summary, LATENCY_UNIT)
+    let runs = &s.ran.timed;
+    let trips: u64 = runs.iter().map(|r| r.round_trips).sum();
+    let cpu = stats::median(&runs.iter().map(|r| r.cpu_ns / 1000.0).collect::<Vec<_>>());
+    let ran_on = runs.last().map(|r| r.ran_on).unwrap_or([usize::MAX; 2]);
+    let side = Side::measured(&s.ran.summary, LATENCY_UNIT)
         .fact("mechanism", s.name)
         .fact("message_bytes", exchange::CONTROL_BYTES)
         .fact("round_trips", trips)
@@ -314,7 +379,16 @@ fn latency_side(s: &LatencySide, place: Placement) -> Side {
         .fact("cpu_us_per_round_trip", round2(cpu))
         .fact("pinned_cpus", [place.driver, place.partner])
         .fact("ran_on_cpus", ran_on)
-        .fact("ran_on_pinned_cpus", ran_on == [place.driver, place.partner])
+        .fact("ran_on_pinned_cpus", ran_on == [place.driver, place.partner]);
+    with_huge_pages(side, s.ran.huge_kib)
+}
+
+/// The huge pages seen behind a ring's memory after the runs (both sides asked for base pages).
+fn with_huge_pages(side: Side, huge_kib: Option<u64>) -> Side {
+    match huge_kib {
+        Some(kib) => side.fact("huge_kib", kib),
+        None => side,
+    }
 }
 
 fn same_cpu() -> Result<std::result::Result<Placement, String>> {
@@ -326,7 +400,7 @@ fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> 
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
-    let [p, t] = latency_pair(ctx, m, place)?;
+    let [p, t] = latency_pair(ctx, m, place, ctx.plan())?;
     Ok(Findings {
         process: p.map(|s| latency_side(&s, place)),
         thread: t.map(|s| latency_side(&s, place)),
@@ -335,14 +409,20 @@ fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> 
     })
 }
 
+/// Said by every experiment whose runs are sized by round trips.
+const SIZED: &str = "Both sides make the same number of round trips per run, sized once on each link (the \
+                     smaller count) before any run.";
+
 fn latency_channel(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(
         ctx,
         &CHANNEL,
-        "Channel against channel: both send typed values and block in the receive. ipc-channel serializes each \
-         value (bincode) into a Unix socket and the kernel wakes the other process; crossbeam moves the value \
-         through memory and wakes the other thread with a futex. Each run is the median of its round trips; \
-         p50/p99 are over every round trip of the timed runs.",
+        &format!(
+            "Channel against channel: both send typed values and block in the receive. ipc-channel serializes \
+             each value (bincode) into a Unix socket and the kernel wakes the other process; crossbeam moves the \
+             value through memory and wakes the other thread with a futex. Each run is the median of its round \
+             trips; p50/p99 are over every round trip of the timed runs. {SIZED}"
+        ),
     )
 }
 
@@ -350,10 +430,13 @@ fn latency_shm(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(
         ctx,
         &RING,
-        "Shared memory against shared memory: the same ring code on both sides. Between processes the memory is \
-         a named segment mapped before fork and the futex ops are the shared ones (the kernel keys waiters by the \
-         physical page); between threads it is the process's own memory and the private ops. What remains is \
-         what being a process costs on this path.",
+        &format!(
+            "Shared memory against shared memory: the same ring code on both sides. Between processes the memory \
+             is a named segment mapped before fork and the futex ops are the shared ones (the kernel keys waiters \
+             by the physical page); between threads it is the process's own memory and the private ops. Both \
+             mappings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind each \
+             ring after the runs. What remains is what being a process costs on this path. {SIZED}"
+        ),
     )
 }
 
@@ -361,18 +444,19 @@ fn latency_pipe(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(
         ctx,
         &PIPE,
-        "Control, kernel pipe against kernel pipe: the same two pipes and the same code between two processes and \
-         between two threads. If the two sides cost the same, the gap between IPC and thread channels lies in \
-         the mechanism, not in being a process. Every receive waits in poll(2) with the deadline (read, poll, \
-         read), which costs more than perf bench's bare read.",
+        &format!(
+            "Control, kernel pipe against kernel pipe: the same two pipes and the same code between two processes \
+             and between two threads. If the two sides cost the same, the gap between IPC and thread channels lies \
+             in the mechanism, not in being a process. Every receive waits in poll(2) with the deadline (read, \
+             poll, read), which costs more than perf bench's bare read. {SIZED}"
+        ),
     )
 }
 
 /// A bulk side: each run's µs per MiB, and what it moved.
 struct BulkSide {
     name: &'static str,
-    summary: Summary,
-    runs: Vec<Moved>,
+    ran: Ran<Moved>,
 }
 
 /// Messages per run so that the side moves at least `total` bytes over `runs` runs.
@@ -389,67 +473,93 @@ fn bulk_run(link: &mut dyn exchange::Link, size: usize, count: u64, seed: &mut u
 fn bulk_pair(ctx: &Ctx, m: &Mechanism, place: Placement, size: usize, total: usize) -> Result<[Option<BulkSide>; 2]> {
     let count = messages_per_run(total, ctx.warmup() + ctx.runs(), size);
     let mut seed = 0;
-    let (p, t) = pair(ctx, m, place, Shape { bulk: size }, |link, _| bulk_run(link, size, count, &mut seed, ctx))?;
-    Ok([
-        p.map(|(summary, runs)| BulkSide { name: m.process.0, summary, runs }),
-        t.map(|(summary, runs)| BulkSide { name: m.thread.0, summary, runs }),
-    ])
+    let [p, t] = pair(
+        ctx,
+        m,
+        place,
+        Shape { bulk: size },
+        ctx.plan(),
+        |_| Ok(()),
+        |link, _, ()| bulk_run(link, size, count, &mut seed, ctx),
+    )?;
+    Ok([p.map(|ran| BulkSide { name: m.process.0, ran }), t.map(|ran| BulkSide { name: m.thread.0, ran })])
 }
 
-fn bulk_side(s: &BulkSide, size: usize, warmup_bytes: u64) -> Side {
-    let sent: u64 = s.runs.iter().map(|r| r.bytes_sent).sum();
-    let received: u64 = s.runs.iter().map(|r| r.bytes_received).sum();
-    let gbs = stats::median(&s.runs.iter().map(|r| r.gb_per_s).collect::<Vec<_>>());
-    Side::measured(&s.summary, BULK_UNIT)
+fn bulk_side(s: &BulkSide, size: usize) -> Side {
+    // Every figure is what the runs counted: the sender's bytes over warm-up and timed runs,
+    // the receiver's over the timed runs.
+    let sent: u64 = s.ran.all().map(|r| r.bytes_sent).sum();
+    let received: u64 = s.ran.timed.iter().map(|r| r.bytes_received).sum();
+    let gbs = stats::median(&s.ran.timed.iter().map(|r| r.gb_per_s).collect::<Vec<_>>());
+    let side = Side::measured(&s.ran.summary, BULK_UNIT)
         .fact("mechanism", s.name)
         .fact("message_bytes", size)
         .fact("gb_per_s", round2(gbs))
-        .fact("bytes_sent", sent + warmup_bytes)
+        .fact("bytes_sent", sent)
         .fact("bytes_received_timed_runs", received)
-        .fact("checksums_match", s.runs.iter().all(Moved::checksums_match))
+        .fact("checksums_match", s.ran.all().all(Moved::checksums_match));
+    with_huge_pages(side, s.ran.huge_kib)
 }
 
-/// Both tasks on one CPU, as in the latency experiments: the producer fills the ring's slots
-/// until it is full and blocks, then the consumer empties them, so a switch comes once per
-/// few MiB and the figure is the cost of moving the bytes, comparable with a memcpy.
+/// Both tasks on one CPU, as in the latency experiments: the producer fills the mechanism
+/// until it is full and blocks, then the consumer empties it. For the ring (4 MiB of slots)
+/// that is a switch per few MiB and the figure is the cost of moving the bytes, comparable
+/// with a memcpy; a pipe holds 64 KiB, so its figure includes a switch per 64 KiB.
 fn throughput_experiment(ctx: &Ctx, m: &Mechanism, size: usize, total: usize) -> Result<Option<[Option<Side>; 2]>> {
     let place = match same_cpu()? {
         Ok(p) => p,
         Err(_) => return Ok(None),
     };
-    let warmup_bytes = (ctx.warmup() as u64) * messages_per_run(total, ctx.warmup() + ctx.runs(), size) * size as u64;
     let [p, t] = bulk_pair(ctx, m, place, size, total)?;
-    Ok(Some([p.map(|s| bulk_side(&s, size, warmup_bytes)), t.map(|s| bulk_side(&s, size, warmup_bytes))]))
+    Ok(Some([p.map(|s| bulk_side(&s, size)), t.map(|s| bulk_side(&s, size))]))
+}
+
+/// Where /dev/mqueue is not mounted, a queue's name cannot be registered for the cleanup.
+fn queue_cleanup_note() -> &'static str {
+    if std::path::Path::new("/dev/mqueue").is_dir() {
+        "Message queues are registered for the interrupt cleanup (/dev/mqueue is mounted here)."
+    } else {
+        "/dev/mqueue is not mounted here, so a message queue's name is not registered for the interrupt cleanup: \
+         an interrupt between its mq_open and its unlink right after the fork would leave it behind."
+    }
 }
 
 fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
     let Some([mut p, mut t]) = throughput_experiment(ctx, &RING, 1 << 20, bulk_total(ctx))? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
-    // The whole matrix: every mechanism at every size, on one line per side.
-    for (which, side) in [(Which::Process, &mut p), (Which::Thread, &mut t)] {
-        if let Some(side) = side {
-            let mut all_match = true;
-            for m in &MECHANISMS {
-                let (line, matched) = matrix_bulk(ctx, which, m)?;
-                all_match &= matched;
-                side.set(m.side(which).0, line);
+    // The whole matrix: every mechanism at every size, each pair in turns, one line per side.
+    let mut all_match = [true, true];
+    for m in &MECHANISMS {
+        let lines = matrix_bulk(ctx, m)?;
+        for (i, (side, line)) in [&mut p, &mut t].into_iter().zip(lines).enumerate() {
+            if let (Some(side), Some((line, matched))) = (side, line) {
+                all_match[i] &= matched;
+                side.set(m.side(if i == 0 { Which::Process } else { Which::Thread }).0, line);
             }
-            side.set("matrix_checksums_match", all_match);
+        }
+    }
+    for (side, matched) in [&mut p, &mut t].into_iter().zip(all_match) {
+        if let Some(side) = side {
+            side.set("matrix_checksums_match", matched);
         }
     }
     Ok(Findings {
         process: p,
         thread: t,
-        note: Some(
-            "Shared memory against shared memory, both tasks on one CPU: the producer fills the ring until it \
-             is full and blocks, then the consumer empties it. The producer writes each message in place into a slot and the consumer checksums it where it lies, so no byte is copied \
-             through the kernel on either side. The receiver's checksum of every message is compared with the \
-             sender's: checksums_match is what was seen, never assumed. The unit is µs per MiB (lower is better); \
-             gb_per_s says the same as a rate. The matrix (one fact per mechanism) moves fewer bytes per size and \
-             has no verdict."
-                .to_string(),
-        ),
+        note: Some(format!(
+            "Shared memory against shared memory, both tasks on one CPU: the producer fills the ring until it is \
+             full and blocks, then the consumer empties it. The producer writes each message in place into a slot \
+             and the consumer checksums it where it lies, so no byte is copied through the kernel on either side. \
+             Both rings ask for base pages (MADV_NOHUGEPAGE) and huge_kib is what /proc/self/smaps showed behind \
+             each after the runs. The receiver's checksum of every message is compared with the sender's: \
+             checksums_match is what was seen, never assumed; bytes_sent is what the sender counted over the \
+             warm-up and timed runs. The unit is µs per MiB (lower is better); gb_per_s says the same as a rate. \
+             The matrix (one fact per mechanism) runs each pair in turns too, moves fewer bytes per size and has \
+             no verdict; std's SyncSender has no send with a timeout, so a full mpsc channel is retried with \
+             sched_yield. {}",
+            queue_cleanup_note()
+        )),
         ..Findings::default()
     })
 }
@@ -463,48 +573,59 @@ fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
         thread: t,
         note: Some(
             "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer (64 KiB by \
-             default) and out again, whichever kind of task is at the other end."
+             default) and out again, whichever kind of task is at the other end; with both on one CPU the \
+             writer fills the buffer and the reader empties it, a switch per 64 KiB message."
                 .to_string(),
         ),
         ..Findings::default()
     })
 }
 
-/// One matrix line: a mechanism's GB/s at each size, and whether every checksum matched.
-fn matrix_bulk(ctx: &Ctx, which: Which, m: &Mechanism) -> Result<(String, bool)> {
+/// One matrix line per side: a mechanism's GB/s at each size, and whether every checksum
+/// matched. Each size is a pair run in turns.
+fn matrix_bulk(ctx: &Ctx, m: &Mechanism) -> Result<[Option<(String, bool)>; 2]> {
     let place = same_cpu()?.map_err(|why| anyhow::anyhow!(why))?;
-    let _pinned = Pinned::to(place.driver)?;
-    let mut parts = Vec::new();
-    let mut all_match = true;
-    let mut bytes = 0u64;
+    let mut parts: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut all_match = [true, true];
+    let mut bytes = [0u64; 2];
+    let queue_limit = plumbing::queue_message_limit()?;
     for size in MATRIX_SIZES {
-        let mut session = match start(ctx, which, m, place, Shape { bulk: size }) {
-            Ok(s) => s,
-            Err(e) if format!("{e:#}").contains("msgsize_max") => {
-                parts.push(format!("{} not possible (msgsize_max)", kib(size)));
+        // A message queue refuses messages over msgsize_max: its partner runs alone then.
+        let refused = m.process.0 == QUEUE.process.0 && Shape { bulk: size }.message_bytes() > queue_limit;
+        let mut sides = ctx.clone();
+        if refused {
+            parts[0].push(format!("{} not possible (msgsize_max)", kib(size)));
+            if !ctx.thread() {
                 continue;
             }
-            Err(e) => return Err(e),
-        };
+            sides.side = Some(Which::Thread);
+        }
         let count = (matrix_total(ctx) / (1 + ctx.runs())).div_ceil(size).max(1) as u64;
         let mut seed = 1000;
-        let mut runs = Vec::new();
-        let measured = stats::repeat(1, ctx.runs(), || {
-            let (_, moved) = bulk_run(&mut *session.link, size, count, &mut seed, ctx)?;
-            runs.push(moved);
-            Ok(moved.gb_per_s)
-        });
-        let gbs = match measured {
-            Ok(s) => s,
-            Err(e) => return Err(session.fail(e.context(format!("the {}", m.side(which).0)))),
-        };
-        session.finish(ctx.deadline())?;
-        all_match &= runs.iter().all(Moved::checksums_match);
-        bytes += runs.iter().map(|r| r.bytes_received).sum::<u64>();
-        parts.push(format!("{} {} GB/s", kib(size), harness::report::fmt_num(gbs.median)));
+        let ran = pair(
+            &sides,
+            m,
+            place,
+            Shape { bulk: size },
+            matrix_plan(ctx),
+            |_| Ok(()),
+            |link, _, ()| {
+                let (_, moved) = bulk_run(link, size, count, &mut seed, ctx)?;
+                Ok((moved.gb_per_s, moved))
+            },
+        )?;
+        for (i, ran) in ran.into_iter().enumerate() {
+            let Some(ran) = ran else { continue };
+            all_match[i] &= ran.all().all(Moved::checksums_match);
+            bytes[i] += ran.timed.iter().map(|r| r.bytes_received).sum::<u64>();
+            parts[i].push(format!("{} {} GB/s", kib(size), harness::report::fmt_num(ran.summary.median)));
+        }
     }
-    let checked = if all_match { "checksums match" } else { "CHECKSUMS DIFFER" };
-    Ok((format!("{}; {checked} ({} MiB)", parts.join(", "), bytes >> 20), all_match))
+    let line = |i: usize| {
+        let checked = if all_match[i] { "checksums match" } else { "CHECKSUMS DIFFER" };
+        (format!("{}; {checked} ({} MiB)", parts[i].join(", "), bytes[i] >> 20), all_match[i])
+    };
+    Ok([ctx.process().then(|| line(0)), ctx.thread().then(|| line(1))])
 }
 
 fn kib(size: usize) -> String {
@@ -519,21 +640,23 @@ fn cpu_cost(ctx: &Ctx) -> Result<Findings> {
             Err(why) => return Ok(Findings::skipped(why)),
         },
     };
-    let [p, t] = latency_pair(ctx, &CHANNEL, place)?;
+    let [p, t] = latency_pair(ctx, &CHANNEL, place, ctx.plan())?;
     let side = |s: LatencySide| -> Side {
-        let cpu: Vec<f64> = s.runs.iter().map(|r| r.cpu_ns / 1000.0).collect();
+        // The latency pair's runs, summarized by their CPU time instead of their latency.
+        let cpu: Vec<f64> = s.ran.timed.iter().map(|r| r.cpu_ns / 1000.0).collect();
         let summary = stats::summarize(&cpu);
         let latency = latency_side(&s, place);
-        let mut side = Side::measured(&summary, LATENCY_UNIT);
+        let mut side = Side::measured(&summary, CPU_UNIT);
         side.facts = latency.facts;
-        side.set("latency_p50_us_median_of_runs", round2(s.summary.median));
+        side.set("latency_p50_us_median_of_runs", round2(s.ran.summary.median));
         side
     };
     let (mut p, mut t) = (p.map(side), t.map(side));
-    for (which, side) in [(Which::Process, &mut p), (Which::Thread, &mut t)] {
-        if let Some(side) = side {
-            for m in &MECHANISMS {
-                side.set(m.side(which).0, matrix_latency(ctx, which, m)?);
+    for m in &MECHANISMS {
+        let [pl, tl] = matrix_latency(ctx, m)?;
+        for (which, side, line) in [(Which::Process, &mut p, pl), (Which::Thread, &mut t, tl)] {
+            if let (Some(side), Some(line)) = (side, line) {
+                side.set(m.side(which).0, line);
             }
         }
     }
@@ -543,45 +666,40 @@ fn cpu_cost(ctx: &Ctx) -> Result<Findings> {
         note: Some(format!(
             "Measured on {where_}. The number is the CPU time both tasks used (CLOCK_THREAD_CPUTIME_ID of the \
              driver and of the partner, which reports its own) per round trip, beside its latency: a mechanism \
-             that spins or polls while it waits shows here what it burns for its speed. The matrix gives every \
-             mechanism's p50/p99 latency and CPU per round trip on one CPU and, where there are two, on two."
+             that spins or polls while it waits shows here what it burns for its speed. {SIZED} The matrix gives \
+             every mechanism's p50/p99 latency and CPU per round trip on one CPU and, where there are two, on \
+             two, each pair run in turns, with no verdict. {}",
+            queue_cleanup_note()
         )),
         ..Findings::default()
     })
 }
 
-/// One matrix line: a mechanism's latency and CPU per round trip, one CPU and two.
-fn matrix_latency(ctx: &Ctx, which: Which, m: &Mechanism) -> Result<String> {
-    let mut parts = Vec::new();
+/// One matrix line per side: a mechanism's latency and CPU per round trip, one CPU and two.
+fn matrix_latency(ctx: &Ctx, m: &Mechanism) -> Result<[Option<String>; 2]> {
+    let mut parts: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     let placements = [("one CPU", same_cpu()?.ok()), ("two CPUs", Placement::cross_cpu()?.ok())];
     for (label, place) in placements {
         let Some(place) = place else {
-            parts.push(format!("{label}: not possible here"));
+            for part in &mut parts {
+                part.push(format!("{label}: not possible here"));
+            }
             continue;
         };
-        let _pinned = Pinned::to(place.driver)?;
-        let mut session = start(ctx, which, m, place, Shape::CONTROL)?;
-        let mut all = Latencies::new();
-        let mut cpu = Vec::new();
-        let measured = trips_per_run(ctx, &mut [&mut *session.link]).and_then(|n| {
-            stats::repeat(1, ctx.runs(), || {
-                let run = exchange::trips(&mut *session.link, n, &mut all, ctx.deadline())?;
-                cpu.push(run.cpu_ns / 1000.0);
-                Ok(run.p50_ns)
-            })
-        });
-        if let Err(e) = measured {
-            return Err(session.fail(e.context(format!("the {}", m.side(which).0))));
+        let sides = latency_pair(ctx, m, place, matrix_plan(ctx))?;
+        for (part, s) in parts.iter_mut().zip(sides) {
+            let Some(s) = s else { continue };
+            let cpu: Vec<f64> = s.ran.timed.iter().map(|r| r.cpu_ns / 1000.0).collect();
+            part.push(format!(
+                "{label}: p50 {} µs, p99 {} µs, CPU {} µs",
+                harness::report::fmt_num(s.all.percentile_ns(50.0) as f64 / 1000.0),
+                harness::report::fmt_num(s.all.percentile_ns(99.0) as f64 / 1000.0),
+                harness::report::fmt_num(stats::median(&cpu))
+            ));
         }
-        session.finish(ctx.deadline())?;
-        parts.push(format!(
-            "{label}: p50 {} µs, p99 {} µs, CPU {} µs",
-            harness::report::fmt_num(all.percentile_ns(50.0) as f64 / 1000.0),
-            harness::report::fmt_num(all.percentile_ns(99.0) as f64 / 1000.0),
-            harness::report::fmt_num(stats::median(&cpu[1..]))
-        ));
     }
-    Ok(parts.join("; "))
+    let [p, t] = parts;
+    Ok([ctx.process().then(|| p.join("; ")), ctx.thread().then(|| t.join("; "))])
 }
 
 /// The sources the effort experiment counts, as they were when this binary was built.
@@ -673,11 +791,13 @@ fn effort(ctx: &Ctx) -> Result<Findings> {
         thread: ctx.thread().then_some(t),
         matches_claim: (ctx.process() && ctx.thread()).then_some(matches),
         note: Some(
-            "Counted in this binary's own sources (include_str! of process.rs, thread.rs and links.rs), between \
-             the `// effort: NAME begin` and `// effort: end` markers: each mechanism's setup (creating it, \
-             starting the partner, handing it its end) plus its send and receive. Blank and comment-only lines do \
-             not count. The pipe and socket pair are the same code on both sides except for how the partner gets \
-             its end; the channel and the ring are the like-with-like pairs the verdict compares: it holds when both \
+            "Not a measurement of this machine: the counts are static properties of this row's sources, \
+             counted at build time (include_str! of process.rs, thread.rs and links.rs), and come out the same on \
+             every machine and every run of this build; they change only when the sources do. Counted between the \
+             `// effort: NAME begin` and `// effort: end` markers: each mechanism's setup (creating it, starting \
+             the partner, handing it its end) plus its send and receive. Blank and comment-only lines do not \
+             count. The pipe and socket pair are the same code on both sides except for how the partner gets its \
+             end; the channel and the ring are the like-with-like pairs the verdict compares: it holds when both \
              take more lines between processes. The helpers that start the partner are counted on neither side; \
              harness_code_lines_processes_rely_on is the harness code (fork and wait with deadlines, interrupt \
              cleanup, named segments) that exists because processes need it."

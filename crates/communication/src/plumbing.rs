@@ -1,7 +1,7 @@
 //! Plumbing only this row needs: a cheap "is the partner still alive?" check, and POSIX
 //! message queues with the naming, cleanup and stale-removal rules of `harness::shm::Segment`.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,11 +25,7 @@ pub enum Peer {
 impl Peer {
     /// A peer that is the child process `pid`, not yet reaped.
     pub fn process(pid: i32) -> Result<Peer> {
-        // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        ensure!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-        // Safety: the kernel just gave us this descriptor and nobody else owns it.
-        Ok(Peer::Process(Arc::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })))
+        Ok(Peer::Process(Arc::new(harness::child::pidfd(pid)?)))
     }
 
     pub fn alive(&self) -> bool {
@@ -42,6 +38,64 @@ impl Peer {
             Peer::Unknown => true,
         }
     }
+}
+
+/// Why this row must fork no more, once a partner thread could not be joined: a fork copies
+/// only the forking thread, and a lock the other one held would stay locked in the child.
+static FORKS_REFUSED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// From now on, every process side of this row is refused, saying `why`.
+pub fn refuse_forks(why: String) {
+    let mut refused = FORKS_REFUSED.lock().unwrap_or_else(|e| e.into_inner());
+    refused.get_or_insert(why);
+}
+
+/// Fails when a thread of an earlier session may still be running: checked before every fork.
+pub fn ensure_forks_allowed() -> Result<()> {
+    let refused = FORKS_REFUSED.lock().unwrap_or_else(|e| e.into_inner());
+    match &*refused {
+        Some(why) => anyhow::bail!("this row forks no more: {why}"),
+        None => Ok(()),
+    }
+}
+
+/// KiB of the mapping at `addr` backed by huge pages now: AnonHugePages (private memory),
+/// ShmemPmdMapped and FilePmdMapped (a shared-memory segment) of its area in /proc/self/smaps.
+/// The same reading for both sides, whatever backs their memory.
+pub fn huge_kib_at(addr: usize) -> Result<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
+    let mut inside = false;
+    let mut found = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((from, to)) = first.split_once('-')
+            && let (Ok(from), Ok(to)) = (usize::from_str_radix(from, 16), usize::from_str_radix(to, 16))
+        {
+            inside = from <= addr && addr < to;
+            found |= inside;
+            continue;
+        }
+        if inside
+            && let Some((key, value)) = line.split_once(':')
+            && matches!(key, "AnonHugePages" | "ShmemPmdMapped" | "FilePmdMapped")
+        {
+            kib +=
+                value.trim().trim_end_matches("kB").trim().parse::<u64>().with_context(|| format!("smaps: {line}"))?;
+        }
+    }
+    ensure!(found, "no area at {addr:#x} in /proc/self/smaps");
+    Ok(kib)
+}
+
+/// Asks for base pages only on `len` bytes at `addr` (MADV_NOHUGEPAGE, madvise(2)), as
+/// harness::mem::Mapping::no_huge_pages does for an anonymous mapping: here for a segment.
+pub fn no_huge_pages(addr: *mut u8, len: usize) -> Result<()> {
+    let addr = std::ptr::NonNull::new(addr.cast()).context("a null mapping")?;
+    // Safety: advice on a mapping of ours, whole pages from its page-aligned start; it
+    // changes no contents.
+    unsafe { nix::sys::mman::madvise(addr, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
+        .context("madvise MADV_NOHUGEPAGE")
 }
 
 /// Sets its flag when dropped: a thread holds one, so that its end, by return or by panic,

@@ -15,9 +15,9 @@
 //! (shared memory).
 
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use harness::cpu::{Pinned, Placement};
 use harness::shm::Segment;
 use harness::{Ctx, fork_child, fork_child_keeping, spawn_sacrificial};
@@ -44,7 +44,7 @@ pub fn pipe(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     })?;
     let link = Stream::new("pipe", back_rx, forth_tx, Peer::process(child.pid())?)?;
     // effort: end
-    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new(), memory: None })
 }
 
 /// A Unix stream socket pair to a forked child.
@@ -62,7 +62,7 @@ pub fn socket(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     let rx = ours.try_clone().context("dup")?;
     let link = Stream::new("socket pair", rx, ours, Peer::process(child.pid())?)?;
     // effort: end
-    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new(), memory: None })
 }
 
 /// Two POSIX message queues to a forked child.
@@ -87,7 +87,12 @@ pub fn queue(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     back.unlink()?;
     let link = MessageQueue::new(forth_fd, back_fd, Peer::process(child.pid())?, size);
     // effort: end
-    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: vec![Box::new(forth), Box::new(back)] })
+    Ok(Session {
+        link: Box::new(link),
+        partner: Partner::Process(child),
+        keep: vec![Box::new(forth), Box::new(back)],
+        memory: None,
+    })
 }
 
 /// ipc-channel's typed channels to a partner started with exec: ipc-channel's descriptors
@@ -105,7 +110,7 @@ pub fn channel(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     let IpcMessage::Hello(tx) = hello else { bail!("the ipc-channel partner did not say hello first") };
     let link = IpcChannel { tx, rx, peer };
     // effort: end
-    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: Vec::new(), memory: None })
 }
 
 /// The program started by [`channel`]: `<row> __child ipc-partner NAME CPU DEADLINE_MS`.
@@ -133,17 +138,25 @@ fn accept(
 ) -> Result<(ipc_channel::ipc::IpcReceiver<IpcMessage>, IpcMessage)> {
     std::thread::scope(|s| {
         let accepting = s.spawn(move || server.accept());
-        let until = Instant::now() + deadline;
-        while !accepting.is_finished() {
-            if !peer.alive() || Instant::now() >= until {
-                let release = IpcSender::<IpcMessage>::connect(name.to_string());
-                if let Ok(tx) = release {
-                    let _ = tx.send(IpcMessage::Control([0; 8]));
+        let connected = harness::poll::poll_until(
+            deadline,
+            "the ipc-channel partner to connect",
+            Duration::from_micros(200),
+            || {
+                if accepting.is_finished() {
+                    return Ok(Some(()));
                 }
-                let _ = accepting.join();
-                bail!("the ipc-channel partner did not connect (it ended, or the deadline of {deadline:?} passed)");
+                ensure!(peer.alive(), "the ipc-channel partner ended before it connected");
+                Ok(None)
+            },
+        );
+        if let Err(e) = connected {
+            let release = IpcSender::<IpcMessage>::connect(name.to_string());
+            if let Ok(tx) = release {
+                let _ = tx.send(IpcMessage::Control([0; 8]));
             }
-            std::thread::sleep(Duration::from_micros(200));
+            let _ = accepting.join();
+            return Err(e);
         }
         let accepted = accepting.join().map_err(|_| anyhow!("IpcOneShotServer::accept panicked"))?;
         accepted.map_err(|e| anyhow!("{e}")).context("IpcOneShotServer::accept")
@@ -159,6 +172,8 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     // created exclusively and mapped here; the child inherits the mapping through fork(2).
     let layout = shape.ring();
     let mut segment = Segment::create(layout.bytes())?;
+    // Base pages only, as on the thread side: a huge page would make the two rings unlike.
+    plumbing::no_huge_pages(segment.as_ptr(), segment.len())?;
     let base = segment.as_ptr();
     let child = fork_child(move || {
         let _pinned = Pinned::to(place.partner)?;
@@ -173,5 +188,6 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     // the link: the session drops it last, after the partner has ended.
     let link = unsafe { Ring::new(base, layout, true, true, Peer::process(child.pid())?, None) };
     // effort: end
-    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: vec![Box::new(segment)] })
+    let memory = Some(base as usize);
+    Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: vec![Box::new(segment)], memory })
 }

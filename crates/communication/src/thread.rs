@@ -43,7 +43,7 @@ pub fn pipe(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     let partner = spawn(ctx, place, theirs, ended)?;
     let link = Stream::new("pipe", back_rx, forth_tx, peer)?;
     // effort: end
-    Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }
 
 /// A Unix stream socket pair to a second thread.
@@ -57,7 +57,7 @@ pub fn socket(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     let partner = spawn(ctx, place, theirs, ended)?;
     let link = Stream::new("socket pair", dup(&ours)?, ours, peer)?;
     // effort: end
-    Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }
 
 /// std's bounded `mpsc::sync_channel`, one each way, to a second thread.
@@ -81,7 +81,7 @@ pub fn queue(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     let partner = spawn(ctx, place, theirs, ended)?;
     let link = Channel { what, tx: forth_tx, rx: back_rx, spare_rx: spare_forth_rx, spare_tx: spare_back_tx, peer };
     // effort: end
-    Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }
 
 /// crossbeam's bounded channels, one each way, to a second thread.
@@ -105,7 +105,7 @@ pub fn channel(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     let partner = spawn(ctx, place, theirs, ended)?;
     let link = Channel { what, tx: forth_tx, rx: back_rx, spare_rx: spare_forth_rx, spare_tx: spare_back_tx, peer };
     // effort: end
-    Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }
 
 /// Two rings in memory of this process, shared in place with a second thread.
@@ -115,15 +115,17 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     // thread: any memory of the process is shared; an anonymous mapping (zero-filled) will do.
     let layout = shape.ring();
     let memory = Arc::new(Mapping::anonymous(layout.bytes(), Sharing::Private)?);
+    // Base pages only, as on the process side: a huge page would make the two rings unlike.
+    memory.no_huge_pages()?;
     // thread: the private futex ops, as every thread library uses them.
     // Safety: the mapping is page-aligned, zero-filled and layout.bytes() long, and each Ring
     // holds it (the Arc) for as long as it lives.
     let theirs = unsafe { Ring::new(memory.as_ptr(), layout, false, false, Peer::Unknown, Some(memory.clone())) };
     let partner = spawn(ctx, place, theirs, ended)?;
     // Safety: as above.
-    let link = unsafe { Ring::new(memory.as_ptr(), layout, true, false, peer, Some(memory)) };
+    let link = unsafe { Ring::new(memory.as_ptr(), layout, true, false, peer, Some(memory.clone())) };
     // effort: end
-    Ok(Session { link: Box::new(link), partner, keep: Vec::new() })
+    Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: Some(memory.as_ptr() as usize) })
 }
 
 /// Starts the partner thread on its link.
