@@ -281,19 +281,7 @@ impl Bare {
                     None
                 }
             }
-            Err(_) => {
-                let left = until.saturating_duration_since(Instant::now());
-                let what = format!("child {pid} to end");
-                // The check hands back wait4's own error as a value, so that an Err of
-                // poll_until can only mean that the deadline passed.
-                let looked = harness::poll::poll_until(left, &what, Duration::from_micros(100), || {
-                    Ok(self.reap(libc::WNOHANG).transpose())
-                });
-                match looked {
-                    Ok(reaped) => Some(reaped?),
-                    Err(_) => None,
-                }
-            }
+            Err(_) => self.look_until(until)?,
         };
         match exit {
             Some(exit) => Ok(exit),
@@ -302,6 +290,22 @@ impl Bare {
                 self.reaped = true;
                 bail!("child {pid} did not end by its deadline: killed and reaped")
             }
+        }
+    }
+
+    /// Without a pidfd: wait4(WNOHANG) every 100 µs until the child has ended (its exit) or
+    /// `until` has passed (None).
+    fn look_until(&mut self, until: Instant) -> Result<Option<BareExit>> {
+        let left = until.saturating_duration_since(Instant::now());
+        let what = format!("child {} to end", self.pid);
+        // The check hands back wait4's own error as a value, so that an Err of poll_until can
+        // only mean that the deadline passed.
+        let looked = harness::poll::poll_until(left, &what, Duration::from_micros(100), || {
+            Ok(self.reap(libc::WNOHANG).transpose())
+        });
+        match looked {
+            Ok(reaped) => Ok(Some(reaped?)),
+            Err(_) => Ok(None),
         }
     }
 
@@ -443,5 +447,34 @@ pub fn wait_for_go(go: &OwnedFd) -> Result<()> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("read(2) of the start pipe"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wait without a pidfd (a descriptor limit reached): it sees the end of a child that
+    /// ends, and kills and reaps one that does not, at the deadline.
+    #[test]
+    fn the_wait_without_a_pidfd_keeps_its_deadline() {
+        let sleep = |ms| {
+            fork_bare(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(())
+            })
+            .unwrap()
+        };
+        let mut ends = sleep(20);
+        let exit = ends.look_until(Instant::now() + Duration::from_secs(20)).unwrap().expect("it ended");
+        assert!(exit.success() && ends.reaped, "{exit}");
+        let mut hangs = sleep(60_000);
+        let start = Instant::now();
+        assert!(hangs.look_until(start + Duration::from_millis(50)).unwrap().is_none());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let pid = hangs.pid;
+        drop(hangs);
+        // Safety: kill(2) with signal 0 only asks whether the pid exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "the hung child was killed and reaped");
     }
 }
