@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 
 /// Facts that are observed counts the same on every machine: they stay in the snapshot.
-const KEEP: &[&str] = &["pages_per_op", "parent_mib", "parent_huge_page_kib"];
+const KEEP: &[&str] = &["parent_huge_page_kib", "huge_page_kib_per_op"];
 
 /// One `--quick` run shared by the tests that read the whole report: several runs at once would
 /// compete for the CPUs the speed-up needs.
@@ -43,6 +43,14 @@ fn counts_up_to(most: u64) -> Vec<u64> {
         c.dedup();
         c
     }
+}
+
+/// The size of a page here (sysconf(3) _SC_PAGESIZE).
+fn page_size() -> u64 {
+    // Safety: sysconf takes a plain integer name.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert!(size > 0, "sysconf(_SC_PAGESIZE)");
+    size as u64
 }
 
 fn u64s(v: &Value) -> Vec<u64> {
@@ -140,13 +148,21 @@ fn the_parents_page_tables_grow_with_its_memory_and_fork_copies_them() {
     let e = experiment(quick_report(), "spawn-vs-size");
     let (p, t) = (&e["process"]["facts"], &e["thread"]["facts"]);
     let mib = u64s(&p["parent_mib"]);
-    assert_eq!(mib, [0, 16, 64], "the --quick sizes");
+    // The --quick sizes are 0, 16 and 64 MiB, each capped at a quarter of the memory the row
+    // saw left: whatever they came to, they start empty, grow, and respect the cap.
+    let left = p["memory_left_mib"].as_u64().unwrap();
+    assert_eq!(mib[0], 0, "the first size is the bare parent: {mib:?}");
+    assert!(mib.len() >= 2 && mib.windows(2).all(|w| w[0] < w[1]), "sizes increase: {mib:?}");
+    assert!(mib.iter().all(|&m| m <= left / 4), "{mib:?} MiB with {left} MiB left");
+    assert!(mib.iter().all(|&m| m <= 64), "never above the --quick sizes: {mib:?}");
     assert_eq!(t["parent_mib"], p["parent_mib"], "both sides at the same sizes");
     let (rss, pte) = (u64s(&p["parent_rss_kib"]), u64s(&p["parent_vm_pte_kib"]));
     for i in 1..mib.len() {
-        // Every page was written: resident, and one 8-byte entry per 4 KiB page (2 KiB per MiB).
+        // Every page was written: resident, and one 8-byte entry per page (2 KiB per MiB of
+        // 4 KiB pages).
         assert!(rss[i] - rss[0] >= mib[i] * 1024 * 9 / 10, "resident {rss:?} for {mib:?} MiB");
-        assert!(pte[i] - pte[0] >= mib[i] * 2 * 9 / 10, "page tables {pte:?} KiB for {mib:?} MiB");
+        let pte_kib = mib[i] * 8192 / page_size();
+        assert!(pte[i] - pte[0] >= pte_kib * 9 / 10, "page tables {pte:?} KiB for {mib:?} MiB");
     }
     assert!(u64s(&p["parent_huge_page_kib"]).iter().all(|&k| k == 0), "huge pages were off: {p}");
     assert_eq!(f64s(&p["us_at_each_size"]).len(), mib.len());
@@ -162,7 +178,6 @@ fn the_split_job_is_all_done_once_and_workers_overlap() {
         assert_eq!(f["checksum_same_in_every_configuration"], true, "{side}");
         assert_eq!(f["every_number_hashed_once"], true, "{side}");
         let counts = u64s(&f["workers"]);
-        assert_eq!(u64s(&f["linear_speedup"]), counts.iter().map(|&w| w.min(cpus)).collect::<Vec<_>>(), "{side}");
         let (at_once, cpus_seen) = (u64s(&f["most_at_once"]), u64s(&f["most_cpus_seen"]));
         for (i, &w) in counts.iter().enumerate() {
             assert!((1..=w).contains(&at_once[i]), "{side}: {w} workers, {} at once", at_once[i]);
@@ -185,7 +200,6 @@ fn every_task_runs_once_in_both_ways_of_running_tasks() {
         let f = &e[side]["facts"];
         assert_eq!(f["checksum_same_in_every_run"], true, "{side}");
         assert_eq!(f["every_task_ran_once"], true, "{side}");
-        assert!(f["task_us_for_overhead_under_10pct"].as_f64().unwrap() >= 0.0, "{side}");
         let at_once = f["most_at_once"].as_u64().unwrap();
         assert!(at_once >= 1 && at_once <= f["workers_in_flight"].as_u64().unwrap(), "{side}: {f}");
     }
@@ -197,9 +211,10 @@ fn every_page_of_every_churn_is_faulted_in() {
     let cpus = allowed_cpus();
     for side in ["process", "thread"] {
         let f = &e[side]["facts"];
-        let pages = f["pages_per_op"].as_f64().unwrap();
-        assert_eq!(pages, 1024.0, "{side}: 4 MiB of 4 KiB pages with --quick");
-        // One fault per page written, unless huge pages served them (they are not asked for).
+        // 4 MiB with --quick, in pages of the size this machine has (4, 16 or 64 KiB).
+        let pages = (4 << 20) as f64 / page_size() as f64;
+        // One fault per page written: huge pages are turned off, and none came.
+        assert_eq!(f["huge_page_kib_per_op"], 0, "{side}: {f}");
         let faults = f["minor_faults_per_op"].as_f64().unwrap();
         assert!(faults >= pages && faults <= pages * 1.1, "{side}: {faults} faults per op of {pages} pages");
         assert!(f["ops_per_worker"].as_u64().unwrap() >= 1);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::cpu;
+use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, monotonic_ns};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,15 @@ impl Report {
 
     pub fn finish(&mut self) {
         self.end_ns = monotonic_ns();
+    }
+
+    /// The report as plain words, for a result slot in shared memory (`plumbing::Slots`).
+    pub fn to_words(self) -> [u64; 6] {
+        [self.checksum, self.numbers, self.tasks, self.start_ns, self.end_ns, self.cpus]
+    }
+
+    pub fn from_words([checksum, numbers, tasks, start_ns, end_ns, cpus]: [u64; 6]) -> Report {
+        Report { checksum, numbers, tasks, start_ns, end_ns, cpus }
     }
 }
 
@@ -192,21 +202,37 @@ impl Churn {
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
 pub fn churn(bytes: usize, ops: u64) -> Result<Churn> {
-    let page = harness::mem::page_size();
     let before = harness::Usage::of_thread()?;
     let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Churn::default() };
     for _ in 0..ops {
-        let m = harness::mem::Mapping::anonymous(bytes, harness::mem::Sharing::Private)?;
-        for at in (0..m.len()).step_by(page) {
-            // Safety: `at` is inside the mapping, which lives until the end of this iteration.
-            unsafe { m.as_ptr().add(at).write_volatile(1) };
-        }
+        drop(touched(bytes)?);
         c.cpus |= cpu_bit(cpu::current()?);
         c.ops += 1;
     }
     c.end_ns = monotonic_ns();
     c.minor_faults = harness::Usage::of_thread()?.since(before).minor_faults;
     Ok(c)
+}
+
+/// One churn op but the munmap: `bytes` mapped, with base pages only, and one byte written per
+/// page. Transparent huge pages are turned off (MADV_NOHUGEPAGE) before the first write, or a
+/// 2 MiB-aligned stretch could come as one huge page in one fault and "a fault per page" would
+/// not hold; [`huge_kib_of_one_op`] checks that none came.
+fn touched(bytes: usize) -> Result<Mapping> {
+    let page = harness::mem::page_size();
+    let m = Mapping::anonymous(bytes, Sharing::Private)?;
+    m.no_huge_pages()?;
+    for at in (0..m.len()).step_by(page) {
+        // Safety: `at` is inside the mapping, which the caller unmaps when it drops it.
+        unsafe { m.as_ptr().add(at).write_volatile(1) };
+    }
+    Ok(m)
+}
+
+/// KiB of one churn op's mapping that huge pages backed (AnonHugePages in smaps), observed on
+/// one op outside every timed run: reading smaps takes the mmap lock the churn contends on.
+pub fn huge_kib_of_one_op(bytes: usize) -> Result<u64> {
+    touched(bytes)?.huge_kib()
 }
 
 #[cfg(test)]
@@ -243,5 +269,14 @@ mod tests {
         let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
         assert_eq!(c.ops, 3);
         assert!(c.minor_faults >= pages, "{} faults for {pages} pages", c.minor_faults);
+        // Huge pages are off: no op is served by a few 2 MiB faults.
+        assert!(c.minor_faults <= pages + pages / 10, "{} faults for {pages} pages", c.minor_faults);
+        assert_eq!(huge_kib_of_one_op(4 << 20).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_report_survives_its_words() {
+        let r = Report { checksum: 1, numbers: 2, tasks: 3, start_ns: 4, end_ns: 5, cpus: 6 };
+        assert_eq!(Report::from_words(r.to_words()), r);
     }
 }

@@ -125,6 +125,7 @@ fn budget(ctx: &Ctx, full_ms: u64, quick_ms: u64) -> Duration {
 }
 
 fn spawn(ctx: &Ctx) -> Result<Findings> {
+    plumbing::enter("spawn");
     let deadline = ctx.deadline();
     // Size the loop by the slower side, so that both start as many workers per run.
     let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
@@ -207,6 +208,7 @@ struct AtSize {
 }
 
 fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
+    plumbing::enter("spawn-vs-size");
     // Never more than a quarter of the memory that is left.
     let room = Room::probe()?;
     let cap = room.memory.amount / 4;
@@ -252,7 +254,8 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
     }
     let last = points.last().context("no size to measure")?;
     let shared = |side: Side, pick: fn(&AtSize) -> &Option<Summary>| {
-        side.fact("parent_mib", points.iter().map(|a| a.bytes >> 20).collect::<Vec<_>>())
+        side.fact("memory_left_mib", room.memory.amount >> 20)
+            .fact("parent_mib", points.iter().map(|a| a.bytes >> 20).collect::<Vec<_>>())
             .fact("parent_rss_kib", points.iter().map(|a| a.rss_kib).collect::<Vec<_>>())
             .fact("parent_vm_pte_kib", points.iter().map(|a| a.pte_kib).collect::<Vec<_>>())
             .fact("parent_huge_page_kib", points.iter().map(|a| a.huge_kib).collect::<Vec<_>>())
@@ -370,6 +373,7 @@ fn job_us(ctx: &Ctx) -> f64 {
 }
 
 fn speedup(ctx: &Ctx) -> Result<Findings> {
+    plumbing::enter("speedup");
     let (cpus, fits, room) = cpus_and_room(2 * Room::probe()?.cpus as u64, 0)?;
     let counts = worker_counts(cpus, fits);
     let Some(at) = counts.iter().position(|&w| w == cpus.min(fits)) else {
@@ -407,7 +411,6 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
                 .fact("workers", &counts)
                 .fact("ms_median", ms.iter().map(|m| m.map(round2)).collect::<Vec<_>>())
                 .fact("speedup", ms.iter().map(|m| m.map(|m| round2(one_worker / m))).collect::<Vec<_>>())
-                .fact("linear_speedup", counts.iter().map(|&w| w.min(cpus)).collect::<Vec<_>>())
                 .fact("most_at_once", sw.most(|t| t.at_once as u64))
                 .fact("most_cpus_seen", sw.most(|t| u64::from(t.cpus_seen)))
                 .fact("numbers_hashed", numbers)
@@ -446,6 +449,7 @@ struct Granular {
 }
 
 fn granularity(ctx: &Ctx) -> Result<Findings> {
+    plumbing::enter("granularity");
     let (cpus, fits, _) = cpus_and_room(Room::probe()?.cpus as u64, 0)?;
     let in_flight = cpus.min(fits).max(1);
     let per_us = jobs::numbers_per_us()?;
@@ -471,46 +475,61 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         || run(&mut pg, process::worker_per_task, process::pool),
         || run(&mut tg, thread::worker_per_task, thread::pool),
     )?;
+    // Check the estimate: tasks of each side's own threshold size, a new worker for each
+    // against the pool, both sides in turns (warm-up, then the fewest runs a number may have).
+    let most = if ctx.quick { 3_000.0 } else { 20_000.0 };
+    let threshold_us = |g: &Granular| 10.0 * stats::median(&g.overhead_us).max(0.0);
+    let checkable =
+        |s: &Option<Summary>, g: &Granular| s.as_ref().map(|_| threshold_us(g)).filter(|&us| us > 0.0 && us <= most);
+    let (p_size, t_size) = (checkable(&p, &pg), checkable(&t, &tg));
+    let share = |size_us: f64, per_task: Way, pool: Way| -> Result<f64> {
+        let check = Tasks { count: 2 * in_flight, numbers_each: (per_us * size_us) as u64 };
+        let new = per_task(check, in_flight, deadline)?.0.as_secs_f64();
+        let pooled = pool(check, in_flight, deadline)?.0.as_secs_f64();
+        Ok(new / pooled - 1.0)
+    };
+    let mut p_check = || share(p_size.unwrap_or(0.0), process::worker_per_task, process::pool);
+    let mut t_check = || share(t_size.unwrap_or(0.0), thread::worker_per_task, thread::pool);
+    let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
+    let (p_share, t_share) = stats::interleave(
+        plan,
+        p_size.is_some().then_some(&mut p_check as TimedRun<'_>),
+        t_size.is_some().then_some(&mut t_check as TimedRun<'_>),
+    )?;
     let expected = jobs::checksum(0..tasks.numbers());
-    let side = |s: &Summary, g: &Granular, per_task: Way, pool: Way| -> Result<Side> {
+    let side = |s: &Summary, g: &Granular, checked: &Option<Summary>| -> Side {
         let overhead = stats::median(&g.overhead_us).max(0.0);
         // The overhead is under 10 % of the work once a task is at least ten times the overhead.
-        let threshold_us = 10.0 * overhead;
         let mut side = Side::measured(s, "µs/task")
             .fact("tasks", count)
             .fact("workers_in_flight", in_flight)
             .fact("task_us", round1(total_us / count as f64))
             .fact("pool_ms", round2(stats::median(&g.pool_ms)))
             .fact("startup_overhead_us_per_task", round1(overhead))
-            .fact("task_us_for_overhead_under_10pct", round1(threshold_us))
+            .fact("task_us_for_overhead_under_10pct", round1(threshold_us(g)))
             .fact("checksum_same_in_every_run", g.groups.iter().all(|t| t.checksum == expected))
             .fact("every_task_ran_once", g.groups.iter().all(|t| t.tasks == count))
             .fact("most_at_once", g.groups.iter().map(|t| t.at_once).max().unwrap_or(0));
-        // Check the estimate: tasks of that size, a new worker for each against the pool.
-        let most = if ctx.quick { 3_000.0 } else { 20_000.0 };
-        if threshold_us > most {
-            side.set("overhead_share_at_that_size", format!("not checked: tasks over {most} µs take too long here"));
-        } else if threshold_us > 0.0 {
-            let check = Tasks { count: 2 * in_flight, numbers_each: (per_us * threshold_us) as u64 };
-            let fraction = stats::repeat(0, 3, || {
-                let new = per_task(check, in_flight, deadline)?.0.as_secs_f64();
-                let pooled = pool(check, in_flight, deadline)?.0.as_secs_f64();
-                Ok(new / pooled - 1.0)
-            })?;
-            side.set("overhead_share_at_that_size", round2(fraction.median));
+        match checked {
+            Some(c) => side.set("overhead_share_at_that_size", round2(c.median)),
+            None if threshold_us(g) > most => {
+                side.set("overhead_share_at_that_size", format!("not checked: tasks over {most} µs take too long here"))
+            }
+            None => side.set("overhead_share_at_that_size", "not checked: no overhead was measured"),
         }
-        Ok(side)
+        side
     };
     Ok(Findings {
-        process: p.as_ref().map(|s| side(s, &pg, process::worker_per_task, process::pool)).transpose()?,
-        thread: t.as_ref().map(|s| side(s, &tg, thread::worker_per_task, thread::pool)).transpose()?,
+        process: p.as_ref().map(|s| side(s, &pg, &p_share)),
+        thread: t.as_ref().map(|s| side(s, &tg, &t_share)),
         note: Some(format!(
             "The same job (about {total_us:.0} µs of hashing on one CPU) cut into 8 tasks per CPU this run may \
              use, as many in flight as CPUs: a new worker for every task (the number judged), then a pool of as \
              many workers, which take the tasks from a shared counter. The start-up overhead per task is the \
              extra time over the pool times the workers in flight over the tasks; it is under 10 % of the work \
              once a task is ten times that, and overhead_share_at_that_size checks it on tasks of that size \
-             (median of 3)."
+             (new over pool, minus one: the median of {} runs a side, the sides in turns).",
+            stats::MIN_RUNS
         )),
         ..Findings::default()
     })
@@ -521,6 +540,7 @@ const CHURN_BYTES: usize = 16 << 20;
 const CHURN_BYTES_QUICK: usize = 4 << 20;
 
 fn contention(ctx: &Ctx) -> Result<Findings> {
+    plumbing::enter("contention");
     let bytes = if ctx.quick { CHURN_BYTES_QUICK } else { CHURN_BYTES };
     let (cpus, fits, room) = cpus_and_room(Room::probe()?.cpus as u64, bytes as u64)?;
     let most = cpus.min(fits);
@@ -555,7 +575,9 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         pr.at.push((p, pseen));
         tr.at.push((t, tseen));
     }
-    let pages = (bytes / harness::mem::page_size()) as u64;
+    // Observed once, here in the parent and outside every timed run: reading smaps takes the
+    // mmap lock the workers contend on.
+    let huge_kib = jobs::huge_kib_of_one_op(bytes)?;
     let side = |sw: &Sweep<Vec<Churn>>| {
         let judged = sw.at[at].0.as_ref()?;
         let per_worker_ops_s = |(_, runs): &(Option<Summary>, Vec<Vec<Churn>>)| {
@@ -573,15 +595,17 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
                 .fact("most_at_once", sw.most(|all| Churn::at_once(all) as u64))
                 .fact("most_cpus_seen", sw.most(|all| u64::from(Churn::cpus_seen(all))))
                 .fact("ops_per_worker", ops)
-                .fact("pages_per_op", pages)
+                .fact("huge_page_kib_per_op", huge_kib)
                 .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64)),
         )
     };
     let mut note = format!(
-        "will-it-scale's page_fault1: each operation is mmap of {} MiB, one write per page (a page fault each), \
-         munmap. Workers start together from one pipe; the ratio is at as many workers as CPUs this run may use. Threads share one address space: \
-         its lock (mmap_lock) serialises their mmap and munmap and each munmap must flush the TLB of the other \
-         threads' CPUs; processes have one each.",
+        "will-it-scale's page_fault1: each operation is mmap of {} MiB with huge pages off (MADV_NOHUGEPAGE), one \
+         write per page (a page fault each: as many per op as the mapping over the page size), munmap; huge_page_kib_per_op is \
+         AnonHugePages of one such mapping in smaps, read once outside the timed runs. Workers start together \
+         from one pipe; the ratio is at as many workers as CPUs this run may use. Threads share one address \
+         space: its lock (mmap_lock) serialises their mmap and munmap and each munmap must flush the TLB of \
+         the other threads' CPUs; processes have one each.",
         bytes >> 20,
     );
     if most < cpus {

@@ -1,28 +1,41 @@
-//! Plumbing this row needs and the harness does not have yet: the cheapest children there are,
-//! for timing what starting a process costs. `harness::fork_child` gives every child two pipes,
-//! a pidfd and a close_range(2), which is right for a worker that reports back but would add
-//! tens of µs to the very cost `spawn` measures. These children run no Rust code of ours after
-//! fork(2) beyond one store and `_exit(2)` (or an execve(2)), so they need none of that.
+//! Plumbing this row's process.rs and thread.rs share, and some the harness does not have:
 //!
-//! They keep the harness's promises: fork and posix_spawn happen with SIGINT and SIGTERM
-//! blocked and the child is registered for cleanup at once, every wait has a deadline after
-//! which the child is killed and reaped, and a child dropped unwaited is killed and reaped.
+//! - bare children (`Bare`), the cheapest children there are, for the process workers of every
+//!   experiment that times their start (`spawn`, `spawn-vs-size`, `speedup`, `granularity`).
+//!   `harness::fork_child` gives every child two pipes, a close_range(2), a pidfd and a JSON
+//!   report (`deliver`), which is right for a worker that reports back in words but adds tens of
+//!   µs to each start, a cost a thread, which returns through `join`, does not pay. A bare child
+//!   gets none of that: it resets its signals, asks to die with its parent, runs its closure and
+//!   `_exit(2)`s (or execve(2)s); what it has to say goes into memory mapped shared before the
+//!   fork (`Slots`, `SharedStamp`). So both sides pay for fork against clone, and no more.
+//! - `Slots`: one result slot per worker in MAP_SHARED memory, written with atomics;
+//! - `wait_for_go`: the start gate (a pipe whose write end is closed) both sides' churn
+//!   workers wait at.
+//!
+//! Bare children keep the harness's promises: fork and posix_spawn happen with SIGINT and
+//! SIGTERM blocked and the child is registered for cleanup at once (Ctrl-C kills it); a forked
+//! child resets SIGINT and SIGTERM to their defaults, unblocks every signal and sets
+//! PR_SET_PDEATHSIG (a row killed outright leaves no child); every wait has one absolute
+//! deadline after which the child is killed and reaped; a child dropped unwaited is killed and
+//! reaped. `PVT_HANG=<id>` makes the first bare child of that experiment hang, as the harness
+//! does for its own children (its switch is private to it, so `enter` re-reads it here).
 //! This module should move to `harness::child` as `Bare` (see docs/concurrency.md).
 //!
-//! See also: fork(2), execve(2), posix_spawn(3), pidfd_open(2), wait4(2).
+//! See also: fork(2), execve(2), posix_spawn(3), pidfd_open(2), poll(2), wait4(2), prctl(2).
 
 use std::ffi::{CStr, CString};
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use harness::cleanup;
 use harness::mem::{Mapping, Sharing};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-/// A child that was started bare: no pipes, nothing of ours running in it.
+/// A child that was started bare: no pipes, nothing of ours running in it but its closure.
 #[derive(Debug)]
 pub struct Bare {
     pid: libc::pid_t,
@@ -53,23 +66,80 @@ impl std::fmt::Display for BareExit {
     }
 }
 
-/// fork(2): the child runs `first` and `_exit(0)`s. `first` must be async-signal-safe in spirit
-/// (a store, a clock read): it runs in a copy of this process and never returns into it.
-/// Call only while the process is single-threaded.
-pub fn fork_exit(first: impl FnOnce()) -> Result<Bare> {
+/// The exit code of a bare child whose closure panicked (as `harness::child::PANIC_EXIT_CODE`).
+const PANIC_EXIT_CODE: i32 = harness::child::PANIC_EXIT_CODE;
+
+/// Set by [`enter`] when the next bare child must hang (fault injection for the tests).
+static HANG_NEXT: AtomicBool = AtomicBool::new(false);
+
+/// Called as each experiment starts: with `PVT_HANG=<id>` the first bare child it creates
+/// hangs instead of working, so that the deadline and Ctrl-C can be tested on bare children.
+pub fn enter(id: &str) {
+    let wanted = std::env::var(harness::faults::HANG_ENV).is_ok_and(|v| v == id);
+    HANG_NEXT.store(wanted, Ordering::SeqCst);
+}
+
+/// fork(2): the child resets its signals, asks to die with us, runs `work` and `_exit`s: 0 when
+/// it returned Ok, 1 (with the error on stderr) when it failed, 101 when it panicked. It never
+/// returns into the caller and never runs the destructors it inherited. Call only while the
+/// process is single-threaded.
+pub fn fork_bare(work: impl FnOnce() -> Result<()>) -> Result<Bare> {
+    let hang = HANG_NEXT.swap(false, Ordering::SeqCst);
+    let parent = std::process::id() as libc::pid_t;
     flush();
     let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
-        // Safety: the caller guarantees a single-threaded process; the child only runs `first`
+        // Safety: the caller guarantees a single-threaded process; the child runs only `work`
         // and `_exit`, never the parent's destructors or the rest of the program.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            first();
+            child_setup(parent);
+            if hang {
+                hang_forever();
+            }
+            let code = match catch_unwind(AssertUnwindSafe(work)) {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+                Err(_) => PANIC_EXIT_CODE,
+            };
             // Safety: ends the child at once, with no destructor or atexit handler run.
-            unsafe { libc::_exit(0) }
+            unsafe { libc::_exit(code) }
         }
         registered(pid, "fork")
     })?;
     Ok(Bare { pid, reaped: false })
+}
+
+/// In a freshly forked child, before anything else: SIGINT and SIGTERM back to their default
+/// action (the parent's handler would otherwise run in the child and clean up the parent's
+/// children), no signal blocked (we fork with SIGINT and SIGTERM blocked), and death with the
+/// parent: a row killed outright (SIGKILL, which no handler sees) leaves no child running.
+/// If the parent died before the prctl, the child ends here. Only async-signal-safe calls
+/// (signal(2), sigprocmask(2), prctl(2), getppid(2)): it also runs between fork and execve.
+fn child_setup(parent: libc::pid_t) {
+    // Safety: plain syscalls with valid arguments; SIG_DFL installs no code of ours.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // PR_SET_PDEATHSIG fires when the forking *thread* ends: we fork from the row's main
+        // thread, which lives as long as the row.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if libc::getppid() != parent {
+            libc::_exit(PANIC_EXIT_CODE);
+        }
+    }
+}
+
+fn hang_forever() -> ! {
+    loop {
+        // Safety: pause(2) only sleeps until a signal arrives.
+        unsafe { libc::pause() };
+    }
 }
 
 /// What a bare child is to execute: the path and its argv, made before the fork so that the
@@ -99,18 +169,16 @@ impl Program {
 pub fn fork_exec(program: &Program) -> Result<Bare> {
     let argv = program.argv();
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    let parent = std::process::id() as libc::pid_t;
     flush();
     let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
-        // Safety: single-threaded (the caller's promise); the child makes only the
-        // async-signal-safe calls sigprocmask(2), execve(2) and _exit(2) on memory prepared
-        // before the fork.
+        // Safety: single-threaded (the caller's promise); the child makes only async-signal-safe
+        // calls (those of `child_setup`, execve(2) and _exit(2)) on memory prepared before the
+        // fork.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            child_setup(parent);
             unsafe {
-                // The new program must not start with our blocked signals.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 libc::execve(program.path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
                 libc::_exit(127)
             }
@@ -122,7 +190,9 @@ pub fn fork_exec(program: &Program) -> Result<Bare> {
 
 /// posix_spawn(3) of `program` with an empty environment and no signal blocked. glibc starts
 /// the child with clone(CLONE_VM | CLONE_VFORK): it borrows our address space until it execs,
-/// so no page table is copied.
+/// so no page table is copied. The exec resets our handlers to their defaults by itself; the
+/// child cannot set PR_SET_PDEATHSIG (posix_spawn runs no code of ours), which matters little
+/// for /bin/true, and it is registered, so Ctrl-C and the deadline still end it.
 pub fn posix_spawn(program: &Program) -> Result<Bare> {
     let argv = program.argv();
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
@@ -165,7 +235,13 @@ fn flush() {
 
 fn registered(pid: libc::pid_t, call: &str) -> Result<libc::pid_t> {
     if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context(call.to_string());
+        let e = std::io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EAGAIN) {
+            ": a limit on tasks was reached (ulimit -u, the cgroup's pids.max or threads-max)"
+        } else {
+            ""
+        };
+        return Err(e).with_context(|| format!("{call}{hint}"));
     }
     if let Err(e) = cleanup::register_child(pid) {
         kill_and_reap(pid);
@@ -184,40 +260,69 @@ fn kill_and_reap(pid: libc::pid_t) {
 }
 
 impl Bare {
-    /// Waits for the child to end, or kills and reaps it at the deadline and fails. The wait
-    /// is a poll(2) on a pidfd (the deadline) and then wait4(2), which also says what the
-    /// child cost: its page faults.
-    pub fn wait(mut self, deadline: Duration) -> Result<BareExit> {
-        // Safety: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
-        if fd >= 0 {
-            // Safety: the kernel just gave us this descriptor and nobody else owns it.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let ms = deadline.as_millis().clamp(1, i32::MAX as u128) as i32;
-            loop {
-                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-                    Ok(0) => {
-                        kill_and_reap(self.pid);
-                        self.reaped = true;
-                        bail!("child {} did not finish within {} ms: killed and reaped", self.pid, ms);
-                    }
-                    Ok(_) => break,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(e).context("poll(2) on a pidfd"),
+    /// Waits for the child to end, or kills and reaps it at the deadline and fails.
+    pub fn wait(self, deadline: Duration) -> Result<BareExit> {
+        self.wait_until(Instant::now() + deadline).with_context(|| format!("deadline of {} ms", deadline.as_millis()))
+    }
+
+    /// Waits for the child to end until the instant `until`, or kills and reaps it then and
+    /// fails. The wait is a poll(2) on a pidfd (`harness::child::pidfd`), restarted after a
+    /// signal with the time that is left, then wait4(2), which also says what the child cost:
+    /// its page faults. Without a pidfd (a descriptor limit reached, a kernel before 5.3) it
+    /// looks with wait4(WNOHANG) every 100 µs (`harness::poll::poll_until`), to the same end.
+    pub fn wait_until(mut self, until: Instant) -> Result<BareExit> {
+        let pid = self.pid;
+        let exit = match harness::child::pidfd(pid) {
+            Ok(pidfd) => {
+                if wait_readable(&pidfd, until)? {
+                    // It has ended: this wait4 returns at once.
+                    self.reap(0)?
+                } else {
+                    None
                 }
             }
+            Err(_) => self.look_until(until)?,
+        };
+        match exit {
+            Some(exit) => Ok(exit),
+            None => {
+                kill_and_reap(pid);
+                self.reaped = true;
+                bail!("child {pid} did not end by its deadline: killed and reaped")
+            }
         }
-        // Without a pidfd (a descriptor limit reached) the wait blocks: these children run no
-        // code of ours that could hang.
+    }
+
+    /// Without a pidfd: wait4(WNOHANG) every 100 µs until the child has ended (its exit) or
+    /// `until` has passed (None).
+    fn look_until(&mut self, until: Instant) -> Result<Option<BareExit>> {
+        let left = until.saturating_duration_since(Instant::now());
+        let what = format!("child {} to end", self.pid);
+        // The check hands back wait4's own error as a value, so that an Err of poll_until can
+        // only mean that the deadline passed.
+        let looked = harness::poll::poll_until(left, &what, Duration::from_micros(100), || {
+            Ok(self.reap(libc::WNOHANG).transpose())
+        });
+        match looked {
+            Ok(reaped) => Ok(Some(reaped?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// wait4(2) with `flags`: the exit once the child has ended (and is reaped), None while
+    /// it runs (WNOHANG only).
+    fn reap(&mut self, flags: libc::c_int) -> Result<Option<BareExit>> {
         let mut status: libc::c_int = 0;
         // Safety: rusage is plain data that wait4 fills in.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         loop {
             // Safety: wait4(2) on our own child with valid pointers.
-            let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut ru) };
+            let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut ru) };
             if r == self.pid {
                 break;
+            }
+            if r == 0 {
+                return Ok(None);
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {
@@ -226,11 +331,29 @@ impl Bare {
         }
         self.reaped = true;
         cleanup::forget_child(self.pid);
-        Ok(BareExit {
+        Ok(Some(BareExit {
             code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
             signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
             minor_faults: ru.ru_minflt,
-        })
+        }))
+    }
+}
+
+/// poll(2) on `fd` until it is readable (true) or `until` has passed (false). A signal that
+/// interrupts the poll restarts it with the time that is left, never with the whole deadline.
+fn wait_readable(fd: &OwnedFd, until: Instant) -> Result<bool> {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        // Round up, so that a wait never ends a fraction of a millisecond early.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) if Instant::now() >= until => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll(2) on a pidfd"),
+        }
     }
 }
 
@@ -240,6 +363,18 @@ impl Drop for Bare {
             kill_and_reap(self.pid);
         }
     }
+}
+
+/// Waits for every bare worker against one deadline for all of them, and fails unless each
+/// exited 0. On a failure the workers not yet waited for are dropped: killed and reaped.
+pub fn wait_all(children: Vec<Bare>, deadline: Duration, what: &str) -> Result<()> {
+    let until = Instant::now() + deadline;
+    for child in children {
+        let exit =
+            child.wait_until(until).with_context(|| format!("{what} (deadline of {} ms)", deadline.as_millis()))?;
+        ensure!(exit.success(), "{what} {exit}");
+    }
+    Ok(())
 }
 
 /// A 64-bit slot in memory shared with children forked after it was made (MAP_SHARED), for the
@@ -257,5 +392,89 @@ impl SharedStamp {
         // Safety: the mapping is page-aligned and at least 8 bytes long, lives as long as
         // `self`, and is only ever accessed through this atomic.
         unsafe { AtomicU64::from_ptr(self.page.as_ptr().cast()) }
+    }
+}
+
+/// One result slot of `N` 64-bit words per worker, in memory mapped shared (MAP_SHARED) before
+/// the workers are forked: the way a bare child reports back. Each slot has a flag word the
+/// worker sets (Release) after its words, so that the parent never reads a half-written slot.
+pub struct Slots<const N: usize> {
+    page: Mapping,
+    count: usize,
+}
+
+impl<const N: usize> Slots<N> {
+    pub fn new(count: usize) -> Result<Slots<N>> {
+        Ok(Slots { page: Mapping::anonymous(count * (N + 1) * 8, Sharing::Shared)?, count })
+    }
+
+    fn word(&self, slot: usize, k: usize) -> &AtomicU64 {
+        // Safety: slot < count and k <= N (the callers' bounds), so the word lies inside the
+        // mapping, 8-aligned (the mapping is page-aligned); it lives as long as `self` and is
+        // only ever accessed through atomics, by us and by the children that share it.
+        unsafe { AtomicU64::from_ptr(self.page.as_ptr().cast::<u64>().add(slot * (N + 1) + k)) }
+    }
+
+    /// In a worker: writes its words into slot `i`, then the flag.
+    pub fn put(&self, i: usize, words: [u64; N]) -> Result<()> {
+        ensure!(i < self.count, "slot {i} of {}", self.count);
+        for (k, w) in words.into_iter().enumerate() {
+            self.word(i, k).store(w, Ordering::Relaxed);
+        }
+        self.word(i, N).store(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// In the parent, after the workers ended: every slot's words, in slot order; a slot whose
+    /// worker wrote nothing is an error.
+    pub fn all(&self) -> Result<Vec<[u64; N]>> {
+        (0..self.count)
+            .map(|i| {
+                ensure!(self.word(i, N).load(Ordering::Acquire) == 1, "worker {i} wrote no result");
+                Ok(std::array::from_fn(|k| self.word(i, k).load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+}
+
+/// The start gate of workers that must begin together: each blocks reading `go` until the
+/// write end is closed (end of file for every reader at once). A signal restarts the read.
+pub fn wait_for_go(go: &OwnedFd) -> Result<()> {
+    let mut byte = [0u8];
+    loop {
+        match nix::unistd::read(go, &mut byte) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("read(2) of the start pipe"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wait without a pidfd (a descriptor limit reached): it sees the end of a child that
+    /// ends, and kills and reaps one that does not, at the deadline.
+    #[test]
+    fn the_wait_without_a_pidfd_keeps_its_deadline() {
+        let sleep = |ms| {
+            fork_bare(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(())
+            })
+            .unwrap()
+        };
+        let mut ends = sleep(20);
+        let exit = ends.look_until(Instant::now() + Duration::from_secs(20)).unwrap().expect("it ended");
+        assert!(exit.success() && ends.reaped, "{exit}");
+        let mut hangs = sleep(60_000);
+        let start = Instant::now();
+        assert!(hangs.look_until(start + Duration::from_millis(50)).unwrap().is_none());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let pid = hangs.pid;
+        drop(hangs);
+        // Safety: kill(2) with signal 0 only asks whether the pid exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "the hung child was killed and reaped");
     }
 }

@@ -4,12 +4,14 @@
 //! child's exit tears its copy down again. What processes do not share, they do not fight
 //! over: each has its own mmap lock and its own TLB to flush.
 //!
-//! Workers here are forked children; their reports come back as one JSON line on a pipe
-//! (`harness::deliver`), and shared counters live in MAP_SHARED memory mapped before the fork.
-//! Compare with thread.rs: the same functions in the same order, and only the lines marked
-//! "process:" differ in mechanism.
+//! Workers here are bare forked children (plumbing.rs): they reset their signals, run their
+//! share and `_exit`; their reports come back through result slots in memory mapped shared
+//! before the fork (MAP_SHARED), and shared counters live there too. The churn workers of
+//! `contention`, whose timing is their own, are `harness::fork_child` workers that deliver over
+//! a pipe. Compare with thread.rs: the same functions in the same order, and only the lines
+//! marked "process:" differ in mechanism.
 //!
-//! See also: jobs.rs (the work both sides run), plumbing.rs (the bare children of `spawn`),
+//! See also: jobs.rs (the work both sides run), plumbing.rs (bare children, result slots),
 //! fork(2), clone(2), posix_spawn(3), vfork(2); TLPI 24 (process creation) and 28.3 (the
 //! speed of process creation); LEBench (Ren et al., SOSP 2019) for the first-run latency.
 
@@ -20,12 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use harness::mem::{Mapping, Sharing};
 use harness::stats::monotonic_ns;
-use harness::{Child, deliver, fork_child, fork_child_keeping, wait_all};
+use harness::{Child, deliver, fork_child_keeping, wait_all};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::jobs::{self, Churn, Report, Tasks};
-use crate::plumbing::{self, Program, SharedStamp};
+use crate::plumbing::{self, Bare, Program, SharedStamp, Slots, wait_for_go};
 use crate::{Spawned, Started};
 
 /// Starts `n` empty workers one after the other and waits for each: fork(2), the child
@@ -40,7 +42,10 @@ pub fn spawn_and_wait(n: u64, deadline: Duration) -> Result<Spawned> {
     for _ in 0..n {
         let before = monotonic_ns();
         // process: fork(2) copies this process: its page tables, descriptors and signal state.
-        let child = plumbing::fork_exit(|| slot.store(monotonic_ns(), Ordering::Relaxed))?;
+        let child = plumbing::fork_bare(|| {
+            slot.store(monotonic_ns(), Ordering::Relaxed);
+            Ok(())
+        })?;
         let exit = child.wait(deadline)?;
         ensure!(exit.success(), "an empty child {exit}");
         first_run_ns.push(slot.load(Ordering::Relaxed).saturating_sub(before));
@@ -53,51 +58,50 @@ pub fn spawn_and_wait(n: u64, deadline: Duration) -> Result<Spawned> {
 /// The job split over `workers` workers started at once; the clock runs from the first start
 /// to the last report back.
 pub fn split_job(numbers: u64, workers: u64, deadline: Duration) -> Result<(Duration, Vec<Report>)> {
+    // process: a child has no memory of ours to report into, unless it is mapped shared.
+    let slots = Slots::new(workers as usize)?;
     let start = Instant::now();
     let children = (0..workers)
         .map(|k| {
-            // process: each worker is a copy of this process; its share comes back over a pipe.
-            fork_child(move || {
-                deliver("report", &Report::run(jobs::piece(numbers, workers, k))?);
-                Ok(())
-            })
+            // process: each worker is a copy of this process; its share comes back in its slot.
+            plumbing::fork_bare(|| slots.put(k as usize, Report::run(jobs::piece(numbers, workers, k))?.to_words()))
         })
-        .collect::<Result<Vec<Child>>>()?;
-    let reports = reports_of(children, deadline)?;
+        .collect::<Result<Vec<Bare>>>()?;
+    let reports = reports_of(children, &slots, deadline)?;
     Ok((start.elapsed(), reports))
 }
 
 /// Every task in a worker of its own, `in_flight` at a time.
 pub fn worker_per_task(tasks: Tasks, in_flight: u64, deadline: Duration) -> Result<(Duration, Vec<Report>)> {
+    // process: one shared slot per task, mapped before the first fork.
+    let slots = Slots::new(tasks.count as usize)?;
     let start = Instant::now();
-    let mut reports = Vec::with_capacity(tasks.count as usize);
     let mut next = 0;
     while next < tasks.count {
         let wave = in_flight.min(tasks.count - next);
         let children = (next..next + wave)
             .map(|i| {
                 // process: a new process for every task.
-                fork_child(move || {
-                    deliver("report", &Report::run(tasks.range(i))?);
-                    Ok(())
-                })
+                plumbing::fork_bare(|| slots.put(i as usize, Report::run(tasks.range(i))?.to_words()))
             })
-            .collect::<Result<Vec<Child>>>()?;
-        reports.extend(reports_of(children, deadline)?);
+            .collect::<Result<Vec<Bare>>>()?;
+        plumbing::wait_all(children, deadline, "a worker")?;
         next += wave;
     }
+    let reports = slots.all()?.into_iter().map(Report::from_words).collect();
     Ok((start.elapsed(), reports))
 }
 
 /// A pool: `workers` workers started once take the tasks one by one from a shared counter.
 pub fn pool(tasks: Tasks, workers: u64, deadline: Duration) -> Result<(Duration, Vec<Report>)> {
-    // process: the counter must be in memory mapped shared before the fork.
+    // process: the counter and the reports must be in memory mapped shared before the fork.
     let shared = Mapping::anonymous(4, Sharing::Shared)?;
     let counter = shared.word(0)?;
+    let slots = Slots::new(workers as usize)?;
     let start = Instant::now();
     let children = (0..workers)
-        .map(|_| {
-            fork_child(|| {
+        .map(|k| {
+            plumbing::fork_bare(|| {
                 let mut r = Report::begin()?;
                 loop {
                     let i = u64::from(counter.fetch_add(1, Ordering::Relaxed));
@@ -107,12 +111,11 @@ pub fn pool(tasks: Tasks, workers: u64, deadline: Duration) -> Result<(Duration,
                     r.add(tasks.range(i))?;
                 }
                 r.finish();
-                deliver("report", &r);
-                Ok(())
+                slots.put(k as usize, r.to_words())
             })
         })
-        .collect::<Result<Vec<Child>>>()?;
-    let reports = reports_of(children, deadline)?;
+        .collect::<Result<Vec<Bare>>>()?;
+    let reports = reports_of(children, &slots, deadline)?;
     Ok((start.elapsed(), reports))
 }
 
@@ -141,25 +144,10 @@ pub fn churn(workers: u64, bytes: usize, ops: u64, deadline: Duration) -> Result
         .collect()
 }
 
-fn wait_for_go(go: &std::os::fd::OwnedFd) -> Result<()> {
-    let mut byte = [0u8];
-    loop {
-        match nix::unistd::read(go, &mut byte) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("read(2) of the start pipe"),
-        }
-    }
-}
-
-fn reports_of(children: Vec<Child>, deadline: Duration) -> Result<Vec<Report>> {
-    wait_all(children, deadline)?
-        .iter()
-        .map(|e| {
-            e.check("a worker")?;
-            e.received_one("report")
-        })
-        .collect()
+/// Waits for every worker (one deadline for all) and reads their reports from the slots.
+fn reports_of(children: Vec<Bare>, slots: &Slots<6>, deadline: Duration) -> Result<Vec<Report>> {
+    plumbing::wait_all(children, deadline, "a worker")?;
+    Ok(slots.all()?.into_iter().map(Report::from_words).collect())
 }
 
 // Process only, for contrast: other ways to start a process. They have no thread

@@ -9,10 +9,17 @@
 //! shared counters are ordinary atomics. Compare with process.rs: the same functions in the
 //! same order, and only the lines marked "thread:" differ in mechanism.
 //!
+//! Every function takes the same `deadline` as its process.rs twin and ignores it (`_deadline`):
+//! a thread cannot be killed at a deadline. There is no safe way to stop one from outside, and
+//! a thread cancelled or killed mid-work would leave its locks and memory to the threads that
+//! remain. A hung worker here hangs the row until its own end; the row's promise for threads
+//! is only that the work is bounded (sized by a time budget) and that the deadline of the
+//! process side, and Ctrl-C, still end the row. A thread that must be stoppable has to live in
+//! a sacrificial child process (`harness::spawn_sacrificial`), as the stability row does.
+//!
 //! See also: jobs.rs (the work both sides run), pthread_create(3), clone(2) (CLONE_VM,
 //! CLONE_THREAD), futex(2); TLPI 29 (threads) and 28.2 (the clone() system call).
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,6 +31,7 @@ use nix::unistd::pipe2;
 
 use crate::Spawned;
 use crate::jobs::{self, Churn, Report, Tasks};
+use crate::plumbing::wait_for_go;
 
 /// Starts `n` empty workers one after the other and waits for each: a thread that returns at
 /// once, and join. Each thread first writes the clock: how long after the call it ran.
@@ -118,17 +126,6 @@ pub fn churn(workers: u64, bytes: usize, ops: u64, _deadline: Duration) -> Resul
         drop(go_tx);
         joined(handles)
     })
-}
-
-fn wait_for_go(go: &OwnedFd) -> Result<()> {
-    let mut byte = [0u8];
-    loop {
-        match nix::unistd::read(go, &mut byte) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("read(2) of the start pipe"),
-        }
-    }
 }
 
 fn joined<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>) -> Result<Vec<T>> {
