@@ -44,6 +44,18 @@ pub fn brighten(bytes: &mut [u8], delta: i8) {
     }
 }
 
+/// [`brighten`] a MiB at a time, stopping if `until` passes: false if it stopped early. For a
+/// worker that nobody can kill at a deadline (a thread), so it keeps the deadline itself.
+pub fn brighten_until(bytes: &mut [u8], delta: i8, until: std::time::Instant) -> bool {
+    for piece in bytes.chunks_mut(1 << 20) {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        brighten(piece, delta);
+    }
+    true
+}
+
 /// The change of run `i`: +STEP, -STEP, +STEP, ...
 pub fn delta_of(run: u64) -> i8 {
     if run % 2 == 0 { STEP } else { -STEP }

@@ -65,14 +65,23 @@ pub fn stop_accepting(listener: &TcpListener) -> Result<()> {
     Ok(())
 }
 
-/// Blocks until the writer of `stop` is closed: the order to stop a server.
-pub fn wait_for_stop(stop: &std::os::fd::OwnedFd) {
-    let mut byte = [0u8; 1];
+/// Waits until the writer of `stop` is closed (the order to stop a server), at most until
+/// `until`: false if that passed first.
+pub fn wait_for_stop(stop: &std::os::fd::OwnedFd, until: std::time::Instant) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
     loop {
-        match nix::unistd::read(stop, &mut byte) {
-            Ok(0) => return,
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            // Readable means the end of file: nobody writes on this pipe.
+            Ok(n) if n > 0 => return Ok(true),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return,
+            Err(e) => return Err(e).context("poll(2) on the stop pipe"),
         }
     }
 }

@@ -8,20 +8,19 @@
 mod frame;
 mod http;
 mod load;
+mod plumbing;
 mod process;
 mod thread;
 mod untrusted;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harness::mem::{Mapping, Sharing};
 use harness::row::Which;
-use harness::shm::Segment;
 use harness::stats::{Latencies, median};
 use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Row, Side, Spec, Status, cpu, deliver};
 use nix::fcntl::OFlag;
@@ -40,11 +39,9 @@ const LEVELS: [usize; 3] = [1, 8, 64];
 /// Workers and connections of the poison-request experiment.
 const POISON_WORKERS: usize = 8;
 /// Frames of 3840 × 2160 RGBA the filter runs over (one with --quick). The issue asked for 8;
-/// 8 frames take about 4 s here (26 interleaved runs of 60 ms, three piped runs of 400 ms),
-/// the whole row's budget, so the row filters 2.
+/// at 8 the experiment alone took 3.7 s here (26 interleaved runs, 530 MB to fill, the piped
+/// run), near the whole row's budget of 4 s, so the row filters 2 (docs/use-cases.md).
 const FRAMES: usize = 2;
-/// Runs of the filter through pipes, the contrast (one with --quick).
-const PIPED_RUNS: usize = 3;
 
 static ROW: Row = Row {
     name: "use-cases",
@@ -101,7 +98,7 @@ static ROW: Row = Row {
     ],
     children: &[
         ("sandbox-host", thread::sandbox_host),
-        ("peek", untrusted::peek_child),
+        ("sandboxed", process::sandboxed),
         ("serve", serve_child),
         ("load", load_child),
     ],
@@ -116,7 +113,6 @@ fn main() -> ExitCode {
 pub struct FilterRun {
     pub elapsed: Duration,
     pub minor_faults: u64,
-    pub bytes_copied: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -136,39 +132,44 @@ impl Model {
             _ => None,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Model::Prefork => "prefork",
+            Model::ThreadPool => "threads",
+        }
+    }
 }
 
-/// A running server: a child process of ours (the prefork master, or the process that hosts
-/// the thread pool), and the pipe that tells it to stop.
+/// A running server: a sacrificial child of ours, this program started again (the prefork
+/// master, or the process that hosts the thread pool), the pipe that tells it to stop (its
+/// stdin) and the pipe it talks back on (its stdout).
 struct Server {
     child: Child,
     stop: OwnedFd,
+    said: std::fs::File,
     addr: SocketAddr,
 }
 
 impl Server {
-    /// Binds 127.0.0.1 on a port the kernel picks and starts the server in a child process.
-    /// Fork only while single-threaded: call it before any client thread exists.
+    /// Starts `use-cases __child serve MODEL WORKERS DEADLINE_MS` and waits for its port.
+    /// A new program, not a fork: the thread pool may crash its whole process, and DESIGN
+    /// forks only single-threaded processes; the row has client threads by now.
     fn start(model: Model, workers: usize, deadline: Duration) -> Result<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let addr = listener.local_addr().context("getsockname")?;
         let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-        let keep = [listener.as_raw_fd(), stop_r.as_raw_fd()];
-        // Our copy of the listening socket closes when this returns: once the server is gone,
-        // nobody listens on the port and a connection is refused instead of left waiting.
-        let child = harness::fork_child_keeping(&keep, move || {
-            let report = run_server(model, listener, workers, stop_r, deadline)?;
-            deliver("server", &report);
-            Ok(())
-        })?;
-        Ok(Server { child, stop: stop_w, addr })
+        let args = [model.name().to_string(), workers.to_string(), deadline.as_millis().to_string()];
+        let (child, mut said) = plumbing::spawn_talking("serve", &args, stop_r)?;
+        let line = plumbing::read_line(&mut said, deadline, "the server's port")?;
+        let port: u16 = harness::received(&line, "listening")?.into_iter().next().context("no port")?;
+        Ok(Server { child, stop: stop_w, said, addr: SocketAddr::from(([127, 0, 0, 1], port)) })
     }
 
     /// Tells the server to stop and waits for it; its report, or how it ended.
-    fn stop(self, deadline: Duration) -> Result<(Exit, Option<ServerReport>)> {
+    fn stop(mut self, deadline: Duration) -> Result<(Exit, Option<ServerReport>)> {
         drop(self.stop);
         let exit = self.child.wait(deadline)?;
-        let report = exit.received::<ServerReport>("server")?.into_iter().next();
+        let rest = plumbing::read_rest(&mut self.said, deadline)?;
+        let report = harness::received::<ServerReport>(&rest, "server")?.into_iter().next();
         Ok((exit, report))
     }
 }
@@ -221,29 +222,26 @@ impl Loaded {
 
 fn web_server(ctx: &Ctx) -> Result<Findings> {
     let per_level = Duration::from_millis(if ctx.quick { 3 } else { 10 });
-    // Both servers start before any client thread: the row forks only while single-threaded.
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
+    // The bad input first, to both servers at once and before any timed run: each piece
+    // holds a worker for up to the server's IDLE, and a timed run must find every worker free.
+    let (bad_p, bad_t) = std::thread::scope(|s| {
+        let send_to = |server: &Option<Server>| server.as_ref().map(|server| server.addr);
+        let send = |addr: Option<SocketAddr>| addr.map(|addr| s.spawn(move || load::bad_input(addr)));
+        let (hp, ht) = (send(send_to(&prefork)), send(send_to(&pool)));
+        let join = |h: Option<std::thread::ScopedJoinHandle<'_, Result<Vec<load::BadOutcome>>>>| {
+            h.map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bad-input thread panicked")))).transpose()
+        };
+        Ok::<_, anyhow::Error>((join(hp)?, join(ht)?))
+    })?;
+    // Then the timed load, which must still succeed in full: a failed request ends the
+    // experiment with an error.
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
-    let (summaries, bad) = std::thread::scope(|s| {
-        // The bad input arrives while the measured load runs: the load must go on.
-        let bad: Vec<_> = [prefork.as_ref(), pool.as_ref()]
-            .into_iter()
-            .map(|server| server.map(|server| s.spawn(move || load::bad_input(server.addr))))
-            .collect();
-        let summaries = ctx.interleave(
-            || p.run(prefork.as_ref().context("no prefork server")?.addr, per_level),
-            || t.run(pool.as_ref().context("no thread-pool server")?.addr, per_level),
-        );
-        let bad: Vec<Option<Result<Vec<load::BadOutcome>>>> = bad
-            .into_iter()
-            .map(|h| h.map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("bad-input thread panicked")))))
-            .collect();
-        (summaries, bad)
-    });
-    let (ps, ts) = summaries?;
-    let mut bad = bad.into_iter();
-    let (bad_p, bad_t) = (bad.next().flatten().transpose()?, bad.next().flatten().transpose()?);
+    let (ps, ts) = ctx.interleave(
+        || p.run(prefork.as_ref().context("no prefork server")?.addr, per_level),
+        || t.run(pool.as_ref().context("no thread-pool server")?.addr, per_level),
+    )?;
     let stopped = |server: Option<Server>| -> Result<Option<ServerReport>> {
         let Some(server) = server else { return Ok(None) };
         let (exit, report) = server.stop(ctx.deadline())?;
@@ -259,7 +257,6 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
             side.set(&format!("p99_us_{c}"), l.latencies[i].percentile_ns(99.0) / 1000);
         }
         side.set("responses_checked", l.ok);
-        side.set("requests_failed", 0);
         side.set("server_counted", report.served);
         // The half-closed client's request is answered too: the server counts it.
         let bad_ok = bad.iter().filter(|b| b.result.starts_with("answered 200")).count() as u64;
@@ -289,8 +286,8 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
              no difference in speed is expected. Each connection has a worker of its own (one connection at a \
              time per worker, as Apache's prefork MPM): the load generator is in the row process, the servers \
              are child processes. Bad input (a 1 MiB request line, a head with no end, a silent client, a \
-             half-closed client) arrives during the first timed runs; every request of those runs had to \
-             succeed."
+             half-closed client) goes to each server before the timed runs, and every request of the timed runs \
+             that follow had to succeed (a failed one is an error of the experiment)."
                 .to_string(),
         ),
         ..Findings::default()
@@ -403,24 +400,26 @@ fn poison_request(ctx: &Ctx) -> Result<Findings> {
 // The sandbox.
 
 fn sandbox(ctx: &Ctx) -> Result<Findings> {
-    // The host's secret, in its memory; the untrusted code is told where it is.
+    // The host's secret, in its memory; the untrusted code is told where it is. On the process
+    // side this process is the host; the thread side's host is a sacrificial copy that keeps
+    // the same bytes.
     let secret = Box::new(untrusted::secret()?);
     let address = std::ptr::from_ref::<[u8; 16]>(&secret) as usize;
-    // Forks first (process side), then the sacrificial hosts; all four run at once, so the
-    // two CPU runaways share the second they each burn.
+    // All four start at once, so that the two CPU runaways share the second they each burn.
     let mut children = Vec::new();
     for runaway in Runaway::ALL {
         if ctx.process() {
-            children.push(((Which::Process, runaway), process::start_sandbox(runaway)?));
+            children.push(((Which::Process, runaway), process::start_sandbox(runaway, address)?));
         }
         if ctx.thread() {
-            children.push(((Which::Thread, runaway), thread::start_sandbox(runaway)?));
+            children.push(((Which::Thread, runaway), thread::start_sandbox(runaway, &secret)?));
         }
     }
     let (which, children): (Vec<_>, Vec<Child>) = children.into_iter().unzip();
     let exits = harness::wait_all(children, ctx.deadline())?;
-    // The process side's host is this process: it carried on, and does its own work now.
-    let host_job = untrusted::host_job();
+    // The process side's host is this process: once its children have ended, it does its own
+    // work, and the result is checked against the closed form.
+    let host_work_done = untrusted::host_job() == untrusted::host_job_expected();
     let outcome = |model: Which, runaway: Runaway| -> Option<&Exit> {
         which.iter().position(|w| *w == (model, runaway)).map(|i| &exits[i])
     };
@@ -433,69 +432,75 @@ fn sandbox(ctx: &Ctx) -> Result<Findings> {
         Runaway::Memory => matches!(e.status, Status::Killed(Signal::SIGABRT | Signal::SIGSEGV) | Status::Exited(1)),
         Runaway::Cpu => matches!(e.status, Status::Killed(Signal::SIGXCPU | Signal::SIGKILL)),
     };
-    let saw = |peeked: &std::result::Result<[u8; 16], String>| peeked.as_ref().is_ok_and(|b| b == &*secret);
-    let peek_words = |peeked: &std::result::Result<[u8; 16], String>| match peeked {
+    type Peeked = std::result::Result<[u8; 16], String>;
+    // What the untrusted code found at the secret's address, in the limited process itself
+    // (the child, or the host's thread): one peek from each runaway.
+    let peeks = |mem: &Exit, cpu: &Exit| -> Result<[Peeked; 2]> {
+        Ok([mem.received_one("peeked").context("memory")?, cpu.received_one("peeked").context("cpu")?])
+    };
+    let saw = |peeked: &Peeked| peeked.as_ref().is_ok_and(|b| b == &*secret);
+    let peek_words = |peeked: &Peeked| match peeked {
         Ok(b) if b == &*secret => "read the secret".to_string(),
         Ok(_) => "read other bytes".to_string(),
         Err(e) => format!("nothing there: {e}"),
+    };
+    // `limited` is who the limits stopped: the sandbox (a child) or the whole host.
+    let side = |mem: &Exit, cpu: &Exit, limited: &str, host_done: bool, peeked: &[Peeked; 2]| {
+        let seen = peeked.iter().filter(|p| saw(p)).count();
+        let host = if limited == "host" { "the whole host " } else { "" };
+        Side::observed(format!(
+            "{limited} {} / {}; {}; secret {}",
+            mem.status,
+            cpu.status,
+            if host_done { "host carried on" } else { "host's own work lost" },
+            if seen > 0 { "read" } else { "not readable" }
+        ))
+        .fact("memory_runaway", format!("{host}{}", said(mem)))
+        .fact("cpu_runaway", format!("{host}{}", said(cpu)))
+        .fact("host_work_done", host_done)
+        .fact("secret_seen_by", seen)
+        .fact("peek", peek_words(&peeked[0]))
     };
     let process = ctx.process_side(|| {
         let (mem, cpu) = (
             outcome(Which::Process, Runaway::Memory).context("memory")?,
             outcome(Which::Process, Runaway::Cpu).context("cpu")?,
         );
-        let peeked = process::look_for_secret(address, ctx.deadline())?;
-        let ok = stopped_by_limit(mem, Runaway::Memory) && stopped_by_limit(cpu, Runaway::Cpu) && !saw(&peeked);
-        let side = Side::observed(format!(
-            "sandbox {} / {}; host carried on; secret {}",
-            mem.status,
-            cpu.status,
-            if saw(&peeked) { "read" } else { "not readable" }
-        ))
-        .fact("memory_runaway", said(mem))
-        .fact("cpu_runaway", said(cpu))
-        .fact("limited", "the child process (setrlimit in the child)")
-        .fact("host_work_done", host_job == untrusted::host_job())
-        .fact("secret_seen", saw(&peeked))
-        .fact("peek", peek_words(&peeked));
-        Ok((side, ok))
+        let peeked = peeks(mem, cpu)?;
+        let ok = stopped_by_limit(mem, Runaway::Memory)
+            && stopped_by_limit(cpu, Runaway::Cpu)
+            && host_work_done
+            && !peeked.iter().any(saw);
+        Ok((side(mem, cpu, "sandbox", host_work_done, &peeked), ok))
     })?;
     let thread = ctx.thread_side(|| {
         let (mem, cpu) = (
             outcome(Which::Thread, Runaway::Memory).context("memory")?,
             outcome(Which::Thread, Runaway::Cpu).context("cpu")?,
         );
-        let host_done = |e: &Exit| e.received::<u64>("host-done").map(|v| v == [host_job]);
-        let (mem_done, cpu_done) = (host_done(mem)?, host_done(cpu)?);
-        let peeked = thread::look_for_secret(address, ctx.deadline())?;
+        // The host delivers its job's result only if it lived to do it.
+        let host_done = |e: &Exit| e.received::<u64>("host-done").map(|v| v == [untrusted::host_job_expected()]);
+        let done = host_done(mem)? || host_done(cpu)?;
+        let peeked = peeks(mem, cpu)?;
         let ok = stopped_by_limit(mem, Runaway::Memory)
             && stopped_by_limit(cpu, Runaway::Cpu)
-            && !mem_done
-            && !cpu_done
-            && saw(&peeked);
-        let side = Side::observed(format!(
-            "host {} / {}; host's own work lost; secret {}",
-            mem.status,
-            cpu.status,
-            if saw(&peeked) { "read" } else { "not readable" }
-        ))
-        .fact("memory_runaway", format!("the whole host {}", said(mem)))
-        .fact("cpu_runaway", format!("the whole host {}", said(cpu)))
-        .fact("limited", "the whole host process (a thread has no limits of its own)")
-        .fact("host_work_done", mem_done || cpu_done)
-        .fact("secret_seen", saw(&peeked))
-        .fact("peek", peek_words(&peeked));
-        Ok((side, ok))
+            && !done
+            && peeked.iter().all(saw);
+        Ok((side(mem, cpu, "host", done, &peeked), ok))
     })?;
     Ok(Findings {
         matches_claim: process.as_ref().zip(thread.as_ref()).map(|(p, t)| p.1 && t.1),
         process: process.map(|p| p.0),
         thread: thread.map(|t| t.0),
         note: Some(format!(
-            "Limits: address space {} MiB above what the process had mapped (RLIMIT_AS), {} s of CPU (RLIMIT_CPU: \
-             SIGXCPU, SIGKILL a second later). The secret is 16 random bytes; the untrusted code is given its \
-             address and reads it with process_vm_readv(2) on itself. A real sandbox adds more walls (seccomp, \
-             namespaces, no ptrace): Chrome's renderers, for one.",
+            "Limits (setrlimit in the limited process itself): address space {} MiB above what it had mapped \
+             (RLIMIT_AS), {} s of CPU (RLIMIT_CPU: SIGXCPU, SIGKILL a second later). On the process side the \
+             limited process is the untrusted code's own (a new program, started by execve); a thread has no \
+             limits of its own, so on the thread side it is the whole host. The secret is 16 random bytes; the \
+             untrusted code, told where its host keeps them, reads there with process_vm_readv(2) on its own \
+             process, then runs away; secret_seen_by counts the two runaways that read it. host_work_done: the \
+             host's own job (a sum of squares) matched its closed form after the runaways ended. A real \
+             sandbox adds more walls (seccomp, namespaces, no ptrace): Chrome's renderers, for one.",
             untrusted::MEMORY_ROOM >> 20,
             untrusted::CPU_SECONDS
         )),
@@ -531,20 +536,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let len = frames * frame::FRAME_BYTES;
     let workers = cpu::allowed()?.len();
     let deadline = ctx.deadline();
-    // process: the frames live in a named shared-memory segment, mapped here before the
-    // workers are forked; its name can go at once, the mapping stays.
-    let mut segment = ctx.process_side(|| {
-        let mut s = Segment::create(len)?;
-        s.unlink()?;
-        Ok(s)
-    })?;
-    // thread: the frames are ordinary private memory. MADV_DONTFORK keeps them out of the
-    // process side's forks, which would otherwise copy their page tables.
-    let buffer = ctx.thread_side(|| {
-        let m = Mapping::anonymous(len, Sharing::Private)?;
-        m.dont_fork()?;
-        Ok(m)
-    })?;
+    let mut segment = ctx.process_side(|| process::frames(len))?;
+    let buffer = ctx.thread_side(|| thread::frames(len))?;
     // Safety: each slice covers exactly its own mapping, which lives until the end of this
     // function, and nothing else refers to that memory meanwhile.
     let mut p_frames = segment.as_mut().map(|s| unsafe { std::slice::from_raw_parts_mut(s.as_ptr(), len) });
@@ -566,52 +559,46 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
             Ok(t.record(run, f))
         },
     )?;
-    // For contrast, the process side once more, with copies through pipes instead of the
-    // segment, continuing the same alternation from an even run (the frames as filled).
+    // Huge pages behind the frames, read after the runs: both asked for base pages only.
+    let huge_p = p_frames.as_ref().map(|f| plumbing::huge_kib_at(f.as_ptr())).transpose()?;
+    let huge_t = t_frames.as_ref().map(|f| plumbing::huge_kib_at(f.as_ptr())).transpose()?;
+    // For contrast, one untimed run of the process side with copies through pipes instead of
+    // the segment, from the frames as filled: its bytes and its checksum, no timing.
     let piped = match p_frames {
         Some(f) => {
             if p.runs % 2 == 1 {
                 process::filter_frames(f, frame::delta_of(p.runs), workers, deadline)?;
                 p.runs += 1;
             }
-            let (mut ms, mut copied, mut checksum) = (Vec::new(), 0, None);
-            for _ in 0..PIPED_RUNS.min(if ctx.quick { 1 } else { PIPED_RUNS }) {
-                let run = process::filter_frames_through_pipes(f, frame::delta_of(p.runs), workers, deadline)?;
-                p.runs += 1;
-                ms.push(run.elapsed.as_secs_f64() * 1e3);
-                copied = run.bytes_copied;
-                if p.runs % 2 == 1 {
-                    checksum.get_or_insert(frame::checksum(f));
-                }
-            }
-            Some((median(&ms), copied, checksum))
+            let copied = process::filter_frames_through_pipes(f, frame::delta_of(p.runs), workers, deadline)?;
+            p.runs += 1;
+            Some((copied, frame::checksum(f)))
         }
         None => None,
     };
     let hex = |c: Option<u64>| c.map(|c| format!("{c:016x}")).unwrap_or_default();
-    let common = |s: Side, f: &Filtered| {
+    let common = |s: Side, f: &Filtered, huge: Option<u64>| {
         s.fact("frames", frames)
             .fact("bytes", len)
             .fact("filter_workers", workers)
             .fact("checksum", hex(f.checksum))
-            .fact("bytes_copied", 0)
             .fact("minor_faults_per_run", median(&f.faults).round())
+            .fact("huge_kib", huge.unwrap_or(0))
     };
     let same_checksums =
-        p.checksum.is_some() && p.checksum == t.checksum && piped.as_ref().is_none_or(|(_, _, c)| *c == p.checksum);
+        p.checksum.is_some() && p.checksum == t.checksum && piped.as_ref().is_none_or(|(_, c)| Some(*c) == p.checksum);
     let process = ps.map(|s| {
-        let mut side =
-            common(Side::measured(&s, "ms/run"), &p).fact("mechanism", "shared-memory segment (shm_open, mmap)");
-        if let Some((ms, copied, checksum)) = piped {
-            side.set("through_pipes_ms", (ms * 100.0).round() / 100.0);
+        let mut side = common(Side::measured(&s, "ms/run"), &p, huge_p)
+            .fact("mechanism", "shared-memory segment (shm_open, mmap)");
+        if let Some((copied, checksum)) = piped {
             side.set("through_pipes_bytes_copied", copied);
-            side.set("through_pipes_checksum", hex(checksum));
+            side.set("through_pipes_checksum", hex(Some(checksum)));
         }
         side.set("checksums_equal", same_checksums);
         side
     });
     let thread = ts.map(|s| {
-        common(Side::measured(&s, "ms/run"), &t)
+        common(Side::measured(&s, "ms/run"), &t, huge_t)
             .fact("mechanism", "one buffer, scoped threads on disjoint chunks")
             .fact("checksums_equal", same_checksums)
     });
@@ -624,8 +611,11 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         note: Some(
             "One worker per allowed CPU, each on a disjoint chunk; the workers are created for every run (fork or \
              spawn), as a filter invocation would. Runs alternate +16 and -16 brightness so that every run starts \
-             from the same pixels. through_pipes_ms is the process side again with each chunk copied to its \
-             worker and back through pipes (median of 3 runs, 1 with --quick; not interleaved)."
+             from the same pixels. On the segment and in the threads' buffer every worker writes in place: no \
+             byte goes through a pipe or a copy. For contrast, one untimed run of the process side copies each \
+             chunk to its worker and back through pipes: through_pipes_bytes_copied counts the bytes as they \
+             pass, and its checksum must match. Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is \
+             what /proc/self/smaps shows behind the frames after the runs."
                 .to_string(),
         ),
         ..Findings::default()
@@ -635,17 +625,22 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
 // ---------------------------------------------------------------------------------------
 // Entry points for `cargo xtask anchors use-cases`.
 
-/// `use-cases __child serve prefork|threads WORKERS`: serves on 127.0.0.1 until stdin closes;
-/// delivers "listening PORT" first and the server's report at the end.
+/// `use-cases __child serve prefork|threads WORKERS [DEADLINE_MS]`: serves on 127.0.0.1 until
+/// stdin closes (at most DEADLINE_MS, 60 s if not given); delivers "listening PORT" first and
+/// the server's report at the end. The row's servers and `cargo xtask anchors use-cases`.
 fn serve_child(args: &[String]) -> Result<()> {
-    let [model, workers] = args else { bail!("usage: serve prefork|threads WORKERS") };
+    let (model, workers, deadline) = match args {
+        [m, w] => (m, w, Duration::from_secs(60)),
+        [m, w, ms] => (m, w, Duration::from_millis(ms.parse().context("DEADLINE_MS")?)),
+        _ => bail!("usage: serve prefork|threads WORKERS [DEADLINE_MS]"),
+    };
     let model = Model::parse(model).with_context(|| format!("unknown model {model:?}"))?;
     let workers: usize = workers.parse().context("WORKERS")?;
     let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
     deliver("listening", &listener.local_addr()?.port());
     // Safety: dup(2) of our stdin, so that the server owns a descriptor that ends with it.
     let stop = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) }.try_clone_to_owned().context("dup stdin")?;
-    let report = run_server(model, listener, workers, stop, Duration::from_secs(60))?;
+    let report = run_server(model, listener, workers, stop, deadline)?;
     deliver("server", &report);
     Ok(())
 }

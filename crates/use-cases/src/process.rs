@@ -3,8 +3,8 @@
 //! A prefork web server (as Apache's prefork MPM and PostgreSQL's postmaster): a master
 //! process forks N workers that accept on the listening socket they share, and replaces any
 //! worker that dies, so a request that crashes its handler takes only that worker with it.
-//! A sandbox: untrusted code runs in a child process with limits of its own (setrlimit), and
-//! a separately started process cannot read its host's memory. A video filter: worker
+//! A sandbox: untrusted code runs in a separately started child process with limits of its
+//! own (setrlimit), and cannot read its host's memory. A video filter: worker
 //! processes share the frames through a shared-memory segment, or get copies through pipes.
 //! Compare with thread.rs: the same functions in the same order; lines marked `process:` are
 //! where the mechanism differs.
@@ -18,15 +18,17 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use harness::{Child, Exit, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
+use anyhow::{Context, Result, bail};
+use harness::{Child, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::pipe2;
 
 use crate::http::{self, ServerReport};
 use crate::untrusted::{self, Runaway};
-use crate::{FilterRun, frame};
+use harness::shm::Segment;
+
+use crate::{FilterRun, frame, plumbing};
 
 /// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
 /// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
@@ -35,13 +37,20 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
     let mut pool: Vec<Child> = (0..workers).map(|_| start_worker(&listener)).collect::<Result<_>>()?;
     let mut report = ServerReport { workers, ..ServerReport::default() };
     let mut served = Vec::new();
-    loop {
+    let until = Instant::now() + deadline;
+    let ordered = loop {
         // process: the master learns of a worker's death from its pidfd, as a parent does from
         // SIGCHLD and waitpid(2), while it also listens for the order to stop.
         let pidfds: Vec<OwnedFd> = pool.iter().map(|w| harness::child::pidfd(w.pid())).collect::<Result<_>>()?;
         let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         fds.extend(pidfds.iter().map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
-        match poll(&mut fds, PollTimeout::NONE) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // At the deadline the server stops by itself, and says so once its workers are done.
+            break false;
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
@@ -58,9 +67,9 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
             report.replaced += 1;
         }
         if stopping {
-            break;
+            break true;
         }
-    }
+    };
     http::stop_accepting(&listener)?;
     for exit in wait_all(pool, deadline)? {
         match exit.status.signal() {
@@ -71,6 +80,7 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
     }
     report.served = served.iter().sum();
     report.busy_workers = served.iter().filter(|&&n| n > 0).count();
+    anyhow::ensure!(ordered, "no order to stop within the deadline of {} ms", deadline.as_millis());
     Ok(report)
 }
 
@@ -84,24 +94,34 @@ fn start_worker(listener: &TcpListener) -> Result<Child> {
     })
 }
 
-/// Starts untrusted code that runs away in a child process with limits of its own.
-pub fn start_sandbox(runaway: Runaway) -> Result<Child> {
-    // process: the limits are set in the child and bind only the child; the parent (the
-    // host) goes on unlimited.
-    fork_child(move || {
-        untrusted::limit_this_process()?;
-        runaway.run()
-    })
+/// Starts untrusted code that runs away in a child process with limits of its own; it is
+/// told `address`, where this process (its host) keeps a secret.
+pub fn start_sandbox(runaway: Runaway, address: usize) -> Result<Child> {
+    // process: a new program (execve), so the child holds no copy of the host's memory (a
+    // forked one would have the secret at that very address), and it has threads of its own
+    // making only.
+    spawn_sacrificial("sandboxed", &[runaway.name().to_string(), format!("{address:x}")])
 }
 
-/// The untrusted code, in a separately started process, looks for the host's secret at the
-/// address where the host keeps it.
-pub fn look_for_secret(address: usize, deadline: Duration) -> Result<std::result::Result<[u8; 16], String>> {
-    // process: a new program (execve), not a fork: a forked child would hold a copy of the
-    // secret at that very address.
-    let exit: Exit = spawn_sacrificial("peek", &[format!("{address:x}")])?.wait(deadline)?;
-    exit.check("the peeking process")?;
-    exit.received_one("peeked")
+/// The sandboxed child: limits itself, then runs the untrusted code as its only work.
+pub fn sandboxed(args: &[String]) -> Result<()> {
+    let [name, address] = args else { bail!("usage: sandboxed RUNAWAY ADDRESS") };
+    let runaway = Runaway::parse(name).with_context(|| format!("unknown runaway {name:?}"))?;
+    let address = usize::from_str_radix(address, 16).context("ADDRESS")?;
+    // process: the limits bind this process only; the host that started it goes on unlimited.
+    untrusted::limit_this_process()?;
+    untrusted::untrusted_code(runaway, address)
+}
+
+/// The frames the filter runs over: a named shared-memory segment, mapped here before the
+/// workers are forked so that they inherit it; its name goes at once, the mapping stays.
+pub fn frames(len: usize) -> Result<Segment> {
+    // process: only memory mapped MAP_SHARED is seen by parent and children alike.
+    let mut segment = Segment::create(len)?;
+    segment.unlink()?;
+    // Base pages on both sides, so that only the mechanism differs (huge pages are observed).
+    plumbing::no_huge_pages(segment.as_ptr(), len)?;
+    Ok(segment)
 }
 
 /// One filter run: a worker process per chunk, each brightening its chunk of `frames` in
@@ -125,18 +145,13 @@ pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Dur
         e.check("a filter worker")?;
     }
     let minor_faults = exits.iter().map(|e| e.usage.minor_faults).sum::<i64>() as u64;
-    Ok(FilterRun { elapsed, minor_faults, bytes_copied: 0 })
+    Ok(FilterRun { elapsed, minor_faults })
 }
 
 /// The same filter run, but each worker gets a copy of its chunk through a pipe and sends the
-/// result back through another: two copies of every byte, and no memory shared.
-pub fn filter_frames_through_pipes(
-    frames: &mut [u8],
-    delta: i8,
-    workers: usize,
-    deadline: Duration,
-) -> Result<FilterRun> {
-    let start = Instant::now();
+/// result back through another: two copies of every byte, and no memory shared. Returns the
+/// bytes that went through the pipes, counted as they passed.
+pub fn filter_frames_through_pipes(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<u64> {
     let mut children = Vec::new();
     let mut links = Vec::new();
     for range in frame::chunks(frames.len(), workers) {
@@ -166,11 +181,8 @@ pub fn filter_frames_through_pipes(
         copied += range.len() as u64;
     }
     drop(links);
-    let exits = wait_all(children, deadline)?;
-    let elapsed = start.elapsed();
-    for e in &exits {
+    for e in &wait_all(children, deadline)? {
         e.check("a filter worker")?;
     }
-    let minor_faults = exits.iter().map(|e| e.usage.minor_faults).sum::<i64>() as u64;
-    Ok(FilterRun { elapsed, minor_faults, bytes_copied: copied })
+    Ok(copied)
 }

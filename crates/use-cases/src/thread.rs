@@ -15,7 +15,8 @@ use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use harness::mem::{Mapping, Sharing};
 use harness::{Child, Usage, spawn_sacrificial};
 
 use crate::http::{self, ServerReport};
@@ -25,7 +26,8 @@ use crate::{FilterRun, frame};
 /// The thread-pool server: `workers` threads on `listener`; when `stop` becomes readable (its
 /// writer closed) it stops them all. Runs in a process of its own; a dead worker thread is
 /// not replaced, because a crash never leaves the rest of the process to carry on.
-pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, _deadline: Duration) -> Result<ServerReport> {
+pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Duration) -> Result<ServerReport> {
+    let until = Instant::now() + deadline;
     std::thread::scope(|s| {
         // thread: the workers share this process: its memory, its descriptors, its fate.
         let pool: Vec<_> = (0..workers)
@@ -34,7 +36,8 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, _deadline: Du
             })
             .collect::<std::io::Result<_>>()
             .context("spawning a worker thread")?;
-        http::wait_for_stop(&stop);
+        // At the deadline the server stops by itself, and says so once its workers are done.
+        let ordered = http::wait_for_stop(&stop, until)?;
         http::stop_accepting(&listener)?;
         let mut served = Vec::new();
         for w in pool {
@@ -43,6 +46,7 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, _deadline: Du
                 Err(_) => bail!("a worker thread panicked"),
             }
         }
+        ensure!(ordered, "no order to stop within the deadline of {} ms", deadline.as_millis());
         Ok(ServerReport {
             workers,
             served: served.iter().sum(),
@@ -53,39 +57,51 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, _deadline: Du
     })
 }
 
-/// Starts the same runaway in a thread. The limits can only be set on the whole host, so the
-/// host is a sacrificial copy of this program, limited as a whole.
-pub fn start_sandbox(runaway: Runaway) -> Result<Child> {
+/// Starts the same untrusted code in a thread. The limits can only be set on the whole host,
+/// so the host is a sacrificial copy of this program, limited as a whole; it keeps `secret`.
+pub fn start_sandbox(runaway: Runaway, secret: &[u8; 16]) -> Result<Child> {
     // thread: setrlimit(2) limits a process, never one thread of it.
-    spawn_sacrificial("sandbox-host", &[runaway.name().to_string()])
+    spawn_sacrificial("sandbox-host", &[runaway.name().to_string(), untrusted::secret_to_arg(secret)])
 }
 
-/// The sacrificial host: limits itself, runs the untrusted code in a thread, and would then
-/// do its own work and report it.
+/// The sacrificial host: keeps the secret, limits itself, runs the untrusted code in a
+/// thread, and would then do its own work and report it.
 pub fn sandbox_host(args: &[String]) -> Result<()> {
-    let [name] = args else { bail!("usage: sandbox-host RUNAWAY") };
+    let [name, secret] = args else { bail!("usage: sandbox-host RUNAWAY SECRET") };
     let runaway = Runaway::parse(name).with_context(|| format!("unknown runaway {name:?}"))?;
+    let secret = Box::new(untrusted::secret_from_arg(secret)?);
+    let address = std::ptr::from_ref::<[u8; 16]>(&secret) as usize;
     untrusted::limit_this_process()?;
-    let untrusted = std::thread::Builder::new().name("untrusted".into()).spawn(move || runaway.run());
+    // thread: the untrusted code shares the host's address space: `address` is the secret.
+    let untrusted =
+        std::thread::Builder::new().name("untrusted".into()).spawn(move || untrusted::untrusted_code(runaway, address));
     // thread: the limit was the host's, so what it stops is the host, this thread included.
     let outcome = untrusted.context("spawning the untrusted thread")?.join();
     harness::deliver("untrusted-returned", &format!("{outcome:?}"));
     harness::deliver("host-done", &untrusted::host_job());
+    drop(secret);
     Ok(())
 }
 
-/// The untrusted code, in a thread of the host, looks for the host's secret at the address
-/// where the host keeps it.
-pub fn look_for_secret(address: usize, _deadline: Duration) -> Result<std::result::Result<[u8; 16], String>> {
-    // thread: same address space: the address means the same memory here as in the host.
-    std::thread::scope(|s| s.spawn(|| untrusted::peek(address)).join())
-        .map_err(|_| anyhow::anyhow!("the peeking thread panicked"))
+/// The frames the filter runs over: ordinary private memory of this process.
+pub fn frames(len: usize) -> Result<Mapping> {
+    // thread: every thread of the process sees private memory; nothing needs to be shared.
+    let buffer = Mapping::anonymous(len, Sharing::Private)?;
+    // MADV_DONTFORK keeps it out of the process side's forks, which would otherwise copy its
+    // page tables (and write-protect it) on every run.
+    buffer.dont_fork()?;
+    // Base pages on both sides, so that only the mechanism differs (huge pages are observed).
+    buffer.no_huge_pages()?;
+    Ok(buffer)
 }
 
 /// One filter run: a scoped thread per chunk, each brightening its chunk of `frames` in place.
-pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, _deadline: Duration) -> Result<FilterRun> {
+/// A thread cannot be killed from outside as a child process can: each one stops by itself
+/// if the deadline passes, and the run is then an error.
+pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
     let before = Usage::of_process()?;
     let start = Instant::now();
+    let until = start + deadline;
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
         let mut rest = frames;
@@ -93,14 +109,15 @@ pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, _deadline: Du
             let (chunk, tail) = rest.split_at_mut(range.len());
             rest = tail;
             // thread: the thread writes into the one buffer all threads share; no byte is copied.
-            handles.push(s.spawn(move || frame::brighten(chunk, delta)));
+            handles.push(s.spawn(move || frame::brighten_until(chunk, delta, until)));
         }
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a filter thread panicked"))?;
+            let finished = h.join().map_err(|_| anyhow::anyhow!("a filter thread panicked"))?;
+            ensure!(finished, "a filter thread passed the deadline of {} ms", deadline.as_millis());
         }
         Ok(())
     })?;
     let elapsed = start.elapsed();
     let minor_faults = Usage::of_process()?.since(before).minor_faults as u64;
-    Ok(FilterRun { elapsed, minor_faults, bytes_copied: 0 })
+    Ok(FilterRun { elapsed, minor_faults })
 }

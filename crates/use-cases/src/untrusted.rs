@@ -69,9 +69,20 @@ pub fn limit_this_process() -> Result<()> {
     Ok(())
 }
 
-/// The host's own work, done once the untrusted code has been dealt with.
+/// How far the host's own job counts.
+const HOST_JOB_N: u64 = 10_000;
+
+/// The host's own work, done once the untrusted code has been dealt with: the sum of the
+/// squares below [`HOST_JOB_N`], added up one by one.
 pub fn host_job() -> u64 {
-    (0..10_000u64).fold(1, |acc, i| acc.wrapping_mul(6364136223846793005).wrapping_add(i))
+    (0..std::hint::black_box(HOST_JOB_N)).map(|i| i * i).sum()
+}
+
+/// What [`host_job`] must come to, from the closed form (n - 1) n (2n - 1) / 6: a result
+/// that matches shows the host really did its work to the end.
+pub fn host_job_expected() -> u64 {
+    let n = HOST_JOB_N;
+    (n - 1) * n * (2 * n - 1) / 6
 }
 
 /// A secret the host keeps in its memory.
@@ -97,11 +108,36 @@ pub fn peek(address: usize) -> std::result::Result<[u8; 16], String> {
     if n == 16 { Ok(out) } else { Err(std::io::Error::last_os_error().to_string()) }
 }
 
-/// A separately started process's entry: peek at an address given as an argument and deliver
-/// what was there (or why nothing was).
-pub fn peek_child(args: &[String]) -> Result<()> {
-    let [address] = args else { bail!("usage: peek ADDRESS") };
-    let address = usize::from_str_radix(address.trim_start_matches("0x"), 16).context("ADDRESS")?;
+/// The untrusted code itself, the same on both sides: it tries to read the host's secret at
+/// `address` (where the host keeps it), hands over what it found, and runs away.
+pub fn untrusted_code(runaway: Runaway, address: usize) -> Result<()> {
     harness::deliver("peeked", &peek(address));
-    Ok(())
+    runaway.run()
+}
+
+/// A secret as an argument: 32 hex digits.
+pub fn secret_to_arg(secret: &[u8; 16]) -> String {
+    secret.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The secret back from [`secret_to_arg`].
+pub fn secret_from_arg(arg: &str) -> Result<[u8; 16]> {
+    anyhow::ensure!(arg.len() == 32, "a secret is 32 hex digits: {arg:?}");
+    let mut s = [0u8; 16];
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&arg[2 * i..2 * i + 2], 16).context("SECRET")?;
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_job_adds_up_and_a_secret_survives_its_argument() {
+        assert_eq!(host_job(), host_job_expected());
+        let s: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
+        assert_eq!(secret_from_arg(&secret_to_arg(&s)).unwrap(), s);
+    }
 }

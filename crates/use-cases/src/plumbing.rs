@@ -1,0 +1,108 @@
+//! Plumbing this row needs and the harness does not have (yet): a sacrificial child whose
+//! stdout we read while it runs, reads with a deadline, and the huge pages behind any mapping.
+//!
+//! See also: harness::child (spawn_sacrificial, whose child's stdout is read only once it has
+//! ended), proc(5) for /proc/self/smaps.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use harness::Child;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::pipe2;
+
+/// Starts this program again as `<row> __child NAME ARGS...` (as harness::spawn_sacrificial
+/// does), with `stdin` as its standard input and its standard output a pipe whose read end
+/// we return: the child can tell us things while it runs, not only when it has ended.
+pub fn spawn_talking(name: &str, args: &[String], stdin: OwnedFd) -> Result<(Child, File)> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a child's stdout")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(harness::child::CHILD_SUBCOMMAND).arg(name).args(args);
+    cmd.stdin(Stdio::from(stdin)).stdout(Stdio::from(out_w)).stderr(Stdio::piped());
+    // Our copy of the write end goes with `cmd`, so the pipe ends when the child does.
+    let child = harness::child::spawn_command(cmd)?;
+    Ok((child, File::from(out_r)))
+}
+
+/// Waits up to `left` for `fd` to become readable (or reach its end); false at the deadline.
+fn readable(fd: &File, left: Duration) -> Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let ms = left.as_millis().clamp(0, i32::MAX as u128) as i32;
+    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e).context("poll(2) on a child's stdout"),
+    }
+}
+
+/// Reads one line from `from` within `deadline`, a byte at a time so that nothing after the
+/// line is taken from the pipe. An error at the deadline or at the end of the pipe.
+pub fn read_line(from: &mut File, deadline: Duration, what: &str) -> Result<String> {
+    let until = Instant::now() + deadline;
+    let mut line = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if !readable(from, left)? {
+            if left.is_zero() {
+                bail!("gave up waiting for {what}: the deadline of {} ms passed", deadline.as_millis());
+            }
+            continue;
+        }
+        let mut byte = [0u8; 1];
+        match from.read(&mut byte) {
+            Ok(0) => bail!("the child ended before {what}: {:?}", String::from_utf8_lossy(&line)),
+            Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("read from a child's stdout"),
+        }
+    }
+}
+
+/// Reads what is left in `from` up to its end, within `deadline`.
+pub fn read_rest(from: &mut File, deadline: Duration) -> Result<String> {
+    let until = Instant::now() + deadline;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if !readable(from, left)? {
+            if left.is_zero() {
+                bail!("a child's stdout did not end within {} ms", deadline.as_millis());
+            }
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&all).into_owned()),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("read from a child's stdout"),
+        }
+    }
+}
+
+/// Asks for base pages only on `len` bytes at `start` (MADV_NOHUGEPAGE, madvise(2)), for a
+/// mapping the harness's `Mapping` does not own (a shared-memory segment).
+pub fn no_huge_pages(start: *mut u8, len: usize) -> Result<()> {
+    let start = std::ptr::NonNull::new(start.cast()).context("a null mapping")?;
+    // Safety: advice on a mapping of ours of that length; it changes no contents.
+    unsafe { nix::sys::mman::madvise(start, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
+        .context("madvise MADV_NOHUGEPAGE")
+}
+
+/// KiB of the mapping that holds `address` backed by transparent huge pages now, anonymous
+/// or shared memory alike: AnonHugePages + ShmemPmdMapped + FilePmdMapped of its area in
+/// /proc/self/smaps (proc(5)). The same reading for both sides of an experiment.
+pub fn huge_kib_at(address: *const u8) -> Result<u64> {
+    let at = address as u64;
+    let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
+    let map = maps.iter().find(|m| m.address.0 <= at && at < m.address.1).context("the mapping is not in smaps")?;
+    let field = |name: &str| map.extension.map.get(name).copied().unwrap_or(0);
+    Ok((field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024)
+}
