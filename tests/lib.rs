@@ -254,6 +254,17 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// One experiment of a report, by id; a missing one fails the test.
+pub fn experiment<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
+}
+
+/// The ids of a report's headline experiments, in order.
+pub fn headlines(report: &serde_json::Value) -> Vec<&str> {
+    let experiments = report["experiments"].as_array().unwrap();
+    experiments.iter().filter(|e| e["headline"] == true).map(|e| e["id"].as_str().unwrap()).collect()
+}
+
 /// Checks every measured experiment of a report against its own samples: both sides took the
 /// same number of runs (they take turns), at least 7; each median is the median of the
 /// side's samples; the ratio is of the two medians and lies inside its interval. A row that

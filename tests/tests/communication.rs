@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
+use tests::experiment;
 
 /// The mechanisms of each side, as the report names them.
 const PROCESS: [&str; 5] = ["pipe", "socket pair", "POSIX message queue", "ipc-channel", "shared-memory ring"];
@@ -16,10 +17,6 @@ const THREAD: [&str; 5] = ["pipe", "socket pair", "std mpsc channel", "crossbeam
 fn quick_report() -> &'static Value {
     static REPORT: OnceLock<Value> = OnceLock::new();
     REPORT.get_or_init(|| tests::report("communication", &["--quick"]))
-}
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
 }
 
 /// The report with what depends on the run or the machine taken out: measured numbers (also
@@ -80,13 +77,7 @@ fn every_experiment_ran_and_none_failed() {
     for e in quick_report()["experiments"].as_array().unwrap() {
         assert!(e["verdict"] != "error" && e["verdict"] != "skipped", "{}: {}", e["id"], e["note"]);
     }
-    let headlines: Vec<&str> = quick_report()["experiments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["headline"] == true)
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let headlines = tests::headlines(quick_report());
     assert_eq!(headlines, ["latency-channel", "throughput-shm", "effort"]);
 }
 

@@ -5,6 +5,7 @@
 //! CPUs this test may use, then replaced by their rule, so that the snapshot holds on any machine.
 
 use std::sync::OnceLock;
+use tests::experiment;
 
 use serde_json::{Value, json};
 
@@ -16,10 +17,6 @@ const KEEP: &[&str] = &["parent_huge_page_kib", "huge_page_kib_per_op"];
 fn quick_report() -> &'static Value {
     static REPORT: OnceLock<Value> = OnceLock::new();
     REPORT.get_or_init(|| tests::report("concurrency", &["--quick"]))
-}
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
 }
 
 /// The CPUs this test (and the row it starts) may use: sched_getaffinity(2).
@@ -117,13 +114,7 @@ fn every_experiment_ran_and_none_failed() {
             assert!(e[side]["runs"].as_u64().unwrap() >= 7, "{} {side}", e["id"]);
         }
     }
-    let headlines: Vec<&str> = report["experiments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["headline"] == true)
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let headlines = tests::headlines(report);
     assert_eq!(headlines, ["spawn", "spawn-vs-size", "contention"]);
 }
 

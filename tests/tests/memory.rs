@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use tests::experiment;
 
 /// Facts that are observed values or counts, not measurements: they stay in the snapshot.
 const KEEP: &[&str] = &[
@@ -23,10 +24,6 @@ const KEEP: &[&str] = &[
 fn quick_report() -> &'static Value {
     static REPORT: OnceLock<Value> = OnceLock::new();
     REPORT.get_or_init(|| tests::report("memory", &["--quick"]))
-}
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
 }
 
 /// Addresses change from run to run (address-space layout randomisation): every fact whose

@@ -1,6 +1,7 @@
 //! The stability row, driven as a user would drive it: its real binary as a subprocess.
 
 use serde_json::Value;
+use tests::experiment;
 
 /// Facts that are observed counts, not measurements: they stay in the snapshot.
 const KEEP: &[&str] = &[
@@ -14,10 +15,6 @@ const KEEP: &[&str] = &[
     "crasher_held_lock",
     "crasher_panicked",
 ];
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
-}
 
 #[test]
 fn json_report_matches_the_snapshot() {

@@ -5,16 +5,13 @@
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use tests::experiment;
 
 /// One `--quick` run shared by the tests: several switching binaries at once would pin their
 /// tasks to the same CPU and preempt each other, which is noise these tests need not see.
 fn quick_report() -> &'static Value {
     static REPORT: OnceLock<Value> = OnceLock::new();
     REPORT.get_or_init(|| tests::report("switching", &["--quick"]))
-}
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
 }
 
 /// The experiments that ran both sides, with their sides.

@@ -6,16 +6,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
+use tests::experiment;
 
 /// One `--quick` run shared by the tests: the servers and the runaways of several runs at
 /// once would only slow each other down.
 fn quick_report() -> &'static Value {
     static REPORT: OnceLock<Value> = OnceLock::new();
     REPORT.get_or_init(|| tests::report("use-cases", &["--quick"]))
-}
-
-fn experiment<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no {id}"))
 }
 
 fn facts<'a>(id: &str, side: &str) -> &'a Value {
