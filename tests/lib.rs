@@ -187,10 +187,37 @@ pub fn without_thread_ids(s: &str) -> String {
 /// starts can be found by group afterwards, even a child whose parent is gone.
 pub fn spawn_in_own_group(name: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
+    become_subreaper();
     let mut cmd = Command::new(binary(name));
     cmd.args(args).envs(envs.iter().copied()).process_group(0);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     cmd.spawn().expect("starting the binary")
+}
+
+/// Makes this test process a child subreaper, once: the children of a row killed outright
+/// (SIGKILL runs no handler) die with it, and their zombies then come to us, not to a PID 1
+/// that may be slow to reap, so that [`gone`] can see and collect them.
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // Safety: prctl(2) on this process; it changes only who adopts our orphans.
+    ONCE.call_once(|| unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
+    });
+}
+
+/// True when nothing of a process group is left: the zombies of it that we adopted (see
+/// [`become_subreaper`]) are reaped first, since a zombie proves its process ended; anything
+/// still running stays and makes this false. Only members of `pgid` are touched, never another
+/// test's children.
+pub fn gone(pgid: u32) -> bool {
+    let me = std::process::id();
+    for (pid, state, parent, group) in processes() {
+        if group == pgid && parent == me && state == 'Z' {
+            // Safety: waitpid(2) on a zombie child of ours.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+    group_members(pgid).is_empty()
 }
 
 /// Every process on the machine as (pid, state letter, parent pid, process group), from

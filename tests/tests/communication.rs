@@ -3,6 +3,7 @@
 //! it was pinned; the lines each mechanism takes; what a broken partner does to a run), never
 //! timings.
 
+use std::io::Read;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -271,10 +272,23 @@ fn sigkill_in_the_middle_of_a_shared_memory_exchange_leaves_nothing_behind() {
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    if std::os::unix::process::ExitStatusExt::signal(&status) != Some(libc::SIGKILL) {
+        let mut said = String::new();
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut p = pipe;
+            let _ = p.read_to_string(&mut said);
+        }
+        panic!("the row ended before the SIGKILL ({status}): {said}");
+    }
     // The partner dies with the row (PR_SET_PDEATHSIG); the segment's name was removed as soon
     // as both had it mapped, so no file is left in /dev/shm.
-    assert!(tests::wait_until(5, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
+    assert!(tests::wait_until(5, || tests::gone(pid)), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
     // And the next run removes whatever a killed run of ours could have left.
     assert!(tests::run("communication", &["--list"]).status.success());

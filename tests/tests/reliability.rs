@@ -316,9 +316,8 @@ fn a_row_killed_outright_leaves_its_segment_and_the_next_run_removes_it() {
     unsafe { libc::kill(row as i32, libc::SIGKILL) };
     let (code, _, _) = finish(child);
     assert_eq!(code, None, "killed by a signal");
-    // Its children die with it (PR_SET_PDEATHSIG): none is left running.
-    let live = || tests::group_members(row).into_iter().filter(|(_, state)| *state != 'Z').collect::<Vec<_>>();
-    assert!(tests::wait_until(2, || live().is_empty()), "left running: {:?}", live());
+    // Its children die with it (PR_SET_PDEATHSIG): none is left, once we reap their zombies.
+    assert!(tests::wait_until(2, || tests::gone(row)), "left: {:?}", tests::group_members(row));
     assert_eq!(tests::segments_of(row), held, "SIGKILL leaves the segment behind");
     // Any next run removes segments whose owner is dead.
     let out = tests::run("stability", &["--quick", "--json", "--only", "panic"]);

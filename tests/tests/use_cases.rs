@@ -172,7 +172,7 @@ fn sigkill_during_the_load_leaves_nothing_and_a_new_run_works() {
     // parents (PR_SET_PDEATHSIG), level by level.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    assert!(tests::wait_until(3, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
+    assert!(tests::wait_until(3, || tests::gone(pid)), "left: {:?}", tests::group_members(pid));
     std::thread::sleep(Duration::from_millis(10));
     let again = tests::report("use-cases", &["--quick", "--only", "web-server"]);
     assert_ne!(experiment(&again, "web-server")["verdict"], "error", "{}", experiment(&again, "web-server")["note"]);
