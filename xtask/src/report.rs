@@ -181,7 +181,7 @@ fn cell(s: &str) -> String {
 }
 
 /// "2026-11-29 13:40 UTC".
-fn utc(t: std::time::SystemTime) -> String {
+pub fn utc(t: std::time::SystemTime) -> String {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -206,6 +206,6 @@ mod tests {
         let at = |s: u64| utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         assert_eq!(at(0), "1970-01-01 00:00 UTC");
         assert_eq!(at(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(at(1_798_549_200), "2026-12-29 13:40 UTC");
+        assert_eq!(at(1_798_551_600), "2026-12-29 13:40 UTC");
     }
 }

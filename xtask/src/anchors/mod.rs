@@ -210,6 +210,13 @@ pub fn main(args: &[String]) -> Result<bool> {
     if rows.is_empty() {
         rows = ANCHORS.iter().collect();
     }
+    // When and under what load: a saved run is read beside the report of another run.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start",
+        crate::report::utc(std::time::SystemTime::now()),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     let mut all_within = true;
     for anchor in rows {
         all_within &= run_one(anchor, rounds)?;
@@ -241,7 +248,11 @@ fn run_one(anchor: &Anchor, rounds: usize) -> Result<bool> {
 
 /// The anchor's table, the notes on missed bands and missing tools.
 fn render(anchor: &Anchor, rounds: usize, lines: &[Line], missing: &[&Tool]) -> String {
-    let mut out = format!("\n{}: {} (medians of {rounds} round(s), in turns)\n", anchor.row, anchor.title);
+    let mut out = if lines.is_empty() {
+        format!("\n{}: {}: nothing run\n", anchor.row, anchor.title)
+    } else {
+        format!("\n{}: {} (medians of {rounds} round(s), in turns)\n", anchor.row, anchor.title)
+    };
     if !lines.is_empty() {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);

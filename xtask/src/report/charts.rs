@@ -14,7 +14,7 @@
 //! test counts one data mark, a circle, per experiment and side).
 
 use anyhow::Result;
-use harness::report::{Better, Expected, Experiment, Report};
+use harness::report::{Better, Expected, Experiment, Report, Side};
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -128,6 +128,22 @@ fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
+type Pick = fn(&Experiment) -> Option<&Side>;
+const PROCESS_SIDE: Pick = |e| e.process.as_ref();
+const THREAD_SIDE: Pick = |e| e.thread.as_ref();
+
+/// One side's median of each experiment, the i-th at step i (moved by `offset` so that the two
+/// sides stand beside each other), with the spread of its runs.
+fn medians(exps: &[&Experiment], pick: Pick, offset: f64) -> Vec<Point> {
+    exps.iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let s = pick(e)?;
+            Some(Point { x: i as f64 + offset, y: s.median?, spread: s.low.zip(s.high) })
+        })
+        .collect()
+}
+
 /// One chart per unit: each measured experiment's two medians with their spread.
 fn side_by_side(report: &Report) -> Result<Vec<Chart>> {
     let all = measured(report);
@@ -141,18 +157,9 @@ fn side_by_side(report: &Report) -> Result<Vec<Chart>> {
     let mut charts = Vec::new();
     for unit in units {
         let exps: Vec<&Experiment> = all.iter().copied().filter(|e| e.unit.as_deref().unwrap_or("") == unit).collect();
-        let side = |pick: fn(&Experiment) -> Option<&harness::report::Side>, offset: f64| -> Vec<Point> {
-            exps.iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    let s = pick(e)?;
-                    Some(Point { x: i as f64 + offset, y: s.median?, spread: s.low.zip(s.high) })
-                })
-                .collect()
-        };
         let series = vec![
-            Series { name: "process".into(), color: PROCESS, line: false, points: side(|e| e.process.as_ref(), -0.12) },
-            Series { name: "thread".into(), color: THREAD, line: false, points: side(|e| e.thread.as_ref(), 0.12) },
+            Series { name: "process".into(), color: PROCESS, line: false, points: medians(&exps, PROCESS_SIDE, -0.12) },
+            Series { name: "thread".into(), color: THREAD, line: false, points: medians(&exps, THREAD_SIDE, 0.12) },
         ];
         let better = better_word(exps[0].better);
         let frame = Frame {
@@ -247,18 +254,9 @@ fn working_sets(report: &Report) -> Result<Option<Chart>> {
     if exps.is_empty() {
         return Ok(None);
     }
-    let side = |pick: fn(&Experiment) -> Option<&harness::report::Side>| -> Vec<Point> {
-        exps.iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let s = pick(e)?;
-                Some(Point { x: i as f64, y: s.median?, spread: s.low.zip(s.high) })
-            })
-            .collect()
-    };
     let series = vec![
-        Series { name: "process".into(), color: PROCESS, line: true, points: side(|e| e.process.as_ref()) },
-        Series { name: "thread".into(), color: THREAD, line: true, points: side(|e| e.thread.as_ref()) },
+        Series { name: "process".into(), color: PROCESS, line: true, points: medians(&exps, PROCESS_SIDE, 0.0) },
+        Series { name: "thread".into(), color: THREAD, line: true, points: medians(&exps, THREAD_SIDE, 0.0) },
     ];
     let frame = Frame {
         title: "switching: ns/switch by working set touched per switch (lower is better; claim: thread wins)".into(),
