@@ -7,7 +7,8 @@
 //! the row's release binary, runs the rounds and returns [`Line`]s (our figure per round, the
 //! tool's per round, and where they should agree). This module renders the lines, checks the
 //! bands and says which tools are missing, with the command that installs each: a missing tool
-//! skips what needs it and fails nothing (exit 0 with the note). A band that is missed exits 1.
+//! skips what needs it and fails nothing (exit 0 with the note). A band that is missed, or a
+//! row that fails, exits 1 after the other rows have run.
 //!
 //! | row | our experiment | standard tool |
 //! |---|---|---|
@@ -219,7 +220,14 @@ pub fn main(args: &[String]) -> Result<bool> {
     );
     let mut all_within = true;
     for anchor in rows {
-        all_within &= run_one(anchor, rounds)?;
+        // One row's failure (its binary, or a tool that broke mid-run) does not hide the others.
+        match run_one(anchor, rounds) {
+            Ok(within) => all_within &= within,
+            Err(e) => {
+                println!("\n{}: failed: {e:#}", anchor.row);
+                all_within = false;
+            }
+        }
     }
     Ok(all_within)
 }
