@@ -112,9 +112,9 @@ fn markdown(doc: &Document, charts: &[(String, Vec<charts::Chart>)], run: &Run, 
         Some(text) => {
             let _ = writeln!(
                 md,
-                "A saved run of `cargo xtask anchors` (all rows with an anchor), taken on this machine \
-                 after the run above. Each line is our figure beside the standard tool's, measured in \
-                 turns in one run, as a ratio.\n\n```text\n{}\n```\n",
+                "A saved run of `cargo xtask anchors` (all rows with an anchor) on this machine; its \
+                 first line says when and under what load. Each line is our figure beside the standard \
+                 tool's, measured in turns in one run, as a ratio.\n\n```text\n{}\n```\n",
                 text.trim_end()
             );
         }
