@@ -72,42 +72,9 @@ pub struct Failure {
 pub fn main(argv: &[String]) -> Result<bool> {
     let args = Args::try_parse_from(std::iter::once("compare".to_string()).chain(argv.iter().cloned()))
         .unwrap_or_else(|e| e.exit());
-    let existing = existing_rows();
-    let rows: Vec<String> = if args.rows.is_empty() {
-        existing.clone()
-    } else {
-        for r in &args.rows {
-            if !existing.contains(r) {
-                eprintln!("error: row '{r}' is not built yet; the rows that exist are: {}", existing.join(", "));
-                std::process::exit(2);
-            }
-        }
-        args.rows.clone()
-    };
-    let binaries = run::build_release(&rows)?;
+    let rows = chosen_rows(&args.rows);
     let rounds = args.repeat.unwrap_or(1) as usize;
-    let progress = Progress::new(rows.len() * rounds);
-    let mut docs = Vec::new();
-    for round in 0..rounds {
-        let mut reports = Vec::new();
-        let mut failures = Vec::new();
-        for (row, bin) in rows.iter().zip(&binaries) {
-            let pass = if rounds > 1 { format!("run {}/{rounds}: ", round + 1) } else { String::new() };
-            progress.step(&format!("{pass}{row}"));
-            let mut cmd = Command::new(bin);
-            cmd.arg("--json");
-            if args.quick {
-                cmd.arg("--quick");
-            }
-            match run::report_of(row, cmd) {
-                Ok(r) => reports.push(r),
-                Err(e) => failures.push(Failure { row: row.clone(), error: format!("{e:#}") }),
-            }
-        }
-        let optimized = reports.iter().all(|r| r.optimized);
-        docs.push(Document { machine: machine::Machine::here(optimized), reports, failures });
-    }
-    progress.finish();
+    let mut docs = run_suite(&rows, args.quick, rounds)?;
     if rounds > 1 {
         return repeat::report(&docs, args.json);
     }
@@ -119,6 +86,52 @@ pub fn main(argv: &[String]) -> Result<bool> {
     }
     let ok = doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors);
     Ok(ok)
+}
+
+/// The rows named (each must exist; exit 2 otherwise), or every row that exists.
+pub fn chosen_rows(named: &[String]) -> Vec<String> {
+    let existing = existing_rows();
+    if named.is_empty() {
+        return existing;
+    }
+    for r in named {
+        if !existing.contains(r) {
+            eprintln!("error: row '{r}' is not built yet; the rows that exist are: {}", existing.join(", "));
+            std::process::exit(2);
+        }
+    }
+    named.to_vec()
+}
+
+/// Builds the rows once with `--release` and runs the whole suite `rounds` times, each row as
+/// its own binary with `--json`: one [`Document`] per round. `compare` and `report` both run
+/// the suite through here.
+pub fn run_suite(rows: &[String], quick: bool, rounds: usize) -> Result<Vec<Document>> {
+    let binaries = run::build_release(rows)?;
+    let progress = Progress::new(rows.len() * rounds);
+    let mut docs = Vec::new();
+    for round in 0..rounds {
+        let mut reports = Vec::new();
+        let mut failures = Vec::new();
+        for (row, bin) in rows.iter().zip(&binaries) {
+            let pass = if rounds > 1 { format!("run {}/{rounds}: ", round + 1) } else { String::new() };
+            let what = format!("{pass}{row}");
+            progress.step(&what);
+            let mut cmd = Command::new(bin);
+            cmd.arg("--json");
+            if quick {
+                cmd.arg("--quick");
+            }
+            match run::report_of(row, cmd, progress.namer(what)) {
+                Ok(r) => reports.push(r),
+                Err(e) => failures.push(Failure { row: row.clone(), error: format!("{e:#}") }),
+            }
+        }
+        let optimized = reports.iter().all(|r| r.optimized);
+        docs.push(Document { machine: machine::Machine::here(optimized), reports, failures });
+    }
+    progress.finish();
+    Ok(docs)
 }
 
 /// A spinner on stderr naming what runs and how much is done; nothing when stderr is not a
@@ -148,6 +161,13 @@ impl Progress {
             }
             bar.set_message(what.to_string());
         }
+    }
+
+    /// What the row's progress hook reports goes into the spinner's message: "ROW: EXPERIMENT".
+    /// `None` when there is no spinner, so that the row gets no progress pipe at all.
+    fn namer(&self, row: String) -> Option<run::OnExperiment> {
+        let bar = self.bar.clone()?;
+        Some(Box::new(move |experiment: &str| bar.set_message(format!("{row}: {experiment}"))))
     }
 
     fn finish(&self) {

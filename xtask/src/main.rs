@@ -1,21 +1,24 @@
 //! Project tasks, run as `cargo xtask TASK` (the alias is in .cargo/config.toml):
 //!
 //! - `compare [--quick] [--json] [ROW...]`: every row, the summary table and the verdicts;
-//! - `anchors ROW`: a row's figures beside the standard tool's, as ratios from one run.
+//! - `report [--quick] [--out DIR]`: one run of every row written as docs/results.md with charts;
+//! - `anchors [ROW...] [--rounds N]`: rows' figures beside the standard tools', as ratios from one run;
+//! - `snapshots [--review] [ROW...]`: the rows' snapshot tests and the snapshots that changed.
 
 mod anchors;
-mod anchors_communication;
-mod anchors_concurrency;
-mod anchors_use_cases;
 mod compare;
 mod machine;
 mod repeat;
+mod report;
 mod run;
+mod snapshots;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: cargo xtask compare [--quick] [--json] [--repeat N] [ROW...]\n       cargo xtask anchors ROW";
+const USAGE: &str = "usage: cargo xtask compare [--quick] [--json] [--repeat N] [ROW...]
+       cargo xtask report [--quick] [--out DIR]
+       cargo xtask anchors [ROW...] [--rounds N]
+       cargo xtask snapshots [--review] [ROW...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +28,9 @@ fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("compare") => compare::main(&args[1..]),
-        Some("anchors") => anchors::main(&args[1..]).map(|()| true),
+        Some("report") => report::main(&args[1..]),
+        Some("anchors") => anchors::main(&args[1..]),
+        Some("snapshots") => snapshots::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -131,9 +131,21 @@ pub fn build_release(rows: &[String]) -> Result<Vec<PathBuf>> {
     Ok(rows.iter().map(|r| target_dir().join(dir).join(r)).collect())
 }
 
-/// Runs a row binary with `--json` and reads its report.
-pub fn report_of(row: &str, cmd: Command) -> Result<Report> {
-    let out = output(cmd)?;
+/// Told the id of each experiment as a row starts it (see [`report_of`]).
+pub type OnExperiment = Box<dyn Fn(&str) + Send>;
+
+/// Runs a row binary with `--json` and reads its report. With `progress`, the row is handed
+/// the write end of a pipe in `PVT_PROGRESS_FD` and names each experiment as it starts (the
+/// harness's progress hook); each name is passed to `progress` from a reader thread.
+pub fn report_of(row: &str, mut cmd: Command, progress: Option<OnExperiment>) -> Result<Report> {
+    let pipe = match progress {
+        Some(show) => Some(progress_pipe(&mut cmd, show)?),
+        None => None,
+    };
+    let out = output(cmd);
+    // Our write end closes here, so the reader sees the end of the pipe once the row is gone.
+    drop(pipe);
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Report = match serde_json::from_str(&stdout) {
         Ok(r) => r,
@@ -144,4 +156,26 @@ pub fn report_of(row: &str, cmd: Command) -> Result<Report> {
     };
     ensure!(report.row == row, "{row} reported as row {:?}", report.row);
     Ok(report)
+}
+
+/// A pipe whose write end the row inherits (named in `PVT_PROGRESS_FD`), and a detached
+/// thread that passes each line read from it to `show`. Returns the write end, to be dropped
+/// once the row has ended.
+fn progress_pipe(cmd: &mut Command, show: OnExperiment) -> Result<std::os::fd::OwnedFd> {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+    // Only the write end crosses exec: the row binary gets it, the reader stays ours. No other
+    // child starts meanwhile (one row at a time), so nothing else inherits it.
+    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).context("fcntl F_SETFD")?;
+    cmd.env("PVT_PROGRESS_FD", write.as_raw_fd().to_string());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(std::fs::File::from(read)).lines() {
+            match line {
+                Ok(id) => show(&id),
+                Err(_) => break,
+            }
+        }
+    });
+    Ok(write)
 }

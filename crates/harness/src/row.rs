@@ -245,6 +245,7 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         if progress {
             eprint!("running {} ...\r", spec.id);
         }
+        announce(spec.id);
         faults::enter_experiment(spec.id);
         machine.mark();
         // Refuse, with the limit named, rather than run into it half-way.
@@ -269,6 +270,21 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         experiments.push(e);
     }
     Report { row: row.name.to_string(), claim: row.claim.to_string(), optimized: optimized(), experiments }
+}
+
+/// The progress hook: when `PVT_PROGRESS_FD` names a descriptor (`cargo xtask compare` and
+/// `report` pass the write end of a pipe), one line with the experiment's id is written to it
+/// as the experiment starts, so that the parent's spinner can name it. stdout is never used.
+fn announce(id: &str) {
+    let Some(fd) = std::env::var("PVT_PROGRESS_FD").ok().and_then(|v| v.parse::<i32>().ok()) else { return };
+    let line = format!("{id}\n");
+    // Safety: fcntl(2) and write(2) on the descriptor the parent handed us, with our own
+    // buffer. Close-on-exec keeps it out of re-executed children; a failed or short write
+    // (the parent went away) only loses a progress line, so it is ignored.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::write(fd, line.as_ptr().cast(), line.len());
+    }
 }
 
 /// Turns what an experiment found into its report entry, with the verdict computed here and

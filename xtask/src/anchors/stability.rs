@@ -1,0 +1,38 @@
+//! stability: `restart`, the time from a worker's crash to its replacement's first
+//! instruction, beside what starting a task costs by stress-ng: `--fork` (fork, exit, wait)
+//! for the process side and `--pthread` (start of a pthread) for the thread side.
+//!
+//! A restart also includes noticing the crash (waitpid through a pidfd, or a join) and the
+//! supervisor's bookkeeping, while stress-ng's larger process forks more slowly than our small
+//! row: the ratios are scales, not bands.
+
+use anyhow::Result;
+
+use super::tools::{STRESS_NG, stress_ng_fork_us, stress_ng_pthread_us};
+use super::{Anchor, Ctx, Line, median_of, sides};
+
+pub const ANCHOR: Anchor = Anchor {
+    row: "stability",
+    title: "restart beside stress-ng --fork (process) and --pthread (thread)",
+    tools: &[&STRESS_NG],
+    run,
+};
+
+fn run(ctx: &Ctx) -> Result<Vec<Line>> {
+    const WHY: &str = "a restart is noticing the crash, then a start (stress-ng's larger process forks more slowly)";
+    let mut lines = [
+        Line::new("restart, process  vs  stress-ng --fork bogo op", "µs", "µs").scale(WHY),
+        Line::new("restart, thread  vs  stress-ng --pthread start", "µs", "µs").scale(WHY),
+    ];
+    for round in 1..=ctx.rounds {
+        eprintln!(
+            "stability anchors, round {round}/{}: stability --only restart, stress-ng --fork, --pthread",
+            ctx.rounds
+        );
+        let report = ctx.ours("stability", &["--only", "restart"])?;
+        let (p, t) = sides(&report, "restart")?;
+        lines[0].push(median_of(p)?, stress_ng_fork_us()?);
+        lines[1].push(median_of(t)?, stress_ng_pthread_us()?);
+    }
+    Ok(lines.into_iter().collect())
+}
