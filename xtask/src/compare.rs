@@ -212,7 +212,7 @@ pub fn summary(doc: &Document) -> String {
     // Column widths that keep every cell to four lines: up to three headline experiments and
     // the tally in the last column, one line each.
     let fixed = |w| ColumnConstraint::Absolute(Width::Fixed(w));
-    t.set_constraints(vec![fixed(13), fixed(20), fixed(20), fixed(40)]);
+    t.set_constraints(vec![fixed(15), fixed(19), fixed(19), fixed(40)]);
     for report in &doc.reports {
         let Some((_, feature, process, thread)) = ROWS.iter().find(|r| r.0 == report.row) else { continue };
         t.add_row(vec![feature.to_string(), process.to_string(), thread.to_string(), measured_here(report)]);
@@ -245,7 +245,10 @@ fn measured_here(report: &Report) -> String {
     for e in &report.experiments {
         *counts.entry(e.verdict).or_insert(0) += 1;
     }
-    lines.push(counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>().join(" · "));
+    // In words when that fits one line of the cell, else with the marks of the legend.
+    let words = counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>().join(" · ");
+    let marks = counts.iter().map(|(v, n)| format!("{} {n}", mark(*v))).collect::<Vec<_>>().join("  ");
+    lines.push(if words.chars().count() <= 36 { words } else { marks });
     lines.join("\n")
 }
 
