@@ -194,6 +194,17 @@ pub fn spawn_in_own_group(name: &str, args: &[&str], envs: &[(&str, &str)]) -> s
     cmd.spawn().expect("starting the binary")
 }
 
+/// Waits for a child started by [`spawn_in_own_group`] and returns its exit code (None when
+/// a signal ended it), stdout and stderr.
+pub fn finish(child: std::process::Child) -> (Option<i32>, String, String) {
+    let out = child.wait_with_output().expect("waiting for the row");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Makes this test process a child subreaper, once: the children of a row killed outright
 /// (SIGKILL runs no handler) die with it, and their zombies then come to us, not to a PID 1
 /// that may be slow to reap, so that [`gone`] can see and collect them.

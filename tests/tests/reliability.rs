@@ -2,16 +2,7 @@
 //! descriptors children inherit, and malformed invocations. Every test drives the real
 //! binaries as subprocesses.
 
-use std::process::Child;
-
-fn finish(child: Child) -> (Option<i32>, String, String) {
-    let out = child.wait_with_output().expect("waiting for the row");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tests::finish;
 
 fn experiment(report: &serde_json::Value, id: &str) -> serde_json::Value {
     report["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap_or_default()
@@ -297,31 +288,4 @@ fn a_futex_partner_killed_outright_ends_the_experiment_with_an_error() {
     let note = e["note"].as_str().unwrap();
     assert!(note.contains("the partner process killed by SIGKILL"), "{note}");
     assert!(tests::group_members(row).is_empty());
-}
-
-#[test]
-fn a_row_killed_outright_leaves_its_segment_and_the_next_run_removes_it() {
-    // The memory row's shared-segment experiment holds a named segment until the other
-    // program has mapped it; PVT_HANG makes that program hang first, so the segment lives.
-    let child = tests::spawn_in_own_group(
-        "memory",
-        &["--quick", "--json", "--only", "shared-segment"],
-        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "60000")],
-    );
-    let row = child.id();
-    assert!(tests::wait_until(10, || !tests::segments_of(row).is_empty()), "the segment never appeared");
-    let held = tests::segments_of(row);
-    // SIGKILL, as `kill -9` does: no handler runs, nothing is cleaned up.
-    // Safety: kill(2) on our own child.
-    unsafe { libc::kill(row as i32, libc::SIGKILL) };
-    let (code, _, _) = finish(child);
-    assert_eq!(code, None, "killed by a signal");
-    // Its children die with it (PR_SET_PDEATHSIG): none is left, once we reap their zombies.
-    assert!(tests::wait_until(2, || tests::gone(row)), "left: {:?}", tests::group_members(row));
-    assert_eq!(tests::segments_of(row), held, "SIGKILL leaves the segment behind");
-    // Any next run removes segments whose owner is dead.
-    let out = tests::run("stability", &["--quick", "--json", "--only", "panic"]);
-    let said = || format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{}", said());
-    assert!(tests::segments_of(row).is_empty(), "stale segments: {:?}", tests::segments_of(row));
 }
