@@ -41,7 +41,7 @@ const fn measure(
     needs: Needs,
     run: fn(&Ctx) -> Result<Findings>,
 ) -> Spec {
-    Spec { id, title, kind: Kind::Measure, unit: Some((unit, better)), expected, needs, headline: false, run }
+    Spec::measure(id, title, unit, better, expected, needs, run)
 }
 
 /// One partner task per side and what it exchanges: for bulk, two rings of up to 4 MiB each.

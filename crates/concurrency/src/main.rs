@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
-use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Room, Row, Side, Spec};
+use harness::{Better, Ctx, Expected, Findings, Needs, Room, Row, Side, Spec};
 
 use jobs::{Churn, Report, Tasks, Together};
 
@@ -30,16 +30,7 @@ const fn measure(
     needs: Needs,
     run: fn(&Ctx) -> Result<Findings>,
 ) -> Spec {
-    Spec {
-        id,
-        title,
-        kind: Kind::Measure,
-        unit: Some((unit, better)),
-        expected: Expected::Thread,
-        needs,
-        headline: false,
-        run,
-    }
+    Spec::measure(id, title, unit, better, Expected::Thread, needs, run)
 }
 
 static ROW: Row = Row {

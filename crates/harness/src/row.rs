@@ -44,6 +44,30 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A `measure` experiment: numbers in `unit`, `better` lower or higher.
+    pub const fn measure(
+        id: &'static str,
+        title: &'static str,
+        unit: &'static str,
+        better: Better,
+        expected: Expected,
+        needs: Needs,
+        run: fn(&Ctx) -> Result<Findings>,
+    ) -> Spec {
+        Spec { id, title, kind: Kind::Measure, unit: Some((unit, better)), expected, needs, headline: false, run }
+    }
+
+    /// An `observe` experiment: facts, and whether they match the claim.
+    pub const fn observe(
+        id: &'static str,
+        title: &'static str,
+        expected: Expected,
+        needs: Needs,
+        run: fn(&Ctx) -> Result<Findings>,
+    ) -> Spec {
+        Spec { id, title, kind: Kind::Observe, unit: None, expected, needs, headline: false, run }
+    }
+
     /// Marks a headline experiment (builder style, usable in a `static`).
     pub const fn headline(mut self) -> Spec {
         self.headline = true;

@@ -45,7 +45,7 @@ static ROW: Row = Row {
 };
 
 const fn observe(id: &'static str, title: &'static str, run: fn(&Ctx) -> Result<Findings>) -> Spec {
-    Spec { id, title, kind: Kind::Observe, unit: None, expected: Expected::Process, needs: TASKS, headline: false, run }
+    Spec::observe(id, title, Expected::Process, TASKS, run)
 }
 
 /// At most, at once: the workers, plus the sacrificial process that hosts them as threads.

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use harness::cpu::Placement;
 use harness::stats::Summary;
-use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Side, Spec};
+use harness::{Better, Ctx, Expected, Findings, Needs, Side, Spec};
 
 use pingpong::{Alone, Baseline, FutexOps, Outcome, PRIVATE, SHARED, Size, TaskEvidence};
 
@@ -29,7 +29,7 @@ const fn measure(
     needs: Needs,
     run: fn(&Ctx) -> Result<Findings>,
 ) -> Spec {
-    Spec { id, title, kind: Kind::Measure, unit: Some((unit, Better::Lower)), expected, needs, headline: false, run }
+    Spec::measure(id, title, unit, Better::Lower, expected, needs, run)
 }
 
 /// Every experiment runs one partner task (a child process or a thread) beside the driver.
