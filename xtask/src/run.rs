@@ -78,12 +78,24 @@ fn start(cmd: &mut Command) -> Result<std::process::Child> {
     Ok(child)
 }
 
-fn finished() {
-    let stopping = {
+fn finished(status: Option<std::process::ExitStatus>) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut stopping = {
         let mut r = running();
         r.child = None;
         r.stopping
     };
+    // A Ctrl-C in a terminal reaches the whole process group at once: the row may end from it
+    // before our own handler thread has even run (on one CPU, easily). A row that ended by an
+    // interrupt means one is on its way to us too: give the handler a moment to take over.
+    let interrupted = status.is_some_and(|s| {
+        matches!(s.code(), Some(130 | 143)) || matches!(s.signal(), Some(libc::SIGINT | libc::SIGTERM))
+    });
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while interrupted && !stopping && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        stopping = running().stopping;
+    }
     if stopping {
         // The interrupt handler ends the process with the signal's exit code; this thread
         // must not go on to report the interrupted row as a failure and exit first.
@@ -99,7 +111,7 @@ fn finished() {
 pub fn output(mut cmd: Command) -> Result<std::process::Output> {
     let child = start(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))?;
     let out = child.wait_with_output();
-    finished();
+    finished(out.as_ref().ok().map(|o| o.status));
     Ok(out?)
 }
 
@@ -107,7 +119,7 @@ pub fn output(mut cmd: Command) -> Result<std::process::Output> {
 pub fn status(mut cmd: Command) -> Result<std::process::ExitStatus> {
     let mut child = start(cmd.stdin(Stdio::null()))?;
     let status = child.wait();
-    finished();
+    finished(status.as_ref().ok().copied());
     Ok(status?)
 }
 
