@@ -288,8 +288,9 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         cleanup::reap_orphans(Duration::ZERO);
         let mut e = conclude(spec, ctx, outcome);
         if e.kind == Kind::Measure && e.process.is_some() && e.thread.is_some() {
-            e.others_cpu = machine.others_share();
-            withhold_if_busy(&mut e);
+            let used = machine.others_share();
+            e.others_cpu = used.map(|u| u.share);
+            withhold_if_busy(&mut e, used.map(|u| u.low));
         }
         experiments.push(e);
     }
@@ -390,12 +391,17 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
 
 /// A timing taken while other programs used much of the machine measures them, not us: its
 /// verdict becomes `tie`, and `busy` says why and what the timings alone said.
-fn withhold_if_busy(e: &mut Experiment) {
+/// `low` is the lower bound of `others_cpu` that /proc/stat's counting allows
+/// ([`crate::busy::Share`]): the machine counts as busy only when that bound is over the limit.
+fn withhold_if_busy(e: &mut Experiment, low: Option<f64>) {
     if !e.unit.as_deref().is_some_and(is_timing) {
         // A count (memory per worker, say) does not depend on who else ran meanwhile.
         return;
     }
-    let Some(share) = e.others_cpu.filter(|&s| s > crate::busy::BUSY_LIMIT) else { return };
+    if !low.is_some_and(|l| l > crate::busy::BUSY_LIMIT) {
+        return;
+    }
+    let Some(share) = e.others_cpu else { return };
     if !matches!(e.verdict, Verdict::Holds | Verdict::Marginal | Verdict::Reversed) {
         return;
     }
@@ -468,7 +474,8 @@ mod tests {
     #[test]
     fn a_verdict_taken_on_a_busy_machine_becomes_a_tie_that_says_why() {
         let mut e = measured(Verdict::Reversed, 0.8);
-        withhold_if_busy(&mut e);
+        let low = e.others_cpu;
+        withhold_if_busy(&mut e, low);
         assert_eq!(e.verdict, Verdict::Tie);
         let why = e.busy.unwrap();
         assert!(why.starts_with("other programs used 80% of the CPU time") && why.contains("said reversed"), "{why}");
@@ -477,18 +484,26 @@ mod tests {
     #[test]
     fn a_quiet_machine_keeps_its_verdict_and_other_verdicts_are_untouched() {
         let mut quiet = measured(Verdict::Holds, 0.05);
-        withhold_if_busy(&mut quiet);
+        let low = quiet.others_cpu;
+        withhold_if_busy(&mut quiet, low);
         assert_eq!((quiet.verdict, quiet.busy), (Verdict::Holds, None));
         let mut count = measured(Verdict::Holds, 0.9);
         count.unit = Some("KiB/worker".into());
-        withhold_if_busy(&mut count);
+        let low = count.others_cpu;
+        withhold_if_busy(&mut count, low);
         assert_eq!((count.verdict, count.busy), (Verdict::Holds, None), "a count is not a timing");
+        // Over the limit, but not beyond what /proc/stat's tick counting can explain: kept.
+        let mut unsure = measured(Verdict::Holds, 0.4);
+        withhold_if_busy(&mut unsure, Some(0.1));
+        assert_eq!((unsure.verdict, unsure.busy), (Verdict::Holds, None));
         let mut rate = measured(Verdict::Holds, 0.9);
         rate.unit = Some("GB/s".into());
-        withhold_if_busy(&mut rate);
+        let low = rate.others_cpu;
+        withhold_if_busy(&mut rate, low);
         assert_eq!(rate.verdict, Verdict::Tie, "a rate per second is a timing");
         let mut skipped = measured(Verdict::Skipped, 0.9);
-        withhold_if_busy(&mut skipped);
+        let low = skipped.others_cpu;
+        withhold_if_busy(&mut skipped, low);
         assert_eq!((skipped.verdict, skipped.busy), (Verdict::Skipped, None));
     }
 }
