@@ -32,18 +32,6 @@ const LATENCY_UNIT: &str = "µs/round-trip";
 const CPU_UNIT: &str = "µs/round-trip (CPU)";
 const BULK_UNIT: &str = "µs/MiB";
 
-const fn measure(
-    id: &'static str,
-    title: &'static str,
-    unit: &'static str,
-    better: Better,
-    expected: Expected,
-    needs: Needs,
-    run: fn(&Ctx) -> Result<Findings>,
-) -> Spec {
-    Spec::measure(id, title, unit, better, expected, needs, run)
-}
-
 /// One partner task per side and what it exchanges: for bulk, two rings of up to 4 MiB each.
 const PARTNER: Needs = Needs::tasks(2);
 const BULK_NEEDS: Needs = Needs::tasks(2).and_memory(4 * (8 << 20));
@@ -54,7 +42,7 @@ static ROW: Row = Row {
             work and is slower; threads talk directly through the memory they share, which is simpler and \
             faster but needs synchronisation.",
     experiments: &[
-        measure(
+        Spec::measure(
             "latency-channel",
             "A 64-byte message and its answer over a channel: ipc-channel between processes, a crossbeam \
              channel between threads, one CPU",
@@ -65,7 +53,7 @@ static ROW: Row = Row {
             latency_channel,
         )
         .headline(),
-        measure(
+        Spec::measure(
             "latency-shm",
             "A 64-byte message and its answer through shared memory: a ring in a shared-memory segment \
              (shared futex) between processes, a ring in the process's memory (private futex) between threads, \
@@ -76,7 +64,7 @@ static ROW: Row = Row {
             PARTNER,
             latency_shm,
         ),
-        measure(
+        Spec::measure(
             "latency-pipe",
             "Control: a 64-byte message and its answer over the same two pipes, between processes and between \
              threads, one CPU",
@@ -86,7 +74,7 @@ static ROW: Row = Row {
             PARTNER,
             latency_pipe,
         ),
-        measure(
+        Spec::measure(
             "throughput-shm",
             "Bulk in 1 MiB messages through shared memory, one CPU: a segment ring between processes, an \
              in-place ring between threads (matrix: every mechanism at 4 KiB, 64 KiB, 1 MiB)",
@@ -97,7 +85,7 @@ static ROW: Row = Row {
             throughput_shm,
         )
         .headline(),
-        measure(
+        Spec::measure(
             "throughput-pipe",
             "Control: bulk in 64 KiB messages over the same two pipes, between processes and between threads, \
              one CPU",
@@ -107,7 +95,7 @@ static ROW: Row = Row {
             PARTNER,
             throughput_pipe,
         ),
-        measure(
+        Spec::measure(
             "cpu-cost",
             "CPU time of both tasks per 64-byte round trip over a channel, ipc-channel vs crossbeam, on two \
              CPUs (matrix: every mechanism's latency and CPU, one CPU and two)",
