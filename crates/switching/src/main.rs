@@ -131,16 +131,7 @@ fn main() -> ExitCode {
 }
 
 fn pipe_same_cpu(ctx: &Ctx) -> Result<Findings> {
-    let place = match Placement::same_cpu()? {
-        Ok(p) => p,
-        Err(why) => return Ok(Findings::skipped(why)),
-    };
-    let (process, thread) = pingpong_sides(
-        ctx,
-        |size| process::pipe_pingpong(ctx, place, 0, size),
-        |size| thread::pipe_pingpong(ctx, place, 0, size),
-    )?;
-    Ok(Findings { process, thread, ..Findings::default() })
+    pipe(ctx, Placement::same_cpu()?, 0)
 }
 
 fn futex_same_cpu(ctx: &Ctx) -> Result<Findings> {
@@ -179,17 +170,23 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
 }
 
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
-    let place = match Placement::cross_cpu()? {
+    Ok(pipe(ctx, Placement::cross_cpu()?, 0)?
+        .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
+}
+
+/// The pipe ping-pong where `placement` puts the two tasks, each touching `bytes` of its own
+/// per pass; skipped with the reason when the placement cannot be had here.
+fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
+    let place = match placement {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
     let (process, thread) = pingpong_sides(
         ctx,
-        |size| process::pipe_pingpong(ctx, place, 0, size),
-        |size| thread::pipe_pingpong(ctx, place, 0, size),
+        |size| process::pipe_pingpong(ctx, place, bytes, size),
+        |size| thread::pipe_pingpong(ctx, place, bytes, size),
     )?;
-    Ok(Findings { process, thread, ..Findings::default() }
-        .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
+    Ok(Findings { process, thread, ..Findings::default() })
 }
 
 fn working_set_0(ctx: &Ctx) -> Result<Findings> {
@@ -214,15 +211,10 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     if ctx.quick && !in_quick {
         return Ok(Findings::skipped("--quick measures only the working sets of 0 and 2 MiB"));
     }
-    let place = match Placement::same_cpu()? {
-        Ok(p) => p,
-        Err(why) => return Ok(Findings::skipped(why)),
-    };
-    let (process, thread) = pingpong_sides(
-        ctx,
-        |size| process::pipe_pingpong(ctx, place, bytes, size),
-        |size| thread::pipe_pingpong(ctx, place, bytes, size),
-    )?;
+    let Findings { process, thread, skipped, .. } = pipe(ctx, Placement::same_cpu()?, bytes)?;
+    if let Some(why) = skipped {
+        return Ok(Findings::skipped(why));
+    }
     // Measured in this experiment's window, on the driver's CPU: what touching the buffer
     // costs with warm caches and no switch, part of every pass on both sides.
     let touch_ns = round(pingpong::touch_cost(bytes));
