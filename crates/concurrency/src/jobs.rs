@@ -148,6 +148,21 @@ impl Tasks {
     }
 }
 
+/// A pool worker's life, the same on both sides: take the next task from the shared counter
+/// until none is left, and report what was done.
+pub fn take_tasks(counter: &std::sync::atomic::AtomicU32, tasks: &Tasks) -> Result<Report> {
+    let mut r = Report::begin()?;
+    loop {
+        let i = u64::from(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        if i >= tasks.count {
+            break;
+        }
+        r.add(tasks.range(i))?;
+    }
+    r.finish();
+    Ok(r)
+}
+
 /// Numbers this machine hashes per µs on one CPU, measured once per run: sizes jobs by time.
 pub fn numbers_per_us() -> Result<f64> {
     static MEASURED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();

@@ -102,15 +102,7 @@ pub fn pool(tasks: Tasks, workers: u64, deadline: Duration) -> Result<(Duration,
     let children = (0..workers)
         .map(|k| {
             plumbing::fork_bare(|| {
-                let mut r = Report::begin()?;
-                loop {
-                    let i = u64::from(counter.fetch_add(1, Ordering::Relaxed));
-                    if i >= tasks.count {
-                        break;
-                    }
-                    r.add(tasks.range(i))?;
-                }
-                r.finish();
+                let r = jobs::take_tasks(counter, &tasks)?;
                 slots.put(k as usize, r.to_words())
             })
         })

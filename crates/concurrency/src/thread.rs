@@ -88,22 +88,7 @@ pub fn pool(tasks: Tasks, workers: u64, _deadline: Duration) -> Result<(Duration
     let counter = AtomicU32::new(0);
     let start = Instant::now();
     let reports = thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut r = Report::begin()?;
-                    loop {
-                        let i = u64::from(counter.fetch_add(1, Ordering::Relaxed));
-                        if i >= tasks.count {
-                            break;
-                        }
-                        r.add(tasks.range(i))?;
-                    }
-                    r.finish();
-                    Ok(r)
-                })
-            })
-            .collect();
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(|| jobs::take_tasks(&counter, &tasks))).collect();
         joined(handles)
     })?;
     Ok((start.elapsed(), reports))
