@@ -306,7 +306,8 @@ fn end_both(
 
 /// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns.
 fn matrix_plan(ctx: &Ctx) -> Plan {
-    Plan { warmup: 1, min_runs: ctx.runs(), max_runs: ctx.runs().next_multiple_of(2), budget: Duration::ZERO }
+    let runs = ctx.runs().next_multiple_of(2);
+    Plan { warmup: 1, min_runs: runs, max_runs: runs, budget: Duration::ZERO }
 }
 
 /// The round trips both sides of a pair make per run: as many as fill the budget on the

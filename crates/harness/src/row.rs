@@ -105,13 +105,12 @@ impl Ctx {
         if self.quick { crate::stats::MIN_RUNS } else { 11 }
     }
 
-    /// How an experiment's timed runs are planned: at least [`Ctx::runs`] rounded up to whole
-    /// ABBA blocks, and in a full run more while the runs so far took under a quarter of a
-    /// second, up to 42.
+    /// How an experiment's timed runs are planned: at least [`Ctx::runs`] (8 with `--quick`),
+    /// and in a full run more while the runs so far took under a quarter of a second, up to 42.
     pub fn plan(&self) -> Plan {
         Plan {
             warmup: self.warmup(),
-            min_runs: self.runs(),
+            min_runs: self.runs().next_multiple_of(2),
             max_runs: if self.quick { self.runs().next_multiple_of(2) } else { 42 },
             budget: if self.quick { Duration::ZERO } else { Duration::from_millis(250) },
         }
