@@ -75,11 +75,21 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
     finish(child, ctx, run)
 }
 
-/// One run of a baseline (no switch) in a forked child of its own.
-pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline, size: Size) -> Result<Alone> {
+/// One run of a baseline (no switch) in a forked child of its own. With `idle_sibling`, the
+/// child first starts a second thread that only waits, so that its descriptor table is
+/// shared, as every thread's is: the check of what makes the pipe baseline differ.
+pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline, size: Size, idle_sibling: bool) -> Result<Alone> {
     // process: the lone task is a process of its own.
     let child = fork_child(|| {
         let _pinned = Pinned::to(cpu)?;
+        // It never wakes: the child's _exit ends it with the rest of the process.
+        let _sibling = idle_sibling.then(|| {
+            std::thread::spawn(|| {
+                loop {
+                    std::thread::park()
+                }
+            })
+        });
         deliver("alone", &pingpong::alone(size, cpu, what)?);
         Ok(())
     })?;
