@@ -174,10 +174,12 @@ fn the_split_job_is_all_done_once_and_workers_overlap() {
             assert!((1..=w).contains(&at_once[i]), "{side}: {w} workers, {} at once", at_once[i]);
             assert!((1..=w.min(cpus)).contains(&cpus_seen[i]), "{side}: {w} workers seen on {} CPUs", cpus_seen[i]);
         }
-        if cpus >= 2 {
-            // Over seven runs or more of every count, some CPU-bound workers were at work at the
-            // same time (workers started and joined one by one never are). Not asked of every
-            // count: on a busy machine a second worker may find no CPU free until the first ends.
+        // Over seven runs or more of every count, some CPU-bound workers were at work at the
+        // same time (workers started and joined one by one never are). Not asked of every
+        // count, nor while other programs kept the CPUs busy (others_cpu, as the verdict): then
+        // a second worker may find no CPU free until the first ends.
+        let busy = e["others_cpu"].as_f64().unwrap_or(0.0) > 0.25;
+        if cpus >= 2 && !busy {
             assert!(at_once.iter().any(|&n| n >= 2), "{side}: no two workers ever overlapped: {f}");
         }
         assert_eq!(f64s(&f["speedup"])[0], 1.0, "{side}: one worker is the reference");
