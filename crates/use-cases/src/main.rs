@@ -31,9 +31,10 @@ use http::ServerReport;
 use load::Load;
 use untrusted::Runaway;
 
-/// Workers of each web server: as many as the most connections, so that every connection
-/// of the load has a worker of its own in both models.
-const SERVER_WORKERS: usize = 64;
+/// Workers of each web server: one for each connection of the largest load and one for each
+/// piece of bad input sent meanwhile, so that every connection has a worker of its own in
+/// both models.
+const SERVER_WORKERS: usize = 64 + load::BAD_INPUT.len();
 /// The connection counts the web servers are loaded with.
 const LEVELS: [usize; 3] = [1, 8, 64];
 /// Workers and connections of the poison-request experiment.
@@ -50,13 +51,14 @@ static ROW: Row = Row {
     experiments: &[
         Spec {
             id: "web-server",
-            title: "HTTP/1.1 on 127.0.0.1: prefork (64 worker processes) against a pool of 64 threads, \
-                    1, 8 and 64 keep-alive connections; µs per request at 64",
+            title: "HTTP/1.1 on 127.0.0.1: prefork (68 worker processes) against a pool of 68 threads, \
+                    1, 8 and 64 keep-alive connections beside 4 clients of bad input; µs per request at 64",
             kind: Kind::Measure,
             unit: Some(("µs/request", Better::Lower)),
             expected: Expected::Same,
-            // Two servers of 64 workers, their master and host, and 64 client threads.
-            needs: Needs::tasks(2 * SERVER_WORKERS as u64 + 2 + 64 + 4),
+            // Two servers, their master and host, 64 client threads, and for each server a
+            // bad-input thread with a client thread per piece.
+            needs: Needs::tasks(2 * SERVER_WORKERS as u64 + 2 + 64 + 2 * (1 + load::BAD_INPUT.len() as u64)),
             headline: false,
             run: web_server,
         },
@@ -224,24 +226,26 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
     let per_level = Duration::from_millis(if ctx.quick { 3 } else { 10 });
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
-    // The bad input first, to both servers at once and before any timed run: each piece
-    // holds a worker for up to the server's IDLE, and a timed run must find every worker free.
-    let (bad_p, bad_t) = std::thread::scope(|s| {
-        let send_to = |server: &Option<Server>| server.as_ref().map(|server| server.addr);
-        let send = |addr: Option<SocketAddr>| addr.map(|addr| s.spawn(move || load::bad_input(addr)));
-        let (hp, ht) = (send(send_to(&prefork)), send(send_to(&pool)));
-        let join = |h: Option<std::thread::ScopedJoinHandle<'_, Result<Vec<load::BadOutcome>>>>| {
-            h.map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bad-input thread panicked")))).transpose()
-        };
-        Ok::<_, anyhow::Error>((join(hp)?, join(ht)?))
-    })?;
-    // Then the timed load, which must still succeed in full: a failed request ends the
-    // experiment with an error.
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
-    let (ps, ts) = ctx.interleave(
-        || p.run(prefork.as_ref().context("no prefork server")?.addr, per_level),
-        || t.run(pool.as_ref().context("no thread-pool server")?.addr, per_level),
-    )?;
+    // The bad input goes to both servers while the timed load runs, as it would on the
+    // internet: each piece may hold a worker for up to the server's IDLE, and the servers
+    // have a worker for each piece besides one for every connection of the load. Every
+    // request of the timed runs must still succeed: a failed one is an error of the experiment.
+    let ((ps, ts), bad_p, bad_t) = std::thread::scope(|s| -> Result<_> {
+        let send = |addr: Option<SocketAddr>| addr.map(|addr| (addr, s.spawn(move || load::bad_input(addr))));
+        let (bad_p, bad_t) = (send(prefork.as_ref().map(|s| s.addr)), send(pool.as_ref().map(|s| s.addr)));
+        let timed = ctx.interleave(
+            || p.run(prefork.as_ref().context("no prefork server")?.addr, per_level),
+            || t.run(pool.as_ref().context("no thread-pool server")?.addr, per_level),
+        );
+        let join = |bad: Option<(SocketAddr, std::thread::ScopedJoinHandle<'_, Result<Vec<load::BadOutcome>>>)>| {
+            bad.map(|(addr, h)| h.join().unwrap_or_else(|_| bail!("the bad-input thread for {addr} panicked")))
+                .transpose()
+        };
+        // Joined before the timed runs' result is looked at: no thread outlives the servers.
+        let (bad_p, bad_t) = (join(bad_p), join(bad_t));
+        Ok((timed?, bad_p?, bad_t?))
+    })?;
     let stopped = |server: Option<Server>| -> Result<Option<ServerReport>> {
         let Some(server) = server else { return Ok(None) };
         let (exit, report) = server.stop(ctx.deadline())?;
@@ -286,8 +290,9 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
              no difference in speed is expected. Each connection has a worker of its own (one connection at a \
              time per worker, as Apache's prefork MPM): the load generator is in the row process, the servers \
              are child processes. Bad input (a 1 MiB request line, a head with no end, a silent client, a \
-             half-closed client) goes to each server before the timed runs, and every request of the timed runs \
-             that follow had to succeed (a failed one is an error of the experiment)."
+             half-closed client) goes to each server while the timed runs go on, and every request of the timed \
+             runs had to succeed (a failed one is an error of the experiment); each server has a worker for each \
+             piece of bad input besides the 64 for the load."
                 .to_string(),
         ),
         ..Findings::default()
