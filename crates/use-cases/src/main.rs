@@ -226,7 +226,7 @@ impl Loaded {
 }
 
 fn web_server(ctx: &Ctx) -> Result<Findings> {
-    let per_level = Duration::from_millis(if ctx.quick { 3 } else { 10 });
+    let per_level = Duration::from_millis(if ctx.quick { 2 } else { 10 });
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
