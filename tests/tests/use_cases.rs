@@ -148,8 +148,8 @@ fn the_filter_gives_the_same_frames_in_all_three_ways_and_counts_the_bytes_throu
 fn row_with_servers_up() -> std::process::Child {
     let child = tests::spawn_in_own_group("use-cases", &["--json", "--only", "web-server"], &[]);
     let pid = child.id();
-    // The row, the prefork master and its 64 workers, the thread pool's process.
-    assert!(tests::wait_until(10, || tests::group_members(pid).len() >= 67), "the servers never came up");
+    // The row, the prefork master and its 68 workers, the thread pool's process.
+    assert!(tests::wait_until(10, || tests::group_members(pid).len() >= 71), "the servers never came up");
     child
 }
 

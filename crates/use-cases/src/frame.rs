@@ -14,16 +14,29 @@ pub const STEP: i8 = 16;
 
 /// Fills frames with a fixed pseudo-random picture (colour values 64..=191, alpha 255).
 pub fn fill(frames: &mut [u8]) {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for px in frames.chunks_exact_mut(8) {
-        // xorshift64 (Marsaglia): cheap and the same on every run.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut v = (x & 0x7f7f_7f7f_7f7f_7f7f) | 0x4040_4040_4040_4040;
-        v = (v & 0x00ff_ffff_00ff_ffff) | 0xff00_0000_ff00_0000;
-        px.copy_from_slice(&v.to_le_bytes());
+    // Four xorshift64 generators (Marsaglia), one for each 8 bytes of every 32: cheap, the
+    // same on every run, and four chains side by side instead of one, so that the picture is
+    // drawn about as fast as memory is written.
+    let mut lanes: [u64; 4] =
+        [0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb, 0x2545_f491_4f6c_dd1d];
+    let mut blocks = frames.chunks_exact_mut(32);
+    for block in &mut blocks {
+        for (px, x) in block.chunks_exact_mut(8).zip(&mut lanes) {
+            px.copy_from_slice(&pixels(x));
+        }
     }
+    for px in blocks.into_remainder().chunks_exact_mut(8) {
+        px.copy_from_slice(&pixels(&mut lanes[0]));
+    }
+}
+
+/// Two RGBA pixels from the next number of a xorshift64 generator.
+fn pixels(x: &mut u64) -> [u8; 8] {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    let v = (*x & 0x7f7f_7f7f_7f7f_7f7f) | 0x4040_4040_4040_4040;
+    ((v & 0x00ff_ffff_00ff_ffff) | 0xff00_0000_ff00_0000).to_le_bytes()
 }
 
 /// Changes the brightness of the pixels in `bytes` (whole RGBA pixels) by `delta`; alpha stays.
@@ -66,6 +79,11 @@ pub fn chunks(len: usize, n: usize) -> Vec<Range<usize>> {
     let pixels = len / 4;
     let per = pixels.div_ceil(n.max(1));
     (0..n).map(|i| (i * per * 4).min(len)..((i + 1) * per * 4).min(len)).filter(|r| !r.is_empty()).collect()
+}
+
+/// The lengths of the pieces `len` bytes go in, `piece` at a time.
+pub fn pieces(len: usize, piece: usize) -> impl Iterator<Item = usize> {
+    (0..len).step_by(piece.max(1)).map(move |at| piece.min(len - at))
 }
 
 /// A checksum of the frames: four FNV-style lanes over 64-bit words.

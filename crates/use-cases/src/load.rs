@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Barrier, Condvar, Mutex};
+use std::sync::{Barrier, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -83,20 +83,23 @@ impl Outcome {
 /// Runs the load: every connection connects first, then all start together.
 pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
     let next = AtomicU64::new(0);
-    // Every client connects, then all start together once the clock has been read.
-    let (ready, go) = (Barrier::new(load.connections + 1), Barrier::new(load.connections + 1));
+    // Every client connects, then all start together once the clock has been read: the start
+    // is a lock this thread holds for writing until then, and the clients wait to read it, so
+    // that they all wake at once instead of taking a barrier's mutex one after another.
+    let ready = Barrier::new(load.connections + 1);
+    let start: RwLock<Option<Instant>> = RwLock::new(None);
+    let mut gate = start.write().unwrap_or_else(|e| e.into_inner());
     // Requests after the poison wait until its client has seen what became of it.
     let poison_seen = (Mutex::new(false), Condvar::new());
     let all = Mutex::new(Vec::new());
-    let began = Mutex::new(Instant::now());
     std::thread::scope(|s| -> Result<()> {
         for _ in 0..load.connections {
-            let (next, ready, go, all, began, poison_seen) = (&next, &ready, &go, &all, &began, &poison_seen);
+            let (next, ready, start, all, poison_seen) = (&next, &ready, &start, &all, &poison_seen);
             let client = std::thread::Builder::new().name("load".into()).spawn_scoped(s, move || {
                 let mut conn = connect(addr).ok();
                 ready.wait();
-                go.wait();
-                let t0 = *began.lock().unwrap_or_else(|e| e.into_inner());
+                // None only if the run was given up before its start.
+                let t0 = start.read().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
                 let until = t0 + load.max_time;
                 let mut mine = Vec::new();
                 loop {
@@ -132,8 +135,8 @@ pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
             client?;
         }
         ready.wait();
-        *began.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        go.wait();
+        *gate = Some(Instant::now());
+        drop(gate);
         Ok(())
     })?;
     let mut requests = all.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -106,3 +106,12 @@ pub fn huge_kib_at(address: *const u8) -> Result<u64> {
     let field = |name: &str| map.extension.map.get(name).copied().unwrap_or(0);
     Ok((field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024)
 }
+
+/// Maps every page of `bytes` in, writable, with one madvise(2) call (MADV_POPULATE_WRITE,
+/// Linux 5.14) instead of a page fault per 4 KiB page when they are first written.
+pub fn populate(bytes: &mut [u8]) -> Result<()> {
+    let start = std::ptr::NonNull::new(bytes.as_mut_ptr().cast()).context("a null mapping")?;
+    // Safety: advice on memory we hold mutably; populating writes no contents.
+    unsafe { nix::sys::mman::madvise(start, bytes.len(), nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) }
+        .context("madvise MADV_POPULATE_WRITE")
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use harness::{Child, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
-use nix::fcntl::OFlag;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::pipe2;
 
@@ -29,6 +29,9 @@ use crate::untrusted::{self, Runaway};
 use harness::shm::Segment;
 
 use crate::{FilterRun, frame, plumbing};
+
+/// Bytes a worker of the piped filter gets at a time: a MiB, whole pixels.
+const PIECE: usize = 1 << 20;
 
 /// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
 /// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
@@ -113,7 +116,7 @@ pub fn sandboxed(args: &[String]) -> Result<()> {
     untrusted::untrusted_code(runaway, address)
 }
 
-/// The frames the filter runs over: a named shared-memory segment, mapped here before the
+/// The clip's frames the filter runs over: a named shared-memory segment, mapped here before the
 /// workers are forked so that they inherit it; its name goes at once, the mapping stays.
 pub fn frames(len: usize) -> Result<Segment> {
     // process: only memory mapped MAP_SHARED is seen by parent and children alike.
@@ -124,12 +127,13 @@ pub fn frames(len: usize) -> Result<Segment> {
     Ok(segment)
 }
 
-/// One filter run: a worker process per chunk, each brightening its chunk of `frames` in
-/// place. `frames` must be shared memory (a MAP_SHARED segment) for the parent to see it.
-pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
+/// One filter run over one frame: a worker process per chunk, each brightening its chunk of
+/// `pixels` in place. `pixels` must be shared memory (a MAP_SHARED segment) for the parent
+/// to see the result.
+pub fn filter_frame(pixels: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
     let start = Instant::now();
     let mut children = Vec::new();
-    let mut rest = frames;
+    let mut rest = pixels;
     for range in frame::chunks(rest.len(), workers) {
         let (chunk, tail) = rest.split_at_mut(range.len());
         rest = tail;
@@ -148,37 +152,51 @@ pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Dur
     Ok(FilterRun { elapsed, minor_faults })
 }
 
-/// The same filter run, but each worker gets a copy of its chunk through a pipe and sends the
-/// result back through another: two copies of every byte, and no memory shared. Returns the
-/// bytes that went through the pipes, counted as they passed.
-pub fn filter_frames_through_pipes(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<u64> {
+/// The same filter run over one frame, but each worker gets a copy of its chunk through a
+/// pipe, a piece at a time, and sends each piece back filtered through another, as a filter
+/// in a shell pipeline does: two copies of every byte, and no memory shared. Returns the bytes
+/// that went through the pipes, counted as they passed.
+pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<u64> {
     let mut children = Vec::new();
     let mut links = Vec::new();
-    for range in frame::chunks(frames.len(), workers) {
+    for range in frame::chunks(pixels.len(), workers) {
         let (to_child, from_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
         let (from_child, to_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+        for end in [&from_parent, &to_parent] {
+            // A pipe that holds a whole piece (pipe(7), "Pipe capacity"; 1 MiB is the
+            // unprivileged limit), instead of the default 64 KiB.
+            fcntl(end, FcntlArg::F_SETPIPE_SZ(PIECE as i32)).context("fcntl(F_SETPIPE_SZ)")?;
+        }
         let keep = [to_child.as_raw_fd(), to_parent.as_raw_fd()];
         let len = range.len();
-        // process: the child has the frames only as the bytes it reads from its pipe.
+        // process: the child has the frame only as the bytes it reads from its pipe.
         children.push(fork_child_keeping(&keep, move || {
-            let mut chunk = vec![0u8; len];
-            File::from(to_child).read_exact(&mut chunk).context("read from the pipe")?;
-            frame::brighten(&mut chunk, delta);
-            File::from(to_parent).write_all(&chunk).context("write to the pipe")?;
+            let (mut input, mut output) = (File::from(to_child), File::from(to_parent));
+            let mut piece = vec![0u8; PIECE.min(len)];
+            for n in frame::pieces(len, PIECE) {
+                input.read_exact(&mut piece[..n]).context("read from the pipe")?;
+                frame::brighten(&mut piece[..n], delta);
+                output.write_all(&piece[..n]).context("write to the pipe")?;
+            }
             Ok(())
         })?);
         links.push((range, File::from(from_parent), File::from(from_child)));
     }
     let mut copied = 0u64;
-    // Each child reads its whole chunk before it writes, so the parent can send every chunk
-    // first and then collect: no pipe waits on the other.
-    for (range, to, _) in &mut links {
-        to.write_all(&frames[range.clone()]).context("write to a filter worker")?;
-        copied += range.len() as u64;
-    }
-    for (range, _, from) in &mut links {
-        from.read_exact(&mut frames[range.clone()]).context("read from a filter worker")?;
-        copied += range.len() as u64;
+    // A piece to every worker, then each one back: a worker reads its whole piece before it
+    // writes, so no pipe waits on the other, and the workers filter side by side.
+    let mut done = 0;
+    while links.iter().any(|(range, _, _)| done < range.len()) {
+        let pieces: Vec<_> = links.iter().map(|(r, _, _)| r.start + done..r.end.min(r.start + done + PIECE)).collect();
+        for ((_, to, _), piece) in links.iter_mut().zip(&pieces) {
+            to.write_all(&pixels[piece.clone()]).context("write to a filter worker")?;
+            copied += piece.len() as u64;
+        }
+        for ((_, _, from), piece) in links.iter_mut().zip(&pieces) {
+            from.read_exact(&mut pixels[piece.clone()]).context("read from a filter worker")?;
+            copied += piece.len() as u64;
+        }
+        done += PIECE;
     }
     drop(links);
     for e in &wait_all(children, deadline)? {

@@ -83,7 +83,7 @@ pub fn sandbox_host(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The frames the filter runs over: ordinary private memory of this process.
+/// The clip's frames the filter runs over: ordinary private memory of this process.
 pub fn frames(len: usize) -> Result<Mapping> {
     // thread: every thread of the process sees private memory; nothing needs to be shared.
     let buffer = Mapping::anonymous(len, Sharing::Private)?;
@@ -95,16 +95,17 @@ pub fn frames(len: usize) -> Result<Mapping> {
     Ok(buffer)
 }
 
-/// One filter run: a scoped thread per chunk, each brightening its chunk of `frames` in place.
+/// One filter run over one frame: a scoped thread per chunk, each brightening its chunk of
+/// `pixels` in place.
 /// A thread cannot be killed from outside as a child process can: each one stops by itself
 /// if the deadline passes, and the run is then an error.
-pub fn filter_frames(frames: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
+pub fn filter_frame(pixels: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<FilterRun> {
     let before = Usage::of_process()?;
     let start = Instant::now();
     let until = start + deadline;
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
-        let mut rest = frames;
+        let mut rest = pixels;
         for range in frame::chunks(rest.len(), workers) {
             let (chunk, tail) = rest.split_at_mut(range.len());
             rest = tail;

@@ -50,7 +50,7 @@ impl Runaway {
 }
 
 /// Address space the untrusted code may take beyond what its process has mapped already.
-pub const MEMORY_ROOM: u64 = 128 << 20;
+pub const MEMORY_ROOM: u64 = 32 << 20;
 
 /// Seconds of CPU time before SIGXCPU (RLIMIT_CPU counts whole seconds).
 pub const CPU_SECONDS: u64 = 1;
