@@ -79,8 +79,18 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
                 let stray = e[side].as_f64().unwrap_or_else(|| panic!("{id}: no {side}"));
                 assert!((0.0..10.0).contains(&stray), "{id}: {side} {stray}");
             }
+            // Each run's ratio inside its own interval, one per run.
+            let ratios = e["ratios"].as_array().unwrap_or_else(|| panic!("{id}: no ratios"));
+            assert_eq!(ratios.len(), 2, "{id}: one ratio per run");
+            for r in ratios {
+                let [r, low, high] = [0, 1, 2].map(|i| r[i].as_f64().unwrap());
+                assert!(low <= r && r <= high && low > 0.0, "{id}: {r} outside ({low}, {high})");
+            }
         } else {
             assert!(e.get("process_stray").is_none(), "{id}: a stray of what?");
+            if e["kind"] == "observe" {
+                assert!(e.get("ratios").is_none(), "{id}: a ratio of what?");
+            }
         }
     }
     assert_eq!(doc["flipped"], flipped);

@@ -29,6 +29,10 @@ pub struct Stability {
     pub process_stray: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_stray: Option<f64>,
+    /// Each run's ratio with its 95 % interval, `[ratio, low, high]` (`measure` only), so that
+    /// a verdict that changed shows whether its ratio sat at an edge of the band or moved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratios: Vec<[f64; 3]>,
 }
 
 /// All of `--repeat --json`.
@@ -49,8 +53,9 @@ struct Summary<'a> {
     failures: Vec<String>,
 }
 
-/// One experiment over the runs: its kind, each run's verdict, each side's medians.
-type Seen = (Kind, Vec<Verdict>, [Vec<f64>; 2]);
+/// One experiment over the runs: its kind, each run's verdict, each side's medians, each
+/// run's ratio with its interval.
+type Seen = (Kind, Vec<Verdict>, [Vec<f64>; 2], Vec<[f64; 3]>);
 
 /// Gathers the runs per experiment, in the order of the first run.
 pub fn stability(docs: &[Document]) -> Vec<Stability> {
@@ -62,9 +67,12 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 let key = (report.row.clone(), e.id.clone());
                 let entry = seen.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
-                    (e.kind, Vec::new(), [Vec::new(), Vec::new()])
+                    (e.kind, Vec::new(), [Vec::new(), Vec::new()], Vec::new())
                 });
                 entry.1.push(e.verdict);
+                if let (Some(r), Some(low), Some(high)) = (e.ratio, e.ratio_low, e.ratio_high) {
+                    entry.3.push([r, low, high]);
+                }
                 for (i, side) in [&e.process, &e.thread].into_iter().enumerate() {
                     if let Some(m) = side.as_ref().and_then(|s| s.median) {
                         entry.2[i].push(m);
@@ -76,7 +84,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
     order
         .into_iter()
         .map(|key| {
-            let (kind, verdicts, medians) = &seen[&key];
+            let (kind, verdicts, medians, ratios) = &seen[&key];
             let mut counts = BTreeMap::new();
             for v in verdicts {
                 *counts.entry(*v).or_insert(0) += 1;
@@ -91,9 +99,16 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 verdicts: counts,
                 process_stray: stray(&medians[0]),
                 thread_stray: stray(&medians[1]),
+                ratios: ratios.clone(),
             }
         })
         .collect()
+}
+
+/// The smallest and largest ratio over the runs, as "0.93-0.97", or "-" for none.
+fn ratio_range(ratios: &[[f64; 3]]) -> String {
+    let (low, high) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| (l.min(r[0]), h.max(r[0])));
+    if ratios.is_empty() { "-".to_string() } else { format!("{low:.2}-{high:.2}") }
 }
 
 /// max |m - median(m)| / median(m), or None when the median is not positive.
@@ -134,7 +149,7 @@ fn human(s: &Summary) -> String {
     out.push('\n');
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(100);
-    t.set_header(vec!["Experiment", "Verdicts seen", "Process stray", "Thread stray"]);
+    t.set_header(vec!["Experiment", "Verdicts seen", "Ratios seen", "Process stray", "Thread stray"]);
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("±{:.1}%", x * 100.0));
     for e in &s.experiments {
         let seen: Vec<String> = e.verdicts.iter().map(|(v, n)| format!("{v}×{n}")).collect();
@@ -142,6 +157,7 @@ fn human(s: &Summary) -> String {
         t.add_row(vec![
             format!("{}/{}", e.row, e.id),
             format!("{}{flag}", seen.join(" ")),
+            ratio_range(&e.ratios),
             pct(e.process_stray),
             pct(e.thread_stray),
         ]);
