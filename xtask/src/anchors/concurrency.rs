@@ -41,8 +41,8 @@ fn run(ctx: &Ctx) -> Result<Vec<Line>> {
         );
         let report = ctx.ours("concurrency", &["--only", "spawn"])?;
         let (p, t) = sides(&report, "spawn")?;
-        lines[0].push(median_of(p)?, stress_ng_fork_us()?);
-        lines[1].push(fact(t, "first_run_us_p50")?, stress_ng_pthread_us()?);
+        lines[0].push(median_of(p)?, stress_ng_fork_us(None)?);
+        lines[1].push(fact(t, "first_run_us_p50")?, stress_ng_pthread_us(None)?);
     }
     Ok(lines.into_iter().collect())
 }

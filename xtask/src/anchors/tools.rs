@@ -104,22 +104,30 @@ pub fn perf_memcpy(cpu: Option<usize>, size: &str, loops: u32) -> Result<f64> {
 /// How long each stress-ng stressor runs.
 const STRESS_SECONDS: &str = "3";
 
-/// `stress-ng --fork 1`: µs per bogo op (one fork, the child's exit and the wait), from its
-/// bogo ops/s in real time.
-pub fn stress_ng_fork_us() -> Result<f64> {
-    let mut cmd = Command::new("stress-ng");
-    cmd.args(["--fork", "1", "-t", STRESS_SECONDS, "--metrics-brief"]);
-    let text = output(cmd)?;
+/// `stress-ng ARGS`, on one CPU when one is given.
+fn stress_ng(cpu: Option<usize>, args: &[&str]) -> Command {
+    match cpu {
+        Some(cpu) => pinned(cpu, "stress-ng", args),
+        None => {
+            let mut cmd = Command::new("stress-ng");
+            cmd.args(args);
+            cmd
+        }
+    }
+}
+
+/// `stress-ng --fork 1`, on one CPU when one is given: µs per bogo op (one fork, the child's
+/// exit and the wait), from its bogo ops/s in real time.
+pub fn stress_ng_fork_us(cpu: Option<usize>) -> Result<f64> {
+    let text = output(stress_ng(cpu, &["--fork", "1", "-t", STRESS_SECONDS, "--metrics-brief"]))?;
     let per_s = parse_bogo_ops_per_s(&text, "fork").with_context(|| format!("no fork metrics in:\n{text}"))?;
     Ok(1e6 / per_s)
 }
 
-/// `stress-ng --pthread 1`: µs to start a pthread, as stress-ng measures it (a clock read
-/// before pthread_create against one read by the new thread).
-pub fn stress_ng_pthread_us() -> Result<f64> {
-    let mut cmd = Command::new("stress-ng");
-    cmd.args(["--pthread", "1", "-t", STRESS_SECONDS, "--metrics-brief"]);
-    let text = output(cmd)?;
+/// `stress-ng --pthread 1`, on one CPU when one is given: µs to start a pthread, as stress-ng
+/// measures it (a clock read before pthread_create against one read by the new thread).
+pub fn stress_ng_pthread_us(cpu: Option<usize>) -> Result<f64> {
+    let text = output(stress_ng(cpu, &["--pthread", "1", "-t", STRESS_SECONDS, "--metrics-brief"]))?;
     let ns = metric_before(&text, "nanosecs to start a pthread")
         .with_context(|| format!("no pthread start time in:\n{text}"))?;
     Ok(ns / 1e3)
