@@ -545,7 +545,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     let counts = worker_counts(cpus, most);
     let at = counts.len() - 1;
     let deadline = ctx.deadline();
-    let ops = stats::iterations_for(budget(ctx, 8, 4), |n| {
+    let ops = stats::iterations_for(budget(ctx, 24, 8), |n| {
         let c = jobs::churn(bytes, n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
