@@ -79,6 +79,10 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
                 let stray = e[side].as_f64().unwrap_or_else(|| panic!("{id}: no {side}"));
                 assert!((0.0..10.0).contains(&stray), "{id}: {side} {stray}");
             }
+            for side in ["process_medians", "thread_medians"] {
+                let medians = e[side].as_array().unwrap_or_else(|| panic!("{id}: no {side}"));
+                assert_eq!(medians.len(), 2, "{id}: one {side} per run");
+            }
             // Each run's ratio inside its own interval, one per run.
             let ratios = e["ratios"].as_array().unwrap_or_else(|| panic!("{id}: no ratios"));
             assert_eq!(ratios.len(), 2, "{id}: one ratio per run");

@@ -33,6 +33,12 @@ pub struct Stability {
     /// a verdict that changed shows whether its ratio sat at an edge of the band or moved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ratios: Vec<[f64; 3]>,
+    /// Each run's median per side, in run order (`measure` only): a stray that every
+    /// experiment shares in the same run is the machine, not the method.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub process_medians: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thread_medians: Vec<f64>,
 }
 
 /// All of `--repeat --json`.
@@ -100,6 +106,8 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 process_stray: stray(&medians[0]),
                 thread_stray: stray(&medians[1]),
                 ratios: ratios.clone(),
+                process_medians: if *kind == Kind::Measure { medians[0].clone() } else { Vec::new() },
+                thread_medians: if *kind == Kind::Measure { medians[1].clone() } else { Vec::new() },
             }
         })
         .collect()
