@@ -55,6 +55,10 @@ fn poll_for(fd: RawFd, events: PollFlags, slice: Duration) -> Result<bool> {
     }
 }
 
+/// What each pipe holds (F_SETPIPE_SZ; the default is 64 KiB): as much as one bulk message,
+/// so that a writer on the same CPU as its reader switches once per message of 1 MiB.
+pub const PIPE_BYTES: usize = 1 << 20;
+
 // effort: stream begin
 /// A byte stream each way: two pipes, or one Unix socket (then `rx` and `tx` are the same
 /// socket). Descriptors are non-blocking, so that every wait is a poll(2) with a deadline.
@@ -71,6 +75,10 @@ impl Stream {
         for fd in [rx.as_fd(), tx.as_fd()] {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
                 .context("fcntl O_NONBLOCK")?;
+            if what == "pipe" {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32))
+                    .context("fcntl F_SETPIPE_SZ to 1 MiB (/proc/sys/fs/pipe-max-size allows less?)")?;
+            }
         }
         Ok(Stream { what, rx: File::from(rx), tx: File::from(tx), peer, buf: Vec::new() })
     }

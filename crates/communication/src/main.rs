@@ -493,7 +493,7 @@ fn bulk_side(s: &BulkSide, size: usize) -> Side {
 /// Both tasks on one CPU, as in the latency experiments: the producer fills the mechanism
 /// until it is full and blocks, then the consumer empties it. For the ring (4 MiB of slots)
 /// that is a switch per few MiB and the figure is the cost of moving the bytes, comparable
-/// with a memcpy; a pipe holds 64 KiB, so its figure includes a switch per 64 KiB.
+/// with a memcpy; a pipe here holds 1 MiB ([`links::PIPE_BYTES`]), a switch per MiB.
 fn throughput_experiment(ctx: &Ctx, m: &Mechanism, size: usize, total: usize) -> Result<Option<[Option<Side>; 2]>> {
     let place = match same_cpu()? {
         Ok(p) => p,
@@ -554,16 +554,18 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
 }
 
 fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
-    let Some([p, t]) = throughput_experiment(ctx, &PIPE, 64 << 10, control_total(ctx))? else {
+    let Some([p, t]) = throughput_experiment(ctx, &PIPE, links::PIPE_BYTES, control_total(ctx))? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     Ok(Findings {
         process: p,
         thread: t,
         note: Some(
-            "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer (64 KiB by \
-             default) and out again, whichever kind of task is at the other end; with both on one CPU the \
-             writer fills the buffer and the reader empties it, a switch per 64 KiB message."
+            "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer and out again, \
+             whichever kind of task is at the other end. Each pipe holds 1 MiB (F_SETPIPE_SZ) and each message is \
+             1 MiB, so with both tasks on one CPU the writer fills the pipe and the reader empties it, a switch \
+             per MiB as in the rings: the figure is the copy. (With the default 64 KiB, the switch per 64 KiB \
+             message made the process side 7-18 % slower: the address-space switch, which latency-pipe shows.)"
                 .to_string(),
         ),
         ..Findings::default()
