@@ -167,7 +167,7 @@ fn bulk_total(ctx: &Ctx) -> usize {
 /// Bytes each side of the pipe control moves, at least: a pipe is several times slower, and
 /// the row must stay within its time budget.
 fn control_total(ctx: &Ctx) -> usize {
-    if ctx.quick { 8 << 20 } else { 64 << 20 }
+    if ctx.quick { 64 << 20 } else { 256 << 20 }
 }
 
 /// Bytes each mechanism moves per message size in the matrix, at least.
