@@ -360,7 +360,7 @@ impl<T> Sweep<T> {
 
 /// µs of hashing on one CPU that `speedup` splits.
 fn job_us(ctx: &Ctx) -> f64 {
-    if ctx.quick { 1_000.0 } else { 4_000.0 }
+    if ctx.quick { 1_000.0 } else { 2_000.0 }
 }
 
 fn speedup(ctx: &Ctx) -> Result<Findings> {
