@@ -99,6 +99,13 @@ fn every_byte_sent_arrived_and_its_checksum_matched() {
     let shm = experiment(quick_report(), "throughput-shm");
     assert!(shm["process"]["facts"]["bytes_sent"].as_u64().unwrap() >= 16 << 20);
     assert_eq!(shm["process"]["facts"]["message_bytes"], 1 << 20);
+    // The pipe control says what a pipe held: F_GETPIPE_SZ's answer, at least a page (0 when
+    // it could not be read), and the note names a smaller pipe than the 1 MiB asked for.
+    let pipe = experiment(quick_report(), "throughput-pipe");
+    let held = pipe["process"]["facts"]["pipe_bytes"].as_u64().expect("pipe_bytes");
+    assert!(held >= 4096, "a pipe held {held} bytes");
+    assert_eq!(pipe["thread"]["facts"]["pipe_bytes"], held);
+    assert_eq!(pipe["note"].as_str().unwrap().contains("held only"), held < 1 << 20);
 }
 
 #[test]

@@ -55,9 +55,22 @@ fn poll_for(fd: RawFd, events: PollFlags, slice: Duration) -> Result<bool> {
     }
 }
 
-/// What each pipe holds (F_SETPIPE_SZ; the default is 64 KiB): as much as one bulk message,
+/// What each pipe is asked to hold (F_SETPIPE_SZ; the default is 64 KiB): one bulk message,
 /// so that a writer on the same CPU as its reader switches once per message of 1 MiB.
 pub const PIPE_BYTES: usize = 1 << 20;
+
+/// Asks each pipe to hold [`PIPE_BYTES`] and returns what the smallest of them holds now
+/// (F_GETPIPE_SZ). A refusal is not an error: /proc/sys/fs/pipe-max-size or the user's
+/// pipe-user-pages-soft may allow less, and the pipe then keeps its size; the bulk control
+/// reports what a pipe held (`pipe_bytes`).
+pub fn hold_a_message(pipes: &[&OwnedFd]) -> usize {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let held = |fd: &&OwnedFd| {
+        let _ = fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32));
+        fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ).map_or(0, |n| n as usize)
+    };
+    pipes.iter().map(held).min().unwrap_or(0)
+}
 
 // effort: stream begin
 /// A byte stream each way: two pipes, or one Unix socket (then `rx` and `tx` are the same
@@ -75,10 +88,6 @@ impl Stream {
         for fd in [rx.as_fd(), tx.as_fd()] {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
                 .context("fcntl O_NONBLOCK")?;
-            if what == "pipe" {
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32))
-                    .context("fcntl F_SETPIPE_SZ to 1 MiB (/proc/sys/fs/pipe-max-size allows less?)")?;
-            }
         }
         Ok(Stream { what, rx: File::from(rx), tx: File::from(tx), peer, buf: Vec::new() })
     }

@@ -557,19 +557,25 @@ fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
     let Some([p, t]) = throughput_experiment(ctx, &PIPE, links::PIPE_BYTES, control_total(ctx))? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
-    Ok(Findings {
-        process: p,
-        thread: t,
-        note: Some(
-            "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer and out again, \
-             whichever kind of task is at the other end. Each pipe holds 1 MiB (F_SETPIPE_SZ) and each message is \
-             1 MiB, so with both tasks on one CPU the writer fills the pipe and the reader empties it, a switch \
-             per MiB as in the rings: the figure is the copy. (With the default 64 KiB, the switch per 64 KiB \
-             message made the process side 7-18 % slower: the address-space switch, which latency-pipe shows.)"
-                .to_string(),
-        ),
-        ..Findings::default()
-    })
+    // What a pipe made as the sessions make theirs holds here: the sessions' own are gone.
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+    let held = links::hold_a_message(&[&rx, &tx]);
+    let [p, t] = [p, t].map(|side| side.map(|s| s.fact("pipe_bytes", held)));
+    let mut note = "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer and out \
+                    again, whichever kind of task is at the other end. Each pipe is asked to hold 1 MiB \
+                    (F_SETPIPE_SZ; pipe_bytes is what a pipe made the same way held) and each message is 1 MiB, so \
+                    with both tasks on one CPU the writer fills the pipe and the reader empties it, a switch per \
+                    MiB as in the rings: the figure is the copy."
+        .to_string();
+    if held < links::PIPE_BYTES {
+        note.push_str(&format!(
+            " Here a pipe held only {} KiB (pipe-max-size or the user's pipe-user-pages-soft), so the figure also \
+             includes a switch per {} KiB, which costs a process more (latency-pipe).",
+            held >> 10,
+            held >> 10
+        ));
+    }
+    Ok(Findings { process: p, thread: t, note: Some(note), ..Findings::default() })
 }
 
 /// One matrix line per side: a mechanism's GB/s at each size, and whether every checksum

@@ -27,7 +27,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 
 use crate::exchange::{self, Partner, Session, Shape};
-use crate::links::{IpcChannel, IpcMessage, MessageQueue, Ring, Stream};
+use crate::links::{self, IpcChannel, IpcMessage, MessageQueue, Ring, Stream};
 use crate::plumbing::{self, Peer, Queue};
 
 /// Two pipes, one each way, to a forked child.
@@ -36,6 +36,7 @@ pub fn pipe(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     // effort: pipe begin
     let (forth_rx, forth_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (back_rx, back_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+    links::hold_a_message(&[&forth_tx, &back_tx]);
     // process: the child inherits its two ends through fork(2); ours close when fork returns.
     let ends = [forth_rx.as_raw_fd(), back_tx.as_raw_fd()];
     let child = fork_child_keeping(&ends, move || {

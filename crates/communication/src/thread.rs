@@ -29,7 +29,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 
 use crate::exchange::{self, Link, Partner, Session, Shape};
-use crate::links::{Channel, Ring, Stream};
+use crate::links::{self, Channel, Ring, Stream};
 use crate::plumbing::{EndsFlag, Peer};
 
 /// Two pipes, one each way, to a second thread.
@@ -38,6 +38,7 @@ pub fn pipe(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     // effort: pipe begin
     let (forth_rx, forth_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (back_rx, back_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+    links::hold_a_message(&[&forth_tx, &back_tx]);
     // thread: descriptors belong to the process, so the thread just takes its ends.
     let theirs = Stream::new("pipe", forth_rx, back_tx, Peer::Unknown)?;
     let partner = spawn(ctx, place, theirs, ended)?;
