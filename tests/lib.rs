@@ -248,6 +248,16 @@ pub fn processes() -> Vec<(u32, char, u32, u32)> {
     found
 }
 
+/// The CPUs this test (and the rows it starts) may use, in order: sched_getaffinity(2).
+pub fn allowed_cpus() -> Vec<usize> {
+    // Safety: cpu_set_t is plain data that sched_getaffinity fills in for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
 /// The live processes of a process group (zombies included), with their state letter.
 pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
     processes().into_iter().filter(|p| p.3 == pgid).map(|p| (p.0, p.1)).collect()

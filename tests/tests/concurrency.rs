@@ -19,14 +19,9 @@ fn quick_report() -> &'static Value {
     REPORT.get_or_init(|| tests::report("concurrency", &["--quick"]))
 }
 
-/// The CPUs this test (and the row it starts) may use: sched_getaffinity(2).
+/// How many CPUs this test (and the row it starts) may use.
 fn allowed_cpus() -> u64 {
-    // Safety: cpu_set_t is plain data that sched_getaffinity fills in for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set), 0);
-        libc::CPU_COUNT(&set) as u64
-    }
+    tests::allowed_cpus().len() as u64
 }
 
 /// The worker counts a sweep up to `most` must try (the row's rule, restated).

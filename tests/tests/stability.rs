@@ -59,6 +59,10 @@ fn restart_completes_every_job_correctly_on_both_sides() {
         // result is the row's own error, so jobs_with_correct_result needs no check here.)
         assert_eq!(f["replacements"], f["jobs"], "{side}");
         assert!(f["jobs"].as_u64().unwrap() >= e[side]["runs"].as_u64().unwrap(), "{side}: a job per run");
+        // Both sides on one CPU, as the replacements said (sched_getcpu), not as we asked.
+        assert_eq!(f["replacements_ran_on_pinned_cpu"], true, "{side}");
+        let cpu = f["pinned_cpu"].as_u64().unwrap() as usize;
+        assert_eq!(cpu, *tests::allowed_cpus().first().unwrap(), "{side}: the first CPU we may use");
     }
     tests::assert_measures_are_sound(&report);
 }

@@ -92,6 +92,8 @@ pub struct Restart {
     pub latency_ns: u64,
     /// Replacements the supervisor started.
     pub replacements: usize,
+    /// The CPU the replacement ran on as it started (sched_getcpu), if it could say.
+    pub replacement_cpu: Option<usize>,
 }
 
 fn segfault(ctx: &Ctx) -> Result<Findings> {
@@ -254,7 +256,8 @@ fn restart(ctx: &Ctx) -> Result<Findings> {
             .fact("jobs", jobs.len())
             .fact("jobs_with_correct_result", correct)
             .fact("replacements", jobs.iter().map(|r| r.replacements).sum::<usize>())
-            .fact("pinned_cpu", place.driver))
+            .fact("pinned_cpu", place.driver)
+            .fact("replacements_ran_on_pinned_cpu", jobs.iter().all(|r| r.replacement_cpu == Some(place.driver))))
     };
     Ok(Findings {
         process: p.map(|s| side(s, &ps)).transpose()?,

@@ -99,7 +99,7 @@ pub fn restart(deadline: Duration) -> Result<Restart> {
         children.push(start_worker(chunk, false)?);
         chunks.push(chunk);
     }
-    let (mut total, mut crashed_at, mut started_at, mut replacements) = (0u64, None, None, 0);
+    let (mut total, mut crashed_at, mut started, mut replacements) = (0u64, None, None, 0);
     while !children.is_empty() {
         // The supervisor learns of a death from waitpid(2) (here through a pidfd).
         let (i, exit) = wait_any(&mut children, deadline)?;
@@ -107,8 +107,8 @@ pub fn restart(deadline: Duration) -> Result<Restart> {
         if let Some((_, result)) = exit.received::<(u64, u64)>("result")?.first() {
             total = total.wrapping_add(*result);
         }
-        if let Some(&at) = exit.received::<u64>("start")?.first() {
-            started_at = Some(at);
+        if let Some(&at) = exit.received::<(u64, Option<usize>)>("start")?.first() {
+            started = Some(at);
         }
         match exit.status {
             Status::Exited(0) => {}
@@ -122,8 +122,9 @@ pub fn restart(deadline: Duration) -> Result<Restart> {
             _ => exit.check("replacement worker")?,
         }
     }
-    let latency = started_at.zip(crashed_at).map(|(s, c)| s.saturating_sub(c)).context("no crash was replaced")?;
-    Ok(Restart { total, latency_ns: latency, replacements })
+    let ((started_at, replacement_cpu), crashed_at) = started.zip(crashed_at).context("no crash was replaced")?;
+    let latency_ns = started_at.saturating_sub(crashed_at);
+    Ok(Restart { total, latency_ns, replacements, replacement_cpu })
 }
 
 /// Starts the worker of one chunk; the first worker of chunk 2 panics, its replacement not.
@@ -131,7 +132,8 @@ fn start_worker(chunk: usize, replacement: bool) -> Result<harness::Child> {
     // The mechanism: a replacement is a new process, forked from the supervisor.
     fork_child(move || {
         if replacement {
-            deliver("start", &stats::monotonic_ns());
+            let at = stats::monotonic_ns();
+            deliver("start", &(at, harness::cpu::current().ok()));
         } else if chunk == FAULTY {
             deliver("crash", &stats::monotonic_ns());
             panic!("worker {chunk} panicked on purpose");

@@ -112,7 +112,7 @@ pub fn restart(deadline: Duration) -> Result<Restart> {
 enum Msg {
     Result(u64),
     Crash(u64),
-    Start(u64),
+    Start(u64, Option<usize>),
     Died(usize),
 }
 
@@ -122,7 +122,7 @@ fn restart_once(deadline: Duration) -> Result<Restart> {
     for chunk in 0..WORKERS {
         workers.push(Some(start_worker(chunk, false, tx.clone())?));
     }
-    let (mut total, mut results, mut crashed_at, mut started_at, mut replacements) = (0u64, 0, None, None, 0);
+    let (mut total, mut results, mut crashed_at, mut started, mut replacements) = (0u64, 0, None, None, 0);
     let until = Instant::now() + deadline;
     while results < WORKERS {
         // The supervisor learns of a death from the dying thread's own guard.
@@ -132,7 +132,7 @@ fn restart_once(deadline: Duration) -> Result<Restart> {
                 results += 1;
             }
             Msg::Crash(t) => crashed_at = Some(t),
-            Msg::Start(t) => started_at = Some(t),
+            Msg::Start(t, cpu) => started = Some((t, cpu)),
             Msg::Died(chunk) => {
                 if let Some(dead) = workers[chunk].take() {
                     let _ = dead.join();
@@ -145,8 +145,9 @@ fn restart_once(deadline: Duration) -> Result<Restart> {
     for w in workers.into_iter().flatten() {
         let _ = w.join();
     }
-    let latency = started_at.zip(crashed_at).map(|(s, c)| s.saturating_sub(c)).context("no crash was replaced")?;
-    Ok(Restart { total, latency_ns: latency, replacements })
+    let ((started_at, replacement_cpu), crashed_at) = started.zip(crashed_at).context("no crash was replaced")?;
+    let latency_ns = started_at.saturating_sub(crashed_at);
+    Ok(Restart { total, latency_ns, replacements, replacement_cpu })
 }
 
 /// Starts the worker of one chunk; the first worker of chunk 2 panics, its replacement not.
@@ -155,7 +156,8 @@ fn start_worker(chunk: usize, replacement: bool, tx: Sender<Msg>) -> Result<Join
     let w = thread::Builder::new().name(format!("worker {chunk}")).spawn(move || {
         let _guard = DeathNotice { chunk, tx: tx.clone() };
         if replacement {
-            let _ = tx.send(Msg::Start(stats::monotonic_ns()));
+            let at = stats::monotonic_ns();
+            let _ = tx.send(Msg::Start(at, harness::cpu::current().ok()));
         } else if chunk == FAULTY {
             let _ = tx.send(Msg::Crash(stats::monotonic_ns()));
             panic!("worker {chunk} panicked on purpose");
