@@ -32,13 +32,14 @@ pub struct Stability {
     /// Each run's ratio with its 95 % interval, `[ratio, low, high]` (`measure` only), so that
     /// a verdict that changed shows whether its ratio sat at an edge of the band or moved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ratios: Vec<[f64; 3]>,
-    /// Each run's median per side, in run order (`measure` only): a stray that every
-    /// experiment shares in the same run is the machine, not the method.
+    pub ratios: Vec<Option<[f64; 3]>>,
+    /// Each run's median per side, one per run in run order, `null` where a run had none
+    /// (`measure` only): a stray that every experiment shares in the same run is the
+    /// machine, not the method.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub process_medians: Vec<f64>,
+    pub process_medians: Vec<Option<f64>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub thread_medians: Vec<f64>,
+    pub thread_medians: Vec<Option<f64>>,
 }
 
 /// All of `--repeat --json`.
@@ -59,30 +60,29 @@ struct Summary<'a> {
     failures: Vec<String>,
 }
 
-/// One experiment over the runs: its kind, each run's verdict, each side's medians, each
-/// run's ratio with its interval.
-type Seen = (Kind, Vec<Verdict>, [Vec<f64>; 2], Vec<[f64; 3]>);
+/// One experiment over the runs: its kind, each run's verdict, each side's median per run and
+/// each run's ratio with its interval (one slot per run, `None` where that run had none).
+type Seen = (Kind, Vec<Verdict>, [Vec<Option<f64>>; 2], Vec<Option<[f64; 3]>>);
 
 /// Gathers the runs per experiment, in the order of the first run.
 pub fn stability(docs: &[Document]) -> Vec<Stability> {
     let mut order: Vec<(String, String)> = Vec::new();
     let mut seen: BTreeMap<(String, String), Seen> = BTreeMap::new();
-    for doc in docs {
+    let runs = docs.len();
+    for (run, doc) in docs.iter().enumerate() {
         for report in &doc.reports {
             for e in &report.experiments {
                 let key = (report.row.clone(), e.id.clone());
                 let entry = seen.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
-                    (e.kind, Vec::new(), [Vec::new(), Vec::new()], Vec::new())
+                    (e.kind, Vec::new(), [vec![None; runs], vec![None; runs]], vec![None; runs])
                 });
                 entry.1.push(e.verdict);
                 if let (Some(r), Some(low), Some(high)) = (e.ratio, e.ratio_low, e.ratio_high) {
-                    entry.3.push([r, low, high]);
+                    entry.3[run] = Some([r, low, high]);
                 }
                 for (i, side) in [&e.process, &e.thread].into_iter().enumerate() {
-                    if let Some(m) = side.as_ref().and_then(|s| s.median) {
-                        entry.2[i].push(m);
-                    }
+                    entry.2[i][run] = side.as_ref().and_then(|s| s.median);
                 }
             }
         }
@@ -95,7 +95,12 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
             for v in verdicts {
                 *counts.entry(*v).or_insert(0) += 1;
             }
-            let stray = |m: &Vec<f64>| (*kind == Kind::Measure && m.len() == docs.len()).then(|| stray(m)).flatten();
+            // A stray only for a side measured in every run.
+            let stray = |m: &Vec<Option<f64>>| {
+                let all: Option<Vec<f64>> = m.iter().copied().collect();
+                all.filter(|_| *kind == Kind::Measure).and_then(|all| stray(&all))
+            };
+            let measured = *kind == Kind::Measure;
             Stability {
                 row: key.0.clone(),
                 id: key.1.clone(),
@@ -105,18 +110,19 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 verdicts: counts,
                 process_stray: stray(&medians[0]),
                 thread_stray: stray(&medians[1]),
-                ratios: ratios.clone(),
-                process_medians: if *kind == Kind::Measure { medians[0].clone() } else { Vec::new() },
-                thread_medians: if *kind == Kind::Measure { medians[1].clone() } else { Vec::new() },
+                ratios: if measured { ratios.clone() } else { Vec::new() },
+                process_medians: if measured { medians[0].clone() } else { Vec::new() },
+                thread_medians: if measured { medians[1].clone() } else { Vec::new() },
             }
         })
         .collect()
 }
 
 /// The smallest and largest ratio over the runs, as "0.93-0.97", or "-" for none.
-fn ratio_range(ratios: &[[f64; 3]]) -> String {
-    let (low, high) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| (l.min(r[0]), h.max(r[0])));
-    if ratios.is_empty() { "-".to_string() } else { format!("{low:.2}-{high:.2}") }
+fn ratio_range(ratios: &[Option<[f64; 3]>]) -> String {
+    let seen: Vec<f64> = ratios.iter().flatten().map(|r| r[0]).collect();
+    let (low, high) = seen.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &r| (l.min(r), h.max(r)));
+    if seen.is_empty() { "-".to_string() } else { format!("{low:.2}-{high:.2}") }
 }
 
 /// max |m - median(m)| / median(m), or None when the median is not positive.
