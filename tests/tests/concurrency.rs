@@ -171,8 +171,10 @@ fn the_split_job_is_all_done_once_and_workers_overlap() {
         }
         // Over seven runs or more of every count, some CPU-bound workers were at work at the
         // same time (workers started and joined one by one never are). Not asked of every
-        // count, nor while other programs kept the CPUs busy (others_cpu, as the verdict): then
-        // a second worker may find no CPU free until the first ends.
+        // count, nor when other programs used over a quarter of the CPU time meanwhile
+        // (others_cpu above the busy rule's limit; the rule itself judges by a lower bound of
+        // it, and a verdict that was a tie anyway carries no `busy`): then a second worker may
+        // find no CPU free until the first ends.
         let busy = e["others_cpu"].as_f64().unwrap_or(0.0) > 0.25;
         if cpus >= 2 && !busy {
             assert!(at_once.iter().any(|&n| n >= 2), "{side}: no two workers ever overlapped: {f}");

@@ -413,7 +413,8 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
         process: side(&ps),
         thread: side(&ts),
         note: Some(format!(
-            "Each worker count splits the same job (hash numbers_hashed numbers, about {} ms on one CPU); the \
+            "Each worker count splits the same job (hash numbers_hashed numbers, about {} ms on one CPU: short \
+             enough that the workers' starts show in the time); the \
              ratio is at as many workers as CPUs this run may use, the other counts have {} runs a side. Speed-up \
              is the median time with one worker over the median with w; the linear reference is min(w, CPUs). \
              Past the CPU count, extra workers only queue (Amdahl: the serial part, here the starts and the \

@@ -242,11 +242,11 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     let size = Size::Count(calibrate(
         ctx,
         |size| Ok(thread::alone(ctx, cpu, what, size)?.n),
-        |size| Ok(process::alone(ctx, cpu, what, size, false)?.n),
+        |size| Ok(process::alone(ctx, cpu, what, size)?.n),
     )?);
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
     let (p, t) = ctx.interleave(
-        || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size, false)?).ns),
+        || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size)?).ns),
         || Ok(keep(&mut ts, thread::alone(ctx, cpu, what, size)?).ns),
     )?;
     // The pipe loop's cause, checked in every run: the same loop in a child that has a second,
@@ -255,7 +255,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     let sibling = match (what, ctx.process() && ctx.thread()) {
         (Baseline::Pipe, true) => {
             let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
-            let mut with_sibling = || Ok(process::alone(ctx, cpu, what, size, true)?.ns);
+            let mut with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
             let mut in_thread = || Ok(thread::alone(ctx, cpu, what, size)?.ns);
             match stats::interleave(plan, Some(&mut with_sibling), Some(&mut in_thread))? {
                 (Some(p2), Some(t2)) => Some((p2.median, p2.median / t2.median)),

@@ -75,10 +75,19 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
     finish(child, ctx, run)
 }
 
-/// One run of a baseline (no switch) in a forked child of its own. With `idle_sibling`, the
-/// child first starts a second thread that only waits, so that its descriptor table is
-/// shared, as every thread's is: the check of what makes the pipe baseline differ.
-pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline, size: Size, idle_sibling: bool) -> Result<Alone> {
+/// One run of a baseline (no switch) in a forked child of its own.
+pub fn alone(ctx: &Ctx, cpu: usize, what: Baseline, size: Size) -> Result<Alone> {
+    alone_in_child(ctx, cpu, what, size, false)
+}
+
+/// The same, in a child that first starts a second thread that only waits, so that its
+/// descriptor table is shared, as every thread's is: the check of what makes the pipe
+/// baseline differ (thread.rs has no counterpart).
+pub fn alone_beside_an_idle_thread(ctx: &Ctx, cpu: usize, what: Baseline, size: Size) -> Result<Alone> {
+    alone_in_child(ctx, cpu, what, size, true)
+}
+
+fn alone_in_child(ctx: &Ctx, cpu: usize, what: Baseline, size: Size, idle_sibling: bool) -> Result<Alone> {
     // process: the lone task is a process of its own.
     let child = fork_child(|| {
         let _pinned = Pinned::to(cpu)?;
