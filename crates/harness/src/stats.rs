@@ -66,6 +66,9 @@ pub struct Plan {
     pub budget: Duration,
 }
 
+/// The variable that selects the old ABBA order instead of strict alternation (`abba`).
+pub const ORDER_ENV: &str = "PVT_ORDER";
+
 /// One timed run of a side: it times itself (setup stays outside) and returns its value.
 pub type TimedRun<'a> = &'a mut dyn FnMut() -> Result<f64>;
 
@@ -92,8 +95,14 @@ pub fn interleave(
 ) -> Result<(Option<Summary>, Option<Summary>)> {
     ensure!(plan.min_runs >= 1 && plan.max_runs >= plan.min_runs, "interleave needs at least one run: {plan:?}");
     let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // PVT_ORDER=abba brings back the old order, to measure what one side's run leaves to the
+    // next (docs/report.md): pair i runs the thread side first when i is odd.
+    let abba = std::env::var(ORDER_ENV).is_ok_and(|v| v == "abba");
+    let mut pairs = 0;
     let mut one_pair = |keep: bool, samples: &mut [Vec<f64>; 2]| -> Result<()> {
-        for side in [0, 1] {
+        let order = if abba && pairs % 2 == 1 { [1, 0] } else { [0, 1] };
+        pairs += 1;
+        for side in order {
             let value = match side {
                 0 => process.as_mut().map(|run| run()),
                 _ => thread.as_mut().map(|run| run()),
