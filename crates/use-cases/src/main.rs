@@ -624,12 +624,14 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let piped = match p.as_mut() {
         Some(clip) => {
             clip.restore(p_filter)?;
-            let mut copied = 0;
+            let (mut copied, mut capacity) = (0, u64::MAX);
             for i in 0..clip.len() {
-                copied +=
+                let run =
                     clip.filter(i, |f, delta| process::filter_frame_through_pipes(f, delta, workers, deadline))?;
+                copied += run.copied;
+                capacity = capacity.min(run.pipe_bytes);
             }
-            Some((copied, frame::checksum(clip.frames)))
+            Some((copied, capacity, frame::checksum(clip.frames)))
         }
         None => None,
     };
@@ -643,12 +645,13 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
             .fact("minor_faults_per_run", median(&clip.faults).round())
             .fact("huge_kib", huge.unwrap_or(0))
     };
-    let same_checksums = p_sum.is_some() && p_sum == t_sum && piped.as_ref().is_none_or(|(_, c)| Some(*c) == p_sum);
+    let same_checksums = p_sum.is_some() && p_sum == t_sum && piped.as_ref().is_none_or(|(_, _, c)| Some(*c) == p_sum);
     let process = ps.zip(p.as_ref()).map(|(s, clip)| {
         let mut side = common(Side::measured(&s, "ms/frame"), clip, huge_p)
             .fact("mechanism", "shared-memory segment (shm_open, mmap)");
-        if let Some((copied, checksum)) = piped {
+        if let Some((copied, capacity, checksum)) = piped {
             side.set("through_pipes_bytes_copied", copied);
+            side.set("through_pipes_capacity_bytes", capacity);
             side.set("through_pipes_checksum", hex(Some(checksum)));
         }
         side.set("checksums_equal", same_checksums);
@@ -675,6 +678,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              goes through a pipe or a copy. For contrast, the process side then filters its clip once more, \
              untimed, from the pixels it was filled with, copying each chunk to its worker and back through \
              pipes a MiB at a time: through_pipes_bytes_copied counts the bytes as they pass, and its checksum must match. \
+             Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
+             through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. \
              Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind \
              the frames after the runs."
         )),
