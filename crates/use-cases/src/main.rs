@@ -528,17 +528,22 @@ struct Clip<'a> {
     /// count and -STEP after an odd one, so that every frame starts every second pass over
     /// the clip from the pixels it was filled with.
     filtered: Vec<u64>,
-    /// The frame the next timed run filters.
+    /// The frame the next run filters.
     next: usize,
+    /// Runs made so far, warm-up runs included.
+    runs: usize,
+    /// The warm-up runs, which the harness makes before the timed ones.
+    warmup: usize,
+    /// The minor faults of each timed run (the warm-up runs' are left out).
     faults: Vec<f64>,
     /// The whole clip's checksum after the first pass, every frame filtered once.
     checksum: Option<u64>,
 }
 
 impl<'a> Clip<'a> {
-    fn new(frames: &'a mut [u8], frame_bytes: usize) -> Clip<'a> {
+    fn new(frames: &'a mut [u8], frame_bytes: usize, warmup: usize) -> Clip<'a> {
         let len = frames.len() / frame_bytes;
-        Clip { frames, frame_bytes, filtered: vec![0; len], next: 0, faults: Vec::new(), checksum: None }
+        Clip { frames, frame_bytes, filtered: vec![0; len], next: 0, runs: 0, warmup, faults: Vec::new(), checksum: None }
     }
 
     fn len(&self) -> usize {
@@ -553,11 +558,14 @@ impl<'a> Clip<'a> {
         Ok(out)
     }
 
-    /// One timed run: the next frame of the clip; returns its time in ms.
+    /// One run, warm-up or timed: the next frame of the clip; returns its time in ms.
     fn filter_next(&mut self, filter: impl FnOnce(&mut [u8], i8) -> Result<FilterRun>) -> Result<f64> {
         let run = self.filter(self.next, filter)?;
         self.next = (self.next + 1) % self.len();
-        self.faults.push(run.minor_faults as f64);
+        self.runs += 1;
+        if self.runs > self.warmup {
+            self.faults.push(run.minor_faults as f64);
+        }
         if self.next == 0 && self.checksum.is_none() {
             self.checksum = Some(frame::checksum(self.frames));
         }
@@ -602,7 +610,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     })?;
     let p_filter = |f: &mut [u8], delta: i8| process::filter_frame(f, delta, workers, deadline);
     let t_filter = |f: &mut [u8], delta: i8| thread::filter_frame(f, delta, workers, deadline);
-    let clip = |f| Clip::new(f, frame::FRAME_BYTES);
+    let clip = |f| Clip::new(f, frame::FRAME_BYTES, ctx.warmup());
     let (mut p, mut t) = (p_frames.map(clip), t_frames.map(clip));
     let (ps, ts) = ctx.interleave(
         || p.as_mut().context("no segment")?.filter_next(p_filter),
@@ -612,7 +620,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         ensure!(
             clip.checksum.is_some(),
             "{} runs did not go once through the clip of {frames} frames",
-            clip.faults.len()
+            clip.runs
         );
     }
     // Huge pages behind the frames, read after the runs: both asked for base pages only.
@@ -743,12 +751,15 @@ mod tests {
             frame::brighten(f, delta);
             Ok(FilterRun { elapsed: Duration::ZERO, minor_faults: 0 })
         };
-        let mut c = Clip::new(&mut clip, 64);
+        // One warm-up run, then six timed ones.
+        let mut c = Clip::new(&mut clip, 64, 1);
         for _ in 0..7 {
             c.filter_next(filter).unwrap();
         }
-        // Frame 0 was filtered three times, frames 1 and 2 twice each.
+        // Frame 0 was filtered three times, frames 1 and 2 twice each; the faults are the
+        // timed runs' only.
         assert_eq!(c.filtered, [3, 2, 2]);
+        assert_eq!(c.faults.len(), 6);
         assert_eq!(c.checksum, Some(frame::checksum(&once)), "the checksum is the first pass's");
         c.restore(filter).unwrap();
         assert_eq!(c.filtered, [4, 2, 2]);
