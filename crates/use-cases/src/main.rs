@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use harness::row::Which;
 use harness::stats::{Latencies, median};
-use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Row, Side, Spec, Status, cpu, deliver};
+use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::pipe2;
@@ -39,7 +39,8 @@ const SERVER_WORKERS: usize = 64 + load::BAD_INPUT.len();
 const LEVELS: [usize; 3] = [1, 8, 64];
 /// Workers and connections of the poison-request experiment.
 const POISON_WORKERS: usize = 8;
-/// Frames of 3840 × 2160 RGBA in the clip the filter runs over, a frame per timed run.
+/// Frames of 3840 × 2160 RGBA in the clip the filter runs over, a frame per timed run; fewer
+/// where the memory left holds fewer (shared_frame checks).
 const FRAMES: usize = 8;
 /// The clip with --quick: a frame. Filling 8 on both sides and piping them would take a third
 /// of the row's --quick budget of 1.5 s, beside the sandbox's second of CPU; the runs go
@@ -89,13 +90,15 @@ static ROW: Row = Row {
         .headline(),
         Spec {
             id: "shared-frame",
-            title: "Brightness filter over a clip of 8 frames of 3840×2160 RGBA (1 with --quick), frame by frame: \
+            title: "Brightness filter over a clip of 8 frames of 3840×2160 RGBA (1 with --quick, fewer if memory is short), \
+                    frame by frame: \
                     processes on a shared-memory segment, threads in place on one buffer",
             kind: Kind::Measure,
             unit: Some(("ms/frame", Better::Lower)),
             expected: Expected::Thread,
-            // Both sides' clips, and a frame's copies in the piped run's workers.
-            needs: Needs::tasks(64).and_memory(((2 * FRAMES + 1) * frame::FRAME_BYTES) as u64),
+            // The least it runs with: the quick clip and one worker. shared_frame checks the
+            // room for its own clip and workers.
+            needs: Needs::tasks(64).and_memory(shared_frame_memory(QUICK_FRAMES, 1)),
             headline: false,
             run: shared_frame,
         }
@@ -543,7 +546,16 @@ struct Clip<'a> {
 impl<'a> Clip<'a> {
     fn new(frames: &'a mut [u8], frame_bytes: usize, warmup: usize) -> Clip<'a> {
         let len = frames.len() / frame_bytes;
-        Clip { frames, frame_bytes, filtered: vec![0; len], next: 0, runs: 0, warmup, faults: Vec::new(), checksum: None }
+        Clip {
+            frames,
+            frame_bytes,
+            filtered: vec![0; len],
+            next: 0,
+            runs: 0,
+            warmup,
+            faults: Vec::new(),
+            checksum: None,
+        }
     }
 
     fn len(&self) -> usize {
@@ -584,10 +596,26 @@ impl<'a> Clip<'a> {
     }
 }
 
+/// Memory shared-frame touches at once with a clip of `frames` and `workers` filter workers:
+/// both sides' clips, and in the piped contrast each worker's piece with at most a piece more
+/// in its pipes.
+const fn shared_frame_memory(frames: usize, workers: usize) -> u64 {
+    (2 * frames * frame::FRAME_BYTES + workers * 2 * process::PIECE) as u64
+}
+
 fn shared_frame(ctx: &Ctx) -> Result<Findings> {
-    let frames = if ctx.quick { QUICK_FRAMES } else { FRAMES };
-    let len = frames * frame::FRAME_BYTES;
+    let wanted = if ctx.quick { QUICK_FRAMES } else { FRAMES };
     let workers = cpu::allowed()?.len();
+    // The clip is as long as the memory left allows, up to `wanted`, and the note says so when
+    // it is shorter: a fork per worker and frame, no more tasks than the harness checked.
+    let room = Room::probe()?;
+    let refusal =
+        |frames: usize| room.refuse(Needs::tasks(workers as u64).and_memory(shared_frame_memory(frames, workers)));
+    let Some(frames) = (1..=wanted).rev().find(|&n| refusal(n).is_none()) else {
+        return Ok(Findings::skipped(refusal(1).unwrap_or_default()));
+    };
+    let shorter = refusal(wanted).map(|why| format!(" Only {frames} of the {wanted} frames fit here ({why})."));
+    let len = frames * frame::FRAME_BYTES;
     let deadline = ctx.deadline();
     let mut segment = ctx.process_side(|| process::frames(len))?;
     let buffer = ctx.thread_side(|| thread::frames(len))?;
@@ -617,11 +645,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         || t.as_mut().context("no buffer")?.filter_next(t_filter),
     )?;
     for clip in p.iter().chain(t.iter()) {
-        ensure!(
-            clip.checksum.is_some(),
-            "{} runs did not go once through the clip of {frames} frames",
-            clip.runs
-        );
+        ensure!(clip.checksum.is_some(), "{} runs did not go once through the clip of {frames} frames", clip.runs);
     }
     // Huge pages behind the frames, read after the runs: both asked for base pages only.
     let huge_p = p.as_ref().map(|c| plumbing::huge_kib_at(c.frames.as_ptr())).transpose()?;
@@ -648,6 +672,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let common = |s: Side, clip: &Clip, huge: Option<u64>| {
         s.fact("frames", frames)
             .fact("bytes", len)
+            .fact("memory_left_mib", room.memory.amount >> 20)
             .fact("filter_workers", workers)
             .fact("checksum", hex(clip.checksum))
             .fact("minor_faults_per_run", median(&clip.faults).round())
@@ -689,7 +714,10 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
              through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. \
              Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind \
-             the frames after the runs."
+             the frames after the runs. The clip has {wanted} frame(s) unless the room left here holds fewer \
+             (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
+             counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
+            shorter.unwrap_or_default()
         )),
         ..Findings::default()
     })

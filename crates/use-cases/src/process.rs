@@ -31,7 +31,7 @@ use harness::shm::Segment;
 use crate::{FilterRun, frame, plumbing};
 
 /// Bytes a worker of the piped filter gets at a time: a MiB, whole pixels.
-const PIECE: usize = 1 << 20;
+pub const PIECE: usize = 1 << 20;
 
 /// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
 /// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
