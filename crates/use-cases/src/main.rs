@@ -233,8 +233,9 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
-    // The bad input goes to both servers while the timed load runs, as it would on the
-    // internet: each piece may hold a worker for up to the server's IDLE, and the servers
+    // The bad input goes to both servers while the load runs, as it would on the internet: a
+    // thread per server, started just before the first warm-up pair, each piece settling at
+    // its own pace (a piece may hold a worker for up to the server's IDLE), and the servers
     // have a worker for each piece besides one for every connection of the load. Every
     // request of the timed runs must still succeed: a failed one is an error of the experiment.
     let ((ps, ts), bad_p, bad_t) = std::thread::scope(|s| -> Result<_> {
@@ -296,9 +297,12 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
              no difference in speed is expected. Each connection has a worker of its own (one connection at a \
              time per worker, as Apache's prefork MPM): the load generator is in the row process, the servers \
              are child processes. Bad input (a 1 MiB request line, a head with no end, a silent client, a \
-             half-closed client) goes to each server while the timed runs go on, and every request of the timed \
-             runs had to succeed (a failed one is an error of the experiment); each server has a worker for each \
-             piece of bad input besides the 64 for the load."
+             half-closed client) goes to each server from a thread of its own, started just before the \
+             first (warm-up) pair of runs, the prefork server's a moment before the pool's; each piece \
+             settles at its own pace while the runs go on (bad_input_settled_within_ms: the slowest piece, \
+             from its connection), and every request of the timed runs had to succeed (a failed one is an \
+             error of the experiment); each server has a worker for each piece of bad input besides the 64 \
+             for the load."
                 .to_string(),
         ),
         ..Findings::default()
