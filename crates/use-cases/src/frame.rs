@@ -86,6 +86,13 @@ pub fn pieces(len: usize, piece: usize) -> impl Iterator<Item = usize> {
     (0..len).step_by(piece.max(1)).map(move |at| piece.min(len - at))
 }
 
+/// The piece of `range` that starts `done` bytes into it, at most `piece` long; empty once
+/// `done` reaches the range's end, so that chunks of different lengths can go side by side.
+pub fn piece_at(range: &Range<usize>, done: usize, piece: usize) -> Range<usize> {
+    let from = range.start.saturating_add(done).min(range.end);
+    from..range.end.min(from.saturating_add(piece))
+}
+
 /// A checksum of the frames: four FNV-style lanes over 64-bit words.
 pub fn checksum(bytes: &[u8]) -> u64 {
     let mut lanes = [0xcbf2_9ce4_8422_2325u64; 4];
@@ -124,5 +131,13 @@ mod tests {
         let c = chunks(4 * 10, 3);
         assert_eq!(c, vec![0..16, 16..32, 32..40]);
         assert_eq!(chunks(8, 4), vec![0..4, 4..8]);
+    }
+
+    #[test]
+    fn pieces_of_a_shorter_chunk_end_empty() {
+        assert_eq!(piece_at(&(16..40), 0, 16), 16..32);
+        assert_eq!(piece_at(&(16..40), 16, 16), 32..40);
+        assert_eq!(piece_at(&(16..40), 32, 16), 40..40);
+        assert_eq!(piece_at(&(16..40), usize::MAX, 16), 40..40);
     }
 }

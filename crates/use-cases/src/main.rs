@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use harness::row::Which;
 use harness::stats::{Latencies, median};
-use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Row, Side, Spec, Status, cpu, deliver};
+use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::pipe2;
@@ -39,7 +39,8 @@ const SERVER_WORKERS: usize = 64 + load::BAD_INPUT.len();
 const LEVELS: [usize; 3] = [1, 8, 64];
 /// Workers and connections of the poison-request experiment.
 const POISON_WORKERS: usize = 8;
-/// Frames of 3840 × 2160 RGBA in the clip the filter runs over, a frame per timed run.
+/// Frames of 3840 × 2160 RGBA in the clip the filter runs over, a frame per timed run; fewer
+/// where the memory left holds fewer (shared_frame checks).
 const FRAMES: usize = 8;
 /// The clip with --quick: a frame. Filling 8 on both sides and piping them would take a third
 /// of the row's --quick budget of 1.5 s, beside the sandbox's second of CPU; the runs go
@@ -89,13 +90,15 @@ static ROW: Row = Row {
         .headline(),
         Spec {
             id: "shared-frame",
-            title: "Brightness filter over a clip of 8 frames of 3840×2160 RGBA (1 with --quick), frame by frame: \
+            title: "Brightness filter over a clip of 8 frames of 3840×2160 RGBA (1 with --quick, fewer if memory is short), \
+                    frame by frame: \
                     processes on a shared-memory segment, threads in place on one buffer",
             kind: Kind::Measure,
             unit: Some(("ms/frame", Better::Lower)),
             expected: Expected::Thread,
-            // Both sides' clips, and a frame's copies in the piped run's workers.
-            needs: Needs::tasks(64).and_memory(((2 * FRAMES + 1) * frame::FRAME_BYTES) as u64),
+            // The least it runs with: the quick clip and one worker. shared_frame checks the
+            // room for its own clip and workers.
+            needs: Needs::tasks(64).and_memory(shared_frame_memory(QUICK_FRAMES, 1)),
             headline: false,
             run: shared_frame,
         }
@@ -230,8 +233,9 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
-    // The bad input goes to both servers while the timed load runs, as it would on the
-    // internet: each piece may hold a worker for up to the server's IDLE, and the servers
+    // The bad input goes to both servers while the load runs, as it would on the internet: a
+    // thread per server, started just before the first warm-up pair, each piece settling at
+    // its own pace (a piece may hold a worker for up to the server's IDLE), and the servers
     // have a worker for each piece besides one for every connection of the load. Every
     // request of the timed runs must still succeed: a failed one is an error of the experiment.
     let ((ps, ts), bad_p, bad_t) = std::thread::scope(|s| -> Result<_> {
@@ -293,9 +297,12 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
              no difference in speed is expected. Each connection has a worker of its own (one connection at a \
              time per worker, as Apache's prefork MPM): the load generator is in the row process, the servers \
              are child processes. Bad input (a 1 MiB request line, a head with no end, a silent client, a \
-             half-closed client) goes to each server while the timed runs go on, and every request of the timed \
-             runs had to succeed (a failed one is an error of the experiment); each server has a worker for each \
-             piece of bad input besides the 64 for the load."
+             half-closed client) goes to each server from a thread of its own, started just before the \
+             first (warm-up) pair of runs, the prefork server's a moment before the pool's; each piece \
+             settles at its own pace while the runs go on (bad_input_settled_within_ms: the slowest piece, \
+             from its connection), and every request of the timed runs had to succeed (a failed one is an \
+             error of the experiment); each server has a worker for each piece of bad input besides the 64 \
+             for the load."
                 .to_string(),
         ),
         ..Findings::default()
@@ -528,17 +535,31 @@ struct Clip<'a> {
     /// count and -STEP after an odd one, so that every frame starts every second pass over
     /// the clip from the pixels it was filled with.
     filtered: Vec<u64>,
-    /// The frame the next timed run filters.
+    /// The frame the next run filters.
     next: usize,
+    /// Runs made so far, warm-up runs included.
+    runs: usize,
+    /// The warm-up runs, which the harness makes before the timed ones.
+    warmup: usize,
+    /// The minor faults of each timed run (the warm-up runs' are left out).
     faults: Vec<f64>,
     /// The whole clip's checksum after the first pass, every frame filtered once.
     checksum: Option<u64>,
 }
 
 impl<'a> Clip<'a> {
-    fn new(frames: &'a mut [u8], frame_bytes: usize) -> Clip<'a> {
+    fn new(frames: &'a mut [u8], frame_bytes: usize, warmup: usize) -> Clip<'a> {
         let len = frames.len() / frame_bytes;
-        Clip { frames, frame_bytes, filtered: vec![0; len], next: 0, faults: Vec::new(), checksum: None }
+        Clip {
+            frames,
+            frame_bytes,
+            filtered: vec![0; len],
+            next: 0,
+            runs: 0,
+            warmup,
+            faults: Vec::new(),
+            checksum: None,
+        }
     }
 
     fn len(&self) -> usize {
@@ -553,11 +574,14 @@ impl<'a> Clip<'a> {
         Ok(out)
     }
 
-    /// One timed run: the next frame of the clip; returns its time in ms.
+    /// One run, warm-up or timed: the next frame of the clip; returns its time in ms.
     fn filter_next(&mut self, filter: impl FnOnce(&mut [u8], i8) -> Result<FilterRun>) -> Result<f64> {
         let run = self.filter(self.next, filter)?;
         self.next = (self.next + 1) % self.len();
-        self.faults.push(run.minor_faults as f64);
+        self.runs += 1;
+        if self.runs > self.warmup {
+            self.faults.push(run.minor_faults as f64);
+        }
         if self.next == 0 && self.checksum.is_none() {
             self.checksum = Some(frame::checksum(self.frames));
         }
@@ -576,10 +600,26 @@ impl<'a> Clip<'a> {
     }
 }
 
+/// Memory shared-frame touches at once with a clip of `frames` and `workers` filter workers:
+/// both sides' clips, and in the piped contrast each worker's piece with at most a piece more
+/// in its pipes.
+const fn shared_frame_memory(frames: usize, workers: usize) -> u64 {
+    (2 * frames * frame::FRAME_BYTES + workers * 2 * process::PIECE) as u64
+}
+
 fn shared_frame(ctx: &Ctx) -> Result<Findings> {
-    let frames = if ctx.quick { QUICK_FRAMES } else { FRAMES };
-    let len = frames * frame::FRAME_BYTES;
+    let wanted = if ctx.quick { QUICK_FRAMES } else { FRAMES };
     let workers = cpu::allowed()?.len();
+    // The clip is as long as the memory left allows, up to `wanted`, and the note says so when
+    // it is shorter: a fork per worker and frame, no more tasks than the harness checked.
+    let room = Room::probe()?;
+    let refusal =
+        |frames: usize| room.refuse(Needs::tasks(workers as u64).and_memory(shared_frame_memory(frames, workers)));
+    let Some(frames) = (1..=wanted).rev().find(|&n| refusal(n).is_none()) else {
+        return Ok(Findings::skipped(refusal(1).unwrap_or_default()));
+    };
+    let shorter = refusal(wanted).map(|why| format!(" Only {frames} of the {wanted} frames fit here ({why})."));
+    let len = frames * frame::FRAME_BYTES;
     let deadline = ctx.deadline();
     let mut segment = ctx.process_side(|| process::frames(len))?;
     let buffer = ctx.thread_side(|| thread::frames(len))?;
@@ -602,18 +642,14 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     })?;
     let p_filter = |f: &mut [u8], delta: i8| process::filter_frame(f, delta, workers, deadline);
     let t_filter = |f: &mut [u8], delta: i8| thread::filter_frame(f, delta, workers, deadline);
-    let clip = |f| Clip::new(f, frame::FRAME_BYTES);
+    let clip = |f| Clip::new(f, frame::FRAME_BYTES, ctx.warmup());
     let (mut p, mut t) = (p_frames.map(clip), t_frames.map(clip));
     let (ps, ts) = ctx.interleave(
         || p.as_mut().context("no segment")?.filter_next(p_filter),
         || t.as_mut().context("no buffer")?.filter_next(t_filter),
     )?;
     for clip in p.iter().chain(t.iter()) {
-        ensure!(
-            clip.checksum.is_some(),
-            "{} runs did not go once through the clip of {frames} frames",
-            clip.faults.len()
-        );
+        ensure!(clip.checksum.is_some(), "{} runs did not go once through the clip of {frames} frames", clip.runs);
     }
     // Huge pages behind the frames, read after the runs: both asked for base pages only.
     let huge_p = p.as_ref().map(|c| plumbing::huge_kib_at(c.frames.as_ptr())).transpose()?;
@@ -624,12 +660,14 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let piped = match p.as_mut() {
         Some(clip) => {
             clip.restore(p_filter)?;
-            let mut copied = 0;
+            let (mut copied, mut capacity) = (0, u64::MAX);
             for i in 0..clip.len() {
-                copied +=
+                let run =
                     clip.filter(i, |f, delta| process::filter_frame_through_pipes(f, delta, workers, deadline))?;
+                copied += run.copied;
+                capacity = capacity.min(run.pipe_bytes);
             }
-            Some((copied, frame::checksum(clip.frames)))
+            Some((copied, capacity, frame::checksum(clip.frames)))
         }
         None => None,
     };
@@ -638,17 +676,19 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let common = |s: Side, clip: &Clip, huge: Option<u64>| {
         s.fact("frames", frames)
             .fact("bytes", len)
+            .fact("memory_left_mib", room.memory.amount >> 20)
             .fact("filter_workers", workers)
             .fact("checksum", hex(clip.checksum))
             .fact("minor_faults_per_run", median(&clip.faults).round())
             .fact("huge_kib", huge.unwrap_or(0))
     };
-    let same_checksums = p_sum.is_some() && p_sum == t_sum && piped.as_ref().is_none_or(|(_, c)| Some(*c) == p_sum);
+    let same_checksums = p_sum.is_some() && p_sum == t_sum && piped.as_ref().is_none_or(|(_, _, c)| Some(*c) == p_sum);
     let process = ps.zip(p.as_ref()).map(|(s, clip)| {
         let mut side = common(Side::measured(&s, "ms/frame"), clip, huge_p)
             .fact("mechanism", "shared-memory segment (shm_open, mmap)");
-        if let Some((copied, checksum)) = piped {
+        if let Some((copied, capacity, checksum)) = piped {
             side.set("through_pipes_bytes_copied", copied);
+            side.set("through_pipes_capacity_bytes", capacity);
             side.set("through_pipes_checksum", hex(Some(checksum)));
         }
         side.set("checksums_equal", same_checksums);
@@ -675,8 +715,13 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              goes through a pipe or a copy. For contrast, the process side then filters its clip once more, \
              untimed, from the pixels it was filled with, copying each chunk to its worker and back through \
              pipes a MiB at a time: through_pipes_bytes_copied counts the bytes as they pass, and its checksum must match. \
+             Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
+             through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. \
              Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind \
-             the frames after the runs."
+             the frames after the runs. The clip has {wanted} frame(s) unless the room left here holds fewer \
+             (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
+             counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
+            shorter.unwrap_or_default()
         )),
         ..Findings::default()
     })
@@ -738,12 +783,15 @@ mod tests {
             frame::brighten(f, delta);
             Ok(FilterRun { elapsed: Duration::ZERO, minor_faults: 0 })
         };
-        let mut c = Clip::new(&mut clip, 64);
+        // One warm-up run, then six timed ones.
+        let mut c = Clip::new(&mut clip, 64, 1);
         for _ in 0..7 {
             c.filter_next(filter).unwrap();
         }
-        // Frame 0 was filtered three times, frames 1 and 2 twice each.
+        // Frame 0 was filtered three times, frames 1 and 2 twice each; the faults are the
+        // timed runs' only.
         assert_eq!(c.filtered, [3, 2, 2]);
+        assert_eq!(c.faults.len(), 6);
         assert_eq!(c.checksum, Some(frame::checksum(&once)), "the checksum is the first pass's");
         c.restore(filter).unwrap();
         assert_eq!(c.filtered, [4, 2, 2]);

@@ -108,10 +108,22 @@ pub fn huge_kib_at(address: *const u8) -> Result<u64> {
 }
 
 /// Maps every page of `bytes` in, writable, with one madvise(2) call (MADV_POPULATE_WRITE,
-/// Linux 5.14) instead of a page fault per 4 KiB page when they are first written.
+/// Linux 5.14) instead of a page fault per 4 KiB page when they are first written. An older
+/// kernel refuses the advice with EINVAL: there a byte of every page is written instead, which
+/// maps the same pages in, a fault each.
 pub fn populate(bytes: &mut [u8]) -> Result<()> {
     let start = std::ptr::NonNull::new(bytes.as_mut_ptr().cast()).context("a null mapping")?;
     // Safety: advice on memory we hold mutably; populating writes no contents.
-    unsafe { nix::sys::mman::madvise(start, bytes.len(), nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) }
-        .context("madvise MADV_POPULATE_WRITE")
+    match unsafe { nix::sys::mman::madvise(start, bytes.len(), nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) } {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            for at in (0..bytes.len()).step_by(harness::mem::page_size()) {
+                // Volatile, so that the compiler keeps a write it could see as useless.
+                // Safety: `at` lies inside `bytes`, which we hold mutably.
+                unsafe { bytes.as_mut_ptr().add(at).write_volatile(0) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).context("madvise MADV_POPULATE_WRITE"),
+    }
 }

@@ -31,7 +31,7 @@ use harness::shm::Segment;
 use crate::{FilterRun, frame, plumbing};
 
 /// Bytes a worker of the piped filter gets at a time: a MiB, whole pixels.
-const PIECE: usize = 1 << 20;
+pub const PIECE: usize = 1 << 20;
 
 /// The prefork master: forks `workers` worker processes on `listener`, replaces each one that
 /// dies, and when `stop` becomes readable (its writer closed) stops them all. Runs in a
@@ -152,20 +152,33 @@ pub fn filter_frame(pixels: &mut [u8], delta: i8, workers: usize, deadline: Dura
     Ok(FilterRun { elapsed, minor_faults })
 }
 
+/// What a run through pipes did.
+pub struct Piped {
+    /// Bytes that went through the pipes, counted as they passed.
+    pub copied: u64,
+    /// The smallest capacity of its pipes, as F_GETPIPE_SZ gave it after the resize.
+    pub pipe_bytes: u64,
+}
+
 /// The same filter run over one frame, but each worker gets a copy of its chunk through a
 /// pipe, a piece at a time, and sends each piece back filtered through another, as a filter
-/// in a shell pipeline does: two copies of every byte, and no memory shared. Returns the bytes
-/// that went through the pipes, counted as they passed.
-pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<u64> {
+/// in a shell pipeline does: two copies of every byte, and no memory shared.
+pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, deadline: Duration) -> Result<Piped> {
     let mut children = Vec::new();
     let mut links = Vec::new();
+    let mut pipe_bytes = u64::MAX;
     for range in frame::chunks(pixels.len(), workers) {
         let (to_child, from_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
         let (from_child, to_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
         for end in [&from_parent, &to_parent] {
-            // A pipe that holds a whole piece (pipe(7), "Pipe capacity"; 1 MiB is the
-            // unprivileged limit), instead of the default 64 KiB.
-            fcntl(end, FcntlArg::F_SETPIPE_SZ(PIECE as i32)).context("fcntl(F_SETPIPE_SZ)")?;
+            // Asks for a pipe that holds a whole piece (pipe(7), "Pipe capacity"), instead of
+            // the default 64 KiB. Best effort: past /proc/sys/fs/pipe-user-pages-soft (pages
+            // over all of a user's pipes) the kernel refuses with EPERM, and a smaller pipe
+            // only splits a piece into more writes: a worker reads its whole piece before it
+            // writes, so neither side waits on the other for good.
+            let _ = fcntl(end, FcntlArg::F_SETPIPE_SZ(PIECE as i32));
+            let size = fcntl(end, FcntlArg::F_GETPIPE_SZ).context("fcntl(F_GETPIPE_SZ)")?;
+            pipe_bytes = pipe_bytes.min(size as u64);
         }
         let keep = [to_child.as_raw_fd(), to_parent.as_raw_fd()];
         let len = range.len();
@@ -187,7 +200,8 @@ pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, 
     // writes, so no pipe waits on the other, and the workers filter side by side.
     let mut done = 0;
     while links.iter().any(|(range, _, _)| done < range.len()) {
-        let pieces: Vec<_> = links.iter().map(|(r, _, _)| r.start + done..r.end.min(r.start + done + PIECE)).collect();
+        // A worker whose chunk is through gets an empty piece (a write and a read of nothing).
+        let pieces: Vec<_> = links.iter().map(|(r, _, _)| frame::piece_at(r, done, PIECE)).collect();
         for ((_, to, _), piece) in links.iter_mut().zip(&pieces) {
             to.write_all(&pixels[piece.clone()]).context("write to a filter worker")?;
             copied += piece.len() as u64;
@@ -202,5 +216,5 @@ pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, 
     for e in &wait_all(children, deadline)? {
         e.check("a filter worker")?;
     }
-    Ok(copied)
+    Ok(Piped { copied, pipe_bytes })
 }
