@@ -122,18 +122,20 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
     let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
     let (mut p_first, mut t_first) = (Latencies::new(), Latencies::new());
     let mut p_faults = 0;
+    // Settled: a thread run right after the forks pays a fault for each page it writes, which
+    // the forks left write-protected (11-12 % here).
     let (p, t) = ctx.interleave(
-        || {
+        stats::settled(|| {
             let s = process::spawn_and_wait(n, deadline)?;
             s.first_run_ns.iter().for_each(|&ns| p_first.record(Duration::from_nanos(ns)));
             p_faults += s.child_minor_faults.unwrap_or(0);
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
-        },
-        || {
+        }),
+        stats::settled(|| {
             let s = thread::spawn_and_wait(n, deadline)?;
             s.first_run_ns.iter().for_each(|&ns| t_first.record(Duration::from_nanos(ns)));
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
-        },
+        }),
     )?;
     let first = |l: &Latencies, side: Side| {
         side.fact("starts", l.len())
@@ -222,16 +224,18 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
             procfs::process::Process::myself().and_then(|p| p.status()).context("reading /proc/self/status")?;
         let n = stats::iterations_for(budget(ctx, 5, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(1);
         let (mut faults, mut forks) = (0i64, 0u64);
+        // Settled, as in spawn: after a fork of a large parent the thread side paid about half
+        // again for the pages the fork had write-protected.
         let (p, t) = interleave_at(
             ctx,
             bytes == largest,
-            || {
+            stats::settled(|| {
                 let s = process::spawn_and_wait(n, deadline)?;
                 faults += s.child_minor_faults.unwrap_or(0);
                 forks += n;
                 Ok(s.took.as_secs_f64() * 1e6 / n as f64)
-            },
-            || Ok(thread::spawn_and_wait(n, deadline)?.took.as_secs_f64() * 1e6 / n as f64),
+            }),
+            stats::settled(|| Ok(thread::spawn_and_wait(n, deadline)?.took.as_secs_f64() * 1e6 / n as f64)),
         )?;
         points.push(AtSize {
             bytes,
