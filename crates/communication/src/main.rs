@@ -197,13 +197,16 @@ fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape)
 struct Ran<T> {
     summary: Summary,
     warmup: Vec<T>,
+    /// The untimed run before each run (warm-up ones too), for bulk (see `pair`).
+    settle: Vec<T>,
     timed: Vec<T>,
     huge_kib: Option<u64>,
 }
 
 impl<T> Ran<T> {
+    /// Every run the side made: warm-up, settle and timed.
     fn all(&self) -> impl Iterator<Item = &T> {
-        self.warmup.iter().chain(&self.timed)
+        self.warmup.iter().chain(&self.settle).chain(&self.timed)
     }
 }
 
@@ -239,20 +242,38 @@ fn pair<S, T>(
         Err(e) => return Err(end_both(ctx, p, t, None, e)),
     };
     let (mut pv, mut tv) = (Vec::new(), Vec::new());
+    let (mut p_settle, mut t_settle) = (Vec::new(), Vec::new());
+    // Bulk runs are settled (harness::stats::settled): each timed run follows an untimed run
+    // of its own side, because a run leaves its 4 MiB of messages in the caches and the other
+    // side's next run started 7-14 % slower from that (docs/report.md). Round trips left
+    // nothing measurable.
+    let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
     let mut process_run = || {
         let s = p.as_mut().expect("the process side runs only when set up");
-        let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Process, &prepared)
-            .inspect_err(|_| failed.set(Some(Which::Process)))
-            .with_context(|| format!("the {}", m.process.0))?;
+        let mut once = || {
+            (run.borrow_mut())(&mut *s.link, Which::Process, &prepared)
+                .inspect_err(|_| failed.set(Some(Which::Process)))
+                .with_context(|| format!("the {}", m.process.0))
+        };
+        if settle {
+            p_settle.push(once()?.1);
+        }
+        let (value, seen) = once()?;
         pv.push(seen);
         Ok(value)
     };
     let mut thread_run = || {
         let s = t.as_mut().expect("the thread side runs only when set up");
-        let (value, seen) = (run.borrow_mut())(&mut *s.link, Which::Thread, &prepared)
-            .inspect_err(|_| failed.set(Some(Which::Thread)))
-            .with_context(|| format!("the {}", m.thread.0))?;
+        let mut once = || {
+            (run.borrow_mut())(&mut *s.link, Which::Thread, &prepared)
+                .inspect_err(|_| failed.set(Some(Which::Thread)))
+                .with_context(|| format!("the {}", m.thread.0))
+        };
+        if settle {
+            t_settle.push(once()?.1);
+        }
+        let (value, seen) = once()?;
         tv.push(seen);
         Ok(value)
     };
@@ -275,11 +296,11 @@ fn pair<S, T>(
         (p.map_or(Ok(()), |s| s.finish(ctx.deadline())), t.map_or(Ok(()), |s| s.finish(ctx.deadline())));
     p_end.context("ending the process side")?;
     t_end.context("ending the thread side")?;
-    let ran = |summary: Summary, mut v: Vec<T>, huge_kib| {
+    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, huge_kib| {
         let timed = v.split_off(plan.warmup.min(v.len()));
-        Ran { summary, warmup: v, timed, huge_kib }
+        Ran { summary, warmup: v, settle, timed, huge_kib }
     };
-    Ok([ps.map(|s| ran(s, pv, p_huge)), ts.map(|s| ran(s, tv, t_huge))])
+    Ok([ps.map(|s| ran(s, pv, p_settle, p_huge)), ts.map(|s| ran(s, tv, t_settle, t_huge))])
 }
 
 /// After a failure: both sessions end (their partners are joined or reaped). The side whose
