@@ -85,27 +85,38 @@ pub fn enter(id: &str) {
 /// process is single-threaded.
 pub fn fork_bare(work: impl FnOnce() -> Result<()>) -> Result<Bare> {
     let hang = HANG_NEXT.swap(false, Ordering::SeqCst);
+    // The child runs only `work` and `_exit`, never the parent's destructors or the rest of
+    // the program.
+    fork_into(|| {
+        if hang {
+            hang_forever();
+        }
+        let code = match catch_unwind(AssertUnwindSafe(work)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+            Err(_) => PANIC_EXIT_CODE,
+        };
+        // Safety: ends the child at once, with no destructor or atexit handler run.
+        unsafe { libc::_exit(code) }
+    })
+}
+
+/// fork(2) with SIGINT and SIGTERM blocked, the child registered for the cleanup; the child
+/// runs [`child_setup`] and then `in_child`, which ends it (`_exit`, `execve`: it cannot
+/// return, its type says so). The caller
+/// guarantees a single-threaded process.
+fn fork_into(in_child: impl FnOnce() -> std::convert::Infallible) -> Result<Bare> {
     let parent = std::process::id() as libc::pid_t;
     flush();
     let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
-        // Safety: the caller guarantees a single-threaded process; the child runs only `work`
-        // and `_exit`, never the parent's destructors or the rest of the program.
+        // Safety: single-threaded (the caller's promise); the child never returns from here.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             child_setup(parent);
-            if hang {
-                hang_forever();
-            }
-            let code = match catch_unwind(AssertUnwindSafe(work)) {
-                Ok(Ok(())) => 0,
-                Ok(Err(e)) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-                Err(_) => PANIC_EXIT_CODE,
-            };
-            // Safety: ends the child at once, with no destructor or atexit handler run.
-            unsafe { libc::_exit(code) }
+            match in_child() {}
         }
         registered(pid, "fork")
     })?;
@@ -169,23 +180,12 @@ impl Program {
 pub fn fork_exec(program: &Program) -> Result<Bare> {
     let argv = program.argv();
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
-    let parent = std::process::id() as libc::pid_t;
-    flush();
-    let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
-        // Safety: single-threaded (the caller's promise); the child makes only async-signal-safe
-        // calls (those of `child_setup`, execve(2) and _exit(2)) on memory prepared before the
-        // fork.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            child_setup(parent);
-            unsafe {
-                libc::execve(program.path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
-                libc::_exit(127)
-            }
-        }
-        registered(pid, "fork")
-    })?;
-    Ok(Bare { pid, reaped: false })
+    // Safety: the child makes only async-signal-safe calls (those of `child_setup`, execve(2)
+    // and _exit(2)) on memory prepared before the fork.
+    fork_into(|| unsafe {
+        libc::execve(program.path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
+        libc::_exit(127)
+    })
 }
 
 /// posix_spawn(3) of `program` with an empty environment and no signal blocked. glibc starts
