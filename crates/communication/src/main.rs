@@ -249,34 +249,23 @@ fn pair<S, T>(
     // nothing measurable.
     let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
-    let mut process_run = || {
-        let s = p.as_mut().expect("the process side runs only when set up");
+    // One timed run of a side (after its settle run, for bulk), keeping what each run saw.
+    let one_side = |which: Which, session: &mut Option<Session>, settled: &mut Vec<T>, kept: &mut Vec<T>| {
+        let link = &mut *session.as_mut().expect("a side runs only when set up").link;
         let mut once = || {
-            (run.borrow_mut())(&mut *s.link, Which::Process, &prepared)
-                .inspect_err(|_| failed.set(Some(Which::Process)))
-                .with_context(|| format!("the {}", m.process.0))
+            (run.borrow_mut())(link, which, &prepared)
+                .inspect_err(|_| failed.set(Some(which)))
+                .with_context(|| format!("the {}", m.side(which).0))
         };
         if settle {
-            p_settle.push(once()?.1);
+            settled.push(once()?.1);
         }
         let (value, seen) = once()?;
-        pv.push(seen);
+        kept.push(seen);
         Ok(value)
     };
-    let mut thread_run = || {
-        let s = t.as_mut().expect("the thread side runs only when set up");
-        let mut once = || {
-            (run.borrow_mut())(&mut *s.link, Which::Thread, &prepared)
-                .inspect_err(|_| failed.set(Some(Which::Thread)))
-                .with_context(|| format!("the {}", m.thread.0))
-        };
-        if settle {
-            t_settle.push(once()?.1);
-        }
-        let (value, seen) = once()?;
-        tv.push(seen);
-        Ok(value)
-    };
+    let mut process_run = || one_side(Which::Process, &mut p, &mut p_settle, &mut pv);
+    let mut thread_run = || one_side(Which::Thread, &mut t, &mut t_settle, &mut tv);
     let runs = stats::interleave(
         plan,
         ctx.process().then_some(&mut process_run as stats::TimedRun<'_>),
