@@ -275,7 +275,9 @@ fn pair<S, T>(
         Ok(r) => r,
         Err(e) => return Err(end_both(ctx, p, t, failed.get(), e)),
     };
-    let huge = |s: &Option<Session>| s.as_ref().and_then(|s| s.memory).map(plumbing::huge_kib_at).transpose();
+    let huge = |s: &Option<Session>| {
+        s.as_ref().and_then(|s| s.memory).map(|at| harness::mem::huge_kib_at(at as *const u8)).transpose()
+    };
     let (p_huge, t_huge) = match (huge(&p), huge(&t)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(end_both(ctx, p, t, None, e)),

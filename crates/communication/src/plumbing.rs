@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
@@ -57,45 +57,6 @@ pub fn ensure_forks_allowed() -> Result<()> {
         Some(why) => anyhow::bail!("this row forks no more: {why}"),
         None => Ok(()),
     }
-}
-
-/// KiB of the mapping at `addr` backed by huge pages now: AnonHugePages (private memory),
-/// ShmemPmdMapped and FilePmdMapped (a shared-memory segment) of its area in /proc/self/smaps.
-/// The same reading for both sides, whatever backs their memory.
-pub fn huge_kib_at(addr: usize) -> Result<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
-    let mut inside = false;
-    let mut found = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((from, to)) = first.split_once('-')
-            && let (Ok(from), Ok(to)) = (usize::from_str_radix(from, 16), usize::from_str_radix(to, 16))
-        {
-            inside = from <= addr && addr < to;
-            found |= inside;
-            continue;
-        }
-        if inside
-            && let Some((key, value)) = line.split_once(':')
-            && matches!(key, "AnonHugePages" | "ShmemPmdMapped" | "FilePmdMapped")
-        {
-            kib +=
-                value.trim().trim_end_matches("kB").trim().parse::<u64>().with_context(|| format!("smaps: {line}"))?;
-        }
-    }
-    ensure!(found, "no area at {addr:#x} in /proc/self/smaps");
-    Ok(kib)
-}
-
-/// Asks for base pages only on `len` bytes at `addr` (MADV_NOHUGEPAGE, madvise(2)), as
-/// harness::mem::Mapping::no_huge_pages does for an anonymous mapping: here for a segment.
-pub fn no_huge_pages(addr: *mut u8, len: usize) -> Result<()> {
-    let addr = std::ptr::NonNull::new(addr.cast()).context("a null mapping")?;
-    // Safety: advice on a mapping of ours, whole pages from its page-aligned start; it
-    // changes no contents.
-    unsafe { nix::sys::mman::madvise(addr, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
-        .context("madvise MADV_NOHUGEPAGE")
 }
 
 /// Sets its flag when dropped: a thread holds one, so that its end, by return or by panic,

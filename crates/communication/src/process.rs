@@ -174,7 +174,7 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     let layout = shape.ring();
     let mut segment = Segment::create(layout.bytes())?;
     // Base pages only, as on the thread side: a huge page would make the two rings unlike.
-    plumbing::no_huge_pages(segment.as_ptr(), segment.len())?;
+    segment.no_huge_pages()?;
     let base = segment.as_ptr();
     let child = fork_child(move || {
         let _pinned = Pinned::to(place.partner)?;

@@ -279,26 +279,13 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
     Ok(Findings { process, thread, note: Some(note), ..Findings::default() })
 }
 
-/// Makes bytes `from..to` of `held` present and written: MADV_POPULATE_WRITE (madvise(2),
-/// Linux 5.14) faults them in for writing from inside the kernel, much faster on a VM than a
-/// trap per page; an older kernel gets a write to every page instead. Either way each page ends
-/// up private to us, with its own page-table entry.
+/// Makes bytes `from..to` of `held` present and written (harness::mem::populate: one
+/// MADV_POPULATE_WRITE, much faster on a VM than a trap per page), so that each page ends up
+/// private to us, with its own page-table entry.
 fn populate(held: &Mapping, from: usize, to: usize) -> Result<()> {
-    if to <= from {
-        return Ok(());
-    }
-    // Safety: the range lies inside our own mapping; populating changes no contents we rely on.
-    let rc = unsafe { libc::madvise(held.as_ptr().add(from).cast(), to - from, libc::MADV_POPULATE_WRITE) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    ensure!(e.raw_os_error() == Some(libc::EINVAL), "madvise MADV_POPULATE_WRITE: {e}");
-    for at in (from..to).step_by(harness::mem::page_size()) {
-        // Safety: inside the mapping, which outlives this loop.
-        unsafe { held.as_ptr().add(at).write_volatile(1) };
-    }
-    Ok(())
+    ensure!(from <= to && to <= held.len(), "populate {from}..{to} outside a mapping of {}", held.len());
+    // Safety: the range lies inside our own mapping, and nothing else refers to it meanwhile.
+    harness::mem::populate(unsafe { std::slice::from_raw_parts_mut(held.as_ptr().add(from), to - from) })
 }
 
 /// Worker counts to try: 1, 2, ... up to `most`; past 8, powers of two and `cpus`.

@@ -30,6 +30,50 @@ pub struct Mapping {
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
+/// Asks for base pages only on `len` bytes at `start` (MADV_NOHUGEPAGE, madvise(2)), for
+/// [`Mapping`] and for a shared-memory segment (`shm::Segment`). Advice is not proof: whether
+/// a huge page backs it is read from smaps ([`huge_kib_at`]).
+///
+/// # Safety
+/// `start..start + len` must be whole pages of a mapping of this process, from its start.
+pub unsafe fn no_huge_pages_at(start: *mut u8, len: usize) -> Result<()> {
+    let start = NonNull::new(start.cast()).context("a null mapping")?;
+    // Safety: the caller's promise; the advice changes no contents.
+    unsafe { madvise(start, len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")
+}
+
+/// KiB of the mapping that holds `address` backed by transparent huge pages now, private or
+/// shared memory alike: AnonHugePages + ShmemPmdMapped + FilePmdMapped of its area in
+/// /proc/self/smaps (proc(5)). The same reading for both sides of an experiment.
+pub fn huge_kib_at(address: *const u8) -> Result<u64> {
+    let at = address as u64;
+    let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
+    let map = maps.iter().find(|m| m.address.0 <= at && at < m.address.1).context("the mapping is not in smaps")?;
+    let field = |name: &str| map.extension.map.get(name).copied().unwrap_or(0);
+    Ok((field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024)
+}
+
+/// Maps every page of `bytes` in, writable, with one madvise(2) call (MADV_POPULATE_WRITE,
+/// Linux 5.14) instead of a page fault per page when each is first written. An older kernel
+/// refuses the advice with EINVAL: there a byte of every page is written instead (zero, or
+/// what it held: the contents do not change), which maps the same pages in, a fault each.
+pub fn populate(bytes: &mut [u8]) -> Result<()> {
+    let Some(start) = NonNull::new(bytes.as_mut_ptr().cast()) else { return Ok(()) };
+    // Safety: advice on memory we hold mutably; populating changes no contents.
+    match unsafe { madvise(start, bytes.len(), MmapAdvise::MADV_POPULATE_WRITE) } {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            for at in (0..bytes.len()).step_by(page_size()) {
+                // Volatile, so that the compiler keeps a write it could see as useless.
+                // Safety: `at` lies inside `bytes`, which we hold mutably.
+                unsafe { bytes.as_mut_ptr().add(at).write_volatile(bytes[at]) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).context("madvise MADV_POPULATE_WRITE"),
+    }
+}
+
 /// The size of a page (sysconf(_SC_PAGESIZE)).
 pub fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
@@ -55,8 +99,8 @@ impl Mapping {
     /// Asks for base pages only (MADV_NOHUGEPAGE, madvise(2)). Advice is not proof: whether a
     /// huge page backs it is read from smaps ([`Mapping::huge_kib`]).
     pub fn no_huge_pages(&self) -> Result<()> {
-        // Safety: advice on our own mapping; it changes no contents.
-        unsafe { madvise(self.start, self.len, MmapAdvise::MADV_NOHUGEPAGE) }.context("madvise MADV_NOHUGEPAGE")
+        // Safety: our own mapping, whole pages from its start.
+        unsafe { no_huge_pages_at(self.as_ptr(), self.len) }
     }
 
     /// Keeps the mapping out of every later fork(2) of this process (MADV_DONTFORK,
@@ -70,16 +114,9 @@ impl Mapping {
         unsafe { madvise(self.start, self.len, MmapAdvise::MADV_DONTFORK) }.context("madvise MADV_DONTFORK")
     }
 
-    /// KiB of this mapping backed by transparent huge pages now (AnonHugePages in
-    /// /proc/self/smaps for the area that holds our mapping).
+    /// KiB of this mapping backed by transparent huge pages now ([`huge_kib_at`]).
     pub fn huge_kib(&self) -> Result<u64> {
-        let start = self.start.as_ptr() as u64;
-        let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
-        let map = maps
-            .iter()
-            .find(|m| m.address.0 <= start && start < m.address.1)
-            .context("our mapping is not in /proc/self/smaps")?;
-        Ok(map.extension.map.get("AnonHugePages").copied().unwrap_or(0) / 1024)
+        huge_kib_at(self.as_ptr())
     }
 
     pub fn len(&self) -> usize {
@@ -114,6 +151,28 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    /// Resident KiB of the area that holds `address` (Rss in /proc/self/smaps).
+    fn rss_kib_at(address: *const u8) -> u64 {
+        let at = address as u64;
+        let maps = procfs::process::Process::myself().unwrap().smaps().unwrap();
+        let map = maps.iter().find(|m| m.address.0 <= at && at < m.address.1).unwrap();
+        map.extension.map.get("Rss").copied().unwrap_or(0) / 1024
+    }
+
+    #[test]
+    fn populate_maps_every_page_in_and_keeps_the_contents() {
+        let m = Mapping::anonymous(1 << 20, Sharing::Private).unwrap();
+        m.no_huge_pages().unwrap();
+        // Safety: our own mapping, not otherwise referred to while the slice lives.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), m.len()) };
+        bytes[4096] = 7;
+        assert!(rss_kib_at(m.as_ptr()) < 1024, "not all present before");
+        populate(bytes).unwrap();
+        assert_eq!(rss_kib_at(m.as_ptr()), 1024, "every page present after");
+        assert_eq!(bytes[4096], 7);
+        assert_eq!(huge_kib_at(m.as_ptr()).unwrap(), 0, "base pages were asked for");
+    }
 
     #[test]
     fn a_mapping_is_whole_pages_and_its_words_are_bounded() {

@@ -52,6 +52,17 @@ impl Segment {
         self.shmem.as_ptr()
     }
 
+    /// Asks for base pages only, as `mem::Mapping::no_huge_pages` does for private memory.
+    pub fn no_huge_pages(&self) -> Result<()> {
+        // Safety: our own mapping of the segment, whole pages from its start.
+        unsafe { crate::mem::no_huge_pages_at(self.as_ptr(), self.len()) }
+    }
+
+    /// KiB of the segment backed by huge pages now (`mem::huge_kib_at`).
+    pub fn huge_kib(&self) -> Result<u64> {
+        crate::mem::huge_kib_at(self.as_ptr())
+    }
+
     /// Removes the name (shm_unlink(3)); the mappings stay valid until they are unmapped.
     /// Call it as soon as every side has the segment mapped.
     pub fn unlink(&mut self) -> Result<()> {

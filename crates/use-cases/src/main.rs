@@ -632,7 +632,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     // ended before the process side forks.
     std::thread::scope(|s| {
         let fill = |f: &mut [u8]| -> Result<()> {
-            plumbing::populate(f)?;
+            harness::mem::populate(f)?;
             frame::fill(f);
             Ok(())
         };
@@ -652,8 +652,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         ensure!(clip.checksum.is_some(), "{} runs did not go once through the clip of {frames} frames", clip.runs);
     }
     // Huge pages behind the frames, read after the runs: both asked for base pages only.
-    let huge_p = p.as_ref().map(|c| plumbing::huge_kib_at(c.frames.as_ptr())).transpose()?;
-    let huge_t = t.as_ref().map(|c| plumbing::huge_kib_at(c.frames.as_ptr())).transpose()?;
+    let huge_p = p.as_ref().map(|c| harness::mem::huge_kib_at(c.frames.as_ptr())).transpose()?;
+    let huge_t = t.as_ref().map(|c| harness::mem::huge_kib_at(c.frames.as_ptr())).transpose()?;
     // For contrast, the process side filters its clip once more, untimed, from the pixels it
     // was filled with, but with copies through pipes instead of the segment: the bytes that
     // went through, and the checksum, which must be the first pass's.

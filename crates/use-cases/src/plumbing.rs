@@ -1,5 +1,5 @@
 //! Plumbing this row needs and the harness does not have (yet): a sacrificial child whose
-//! stdout we read while it runs, reads with a deadline, and the huge pages behind any mapping.
+//! stdout we read while it runs, and reads with a deadline.
 //!
 //! See also: harness::child (spawn_sacrificial, whose child's stdout is read only once it has
 //! ended), proc(5) for /proc/self/smaps.
@@ -84,46 +84,5 @@ pub fn read_rest(from: &mut File, deadline: Duration) -> Result<String> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("read from a child's stdout"),
         }
-    }
-}
-
-/// Asks for base pages only on `len` bytes at `start` (MADV_NOHUGEPAGE, madvise(2)), for a
-/// mapping the harness's `Mapping` does not own (a shared-memory segment).
-pub fn no_huge_pages(start: *mut u8, len: usize) -> Result<()> {
-    let start = std::ptr::NonNull::new(start.cast()).context("a null mapping")?;
-    // Safety: advice on a mapping of ours of that length; it changes no contents.
-    unsafe { nix::sys::mman::madvise(start, len, nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE) }
-        .context("madvise MADV_NOHUGEPAGE")
-}
-
-/// KiB of the mapping that holds `address` backed by transparent huge pages now, anonymous
-/// or shared memory alike: AnonHugePages + ShmemPmdMapped + FilePmdMapped of its area in
-/// /proc/self/smaps (proc(5)). The same reading for both sides of an experiment.
-pub fn huge_kib_at(address: *const u8) -> Result<u64> {
-    let at = address as u64;
-    let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
-    let map = maps.iter().find(|m| m.address.0 <= at && at < m.address.1).context("the mapping is not in smaps")?;
-    let field = |name: &str| map.extension.map.get(name).copied().unwrap_or(0);
-    Ok((field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024)
-}
-
-/// Maps every page of `bytes` in, writable, with one madvise(2) call (MADV_POPULATE_WRITE,
-/// Linux 5.14) instead of a page fault per 4 KiB page when they are first written. An older
-/// kernel refuses the advice with EINVAL: there a byte of every page is written instead, which
-/// maps the same pages in, a fault each.
-pub fn populate(bytes: &mut [u8]) -> Result<()> {
-    let start = std::ptr::NonNull::new(bytes.as_mut_ptr().cast()).context("a null mapping")?;
-    // Safety: advice on memory we hold mutably; populating writes no contents.
-    match unsafe { nix::sys::mman::madvise(start, bytes.len(), nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE) } {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL) => {
-            for at in (0..bytes.len()).step_by(harness::mem::page_size()) {
-                // Volatile, so that the compiler keeps a write it could see as useless.
-                // Safety: `at` lies inside `bytes`, which we hold mutably.
-                unsafe { bytes.as_mut_ptr().add(at).write_volatile(0) };
-            }
-            Ok(())
-        }
-        Err(e) => Err(e).context("madvise MADV_POPULATE_WRITE"),
     }
 }

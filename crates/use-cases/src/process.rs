@@ -28,7 +28,7 @@ use crate::http::{self, ServerReport};
 use crate::untrusted::{self, Runaway};
 use harness::shm::Segment;
 
-use crate::{FilterRun, frame, plumbing};
+use crate::{FilterRun, frame};
 
 /// Bytes a worker of the piped filter gets at a time: a MiB, whole pixels.
 pub const PIECE: usize = 1 << 20;
@@ -123,7 +123,7 @@ pub fn frames(len: usize) -> Result<Segment> {
     let mut segment = Segment::create(len)?;
     segment.unlink()?;
     // Base pages on both sides, so that only the mechanism differs (huge pages are observed).
-    plumbing::no_huge_pages(segment.as_ptr(), len)?;
+    segment.no_huge_pages()?;
     Ok(segment)
 }
 
