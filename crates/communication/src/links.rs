@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 use crate::exchange::{CONTROL_BYTES, Control, Link, truncated, wait_for};
 use crate::plumbing::Peer;
@@ -46,13 +46,7 @@ fn control_from(bytes: &[u8]) -> Control {
 fn poll_for(fd: RawFd, events: PollFlags, slice: Duration) -> Result<bool> {
     // Safety: the descriptor is open for the duration of the call (our caller owns it).
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut fds = [PollFd::new(fd, events)];
-    let ms = slice.as_millis().clamp(1, i32::MAX as u128) as i32;
-    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-        Ok(n) => Ok(n > 0),
-        Err(nix::errno::Errno::EINTR) => Ok(false),
-        Err(e) => Err(e).context("poll(2)"),
-    }
+    harness::poll::ready(fd, events, slice.max(Duration::from_millis(1)))
 }
 
 /// What each pipe is asked to hold (F_SETPIPE_SZ; the default is 64 KiB): one bulk message,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use harness::cleanup;
 use harness::mem::{Mapping, Sharing};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 /// A child that was started bare: no pipes, nothing of ours running in it but its closure.
 #[derive(Debug)]
@@ -344,15 +344,11 @@ impl Bare {
 fn wait_readable(fd: &OwnedFd, until: Instant) -> Result<bool> {
     loop {
         let left = until.saturating_duration_since(Instant::now());
-        // Round up, so that a wait never ends a fraction of a millisecond early.
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-            Ok(0) if Instant::now() >= until => return Ok(false),
-            Ok(0) => continue,
-            Ok(_) => return Ok(true),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("poll(2) on a pidfd"),
+        if harness::poll::ready(fd.as_fd(), PollFlags::POLLIN, left).context("waiting on a pidfd")? {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
         }
     }
 }

@@ -185,13 +185,7 @@ impl Child {
     /// Waits up to `timeout` for the child to end, without reaping it: true once it has.
     /// For a caller that watches something of its own meanwhile (a word in shared memory).
     pub fn ended_within(&self, timeout: Duration) -> Result<bool> {
-        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-        let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-            Ok(n) => Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => Ok(false),
-            Err(e) => Err(e).context("poll(2) on a pidfd"),
-        }
+        crate::poll::ready(self.pidfd.as_fd(), PollFlags::POLLIN, timeout).context("waiting on a pidfd")
     }
 
     /// Starts a [`Watch`] on this child in the scope `s` (std::thread::scope).

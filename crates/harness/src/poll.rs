@@ -1,10 +1,27 @@
 //! Waiting, with a deadline, for something that cannot be waited on directly (a word in
 //! shared memory, a count in /proc): every such wait goes through [`poll_until`], so that
-//! each has a deadline and says what it was waiting for when it gives up.
+//! each has a deadline and says what it was waiting for when it gives up. And one wait on a
+//! descriptor, [`ready`], for the waits that can.
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// poll(2) on one descriptor for `events`, up to `timeout` (rounded up to whole milliseconds,
+/// so that a wait never ends a fraction early; zero only looks): true when it is ready (or at
+/// its end, or in error: a read or write then says which), false when the time passed or a
+/// signal interrupted the wait. A caller with a deadline calls again with what is left.
+pub fn ready(fd: BorrowedFd<'_>, events: PollFlags, timeout: Duration) -> Result<bool> {
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd, events)];
+    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e).context("poll(2)"),
+    }
+}
 
 /// Calls `check` until it returns `Some(value)`, at most until `deadline` has passed (the
 /// last call may start just before it), pausing `every` between calls; a zero `every` yields
@@ -35,6 +52,18 @@ pub fn poll_until<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn ready_waits_at_least_its_timeout_then_sees_data() {
+        let (rx, tx) = nix::unistd::pipe().unwrap();
+        // Nothing to read: false, and not before the timeout, however short (no rounding down).
+        let start = Instant::now();
+        assert!(!ready(rx.as_fd(), PollFlags::POLLIN, Duration::from_micros(300)).unwrap());
+        assert!(start.elapsed() >= Duration::from_micros(300), "{:?}", start.elapsed());
+        nix::unistd::write(&tx, b"x").unwrap();
+        assert!(ready(rx.as_fd(), PollFlags::POLLIN, Duration::ZERO).unwrap());
+    }
 
     #[test]
     fn returns_the_first_value_found_and_checks_no_more() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use harness::Child;
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 use nix::unistd::pipe2;
 
 /// Starts this program again as `<row> __child NAME ARGS...` (as harness::spawn_sacrificial
@@ -32,13 +32,7 @@ pub fn spawn_talking(name: &str, args: &[String], stdin: OwnedFd) -> Result<(Chi
 
 /// Waits up to `left` for `fd` to become readable (or reach its end); false at the deadline.
 fn readable(fd: &File, left: Duration) -> Result<bool> {
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    let ms = left.as_millis().clamp(0, i32::MAX as u128) as i32;
-    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-        Ok(n) => Ok(n > 0),
-        Err(nix::errno::Errno::EINTR) => Ok(false),
-        Err(e) => Err(e).context("poll(2) on a child's stdout"),
-    }
+    harness::poll::ready(fd.as_fd(), PollFlags::POLLIN, left).context("waiting on a child's stdout")
 }
 
 /// Reads one line from `from` within `deadline`, a byte at a time so that nothing after the
