@@ -249,7 +249,7 @@ impl Moved {
 /// message is copied from it into the mechanism, with its first word made unique, so that a
 /// lost or repeated message changes the checksum.
 pub fn bulk(link: &mut dyn Link, size: usize, count: u64, seed: u64, deadline: Duration) -> Result<Moved> {
-    let mut source = vec![0u8; size];
+    let mut source = harness::mem::PageBuf::zeroed(size);
     let source_sum = fill(&mut source, seed);
     let first = source.get(..8).map_or(0, |w| u64::from_ne_bytes(w.try_into().expect("8 bytes")));
     let start = Instant::now();

@@ -26,6 +26,7 @@ use nix::poll::PollFlags;
 use crate::exchange::{CONTROL_BYTES, Control, Link, truncated, wait_for};
 use crate::plumbing::Peer;
 use harness::futex::{self, Ops};
+use harness::mem::PageBuf;
 
 fn control_bytes(message: &Control) -> [u8; CONTROL_BYTES] {
     let mut bytes = [0u8; CONTROL_BYTES];
@@ -74,7 +75,7 @@ pub struct Stream {
     pub rx: File,
     pub tx: File,
     pub peer: Peer,
-    buf: Vec<u8>,
+    buf: PageBuf,
 }
 
 impl Stream {
@@ -83,7 +84,7 @@ impl Stream {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
                 .context("fcntl O_NONBLOCK")?;
         }
-        Ok(Stream { what, rx: File::from(rx), tx: File::from(tx), peer, buf: Vec::new() })
+        Ok(Stream { what, rx: File::from(rx), tx: File::from(tx), peer, buf: PageBuf::default() })
     }
 
     fn write_all(&mut self, mut bytes: &[u8], deadline: Instant) -> Result<()> {
@@ -136,7 +137,7 @@ impl Link for Stream {
     fn send_bulk(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
         // The message is written into our own buffer, then copied into the kernel's.
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(len, 0);
+        buf.resize(len);
         fill(&mut buf);
         let sent = self.write_all(&buf, Instant::now() + crate::exchange::SLICE * 600);
         self.buf = buf;
@@ -145,7 +146,7 @@ impl Link for Stream {
 
     fn recv_bulk(&mut self, len: usize, deadline: Instant, read: &mut dyn FnMut(&[u8])) -> Result<()> {
         // And copied out of the kernel's buffer into ours on the other side.
-        self.buf.resize(len, 0);
+        self.buf.resize(len);
         Stream::read_exact(&mut self.rx, self.what, &self.peer, &mut self.buf, deadline)?;
         read(&self.buf);
         Ok(())
