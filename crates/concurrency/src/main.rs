@@ -313,16 +313,14 @@ fn cpus_and_room(wanted: u64, memory_each: u64) -> Result<(u64, u64, Room)> {
 fn interleave_at(
     ctx: &Ctx,
     judged: bool,
-    mut process: impl FnMut() -> Result<f64>,
-    mut thread: impl FnMut() -> Result<f64>,
+    process: impl FnMut() -> Result<f64>,
+    thread: impl FnMut() -> Result<f64>,
 ) -> Result<(Option<Summary>, Option<Summary>)> {
     if judged {
         return ctx.interleave(process, thread);
     }
     let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
-    let p: Option<TimedRun<'_>> = if ctx.process() { Some(&mut process) } else { None };
-    let t: Option<TimedRun<'_>> = if ctx.thread() { Some(&mut thread) } else { None };
-    stats::interleave(plan, p, t)
+    ctx.interleave_by(plan, process, thread)
 }
 
 /// One side's results at each point of a sweep.
@@ -537,7 +535,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     let counts = worker_counts(cpus, most);
     let at = counts.len() - 1;
     let deadline = ctx.deadline();
-    let ops = stats::iterations_for(budget(ctx, 24, 8), |n| {
+    let ops = stats::iterations_for(budget(ctx, 60, 12), |n| {
         let c = jobs::churn(bytes, n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?

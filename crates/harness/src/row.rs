@@ -122,12 +122,22 @@ impl Ctx {
     /// times one run of its side and returns its value. Only the sides asked for run.
     pub fn interleave(
         &self,
+        process: impl FnMut() -> Result<f64>,
+        thread: impl FnMut() -> Result<f64>,
+    ) -> Result<(Option<Summary>, Option<Summary>)> {
+        self.interleave_by(self.plan(), process, thread)
+    }
+
+    /// [`Ctx::interleave`] by a plan of the experiment's own (a longer warm-up, say).
+    pub fn interleave_by(
+        &self,
+        plan: Plan,
         mut process: impl FnMut() -> Result<f64>,
         mut thread: impl FnMut() -> Result<f64>,
     ) -> Result<(Option<Summary>, Option<Summary>)> {
         let p: Option<TimedRun<'_>> = if self.process() { Some(&mut process) } else { None };
         let t: Option<TimedRun<'_>> = if self.thread() { Some(&mut thread) } else { None };
-        crate::stats::interleave(self.plan(), p, t)
+        crate::stats::interleave(plan, p, t)
     }
 
     /// Untimed warm-up runs before them.

@@ -164,26 +164,39 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
     };
     let (process, thread) = pingpong_sides(
         ctx,
+        ctx.plan(),
         |size| process::futex_pingpong(ctx, place, SHARED, size),
         |size| thread::futex_pingpong(ctx, place, thread_ops, size),
     )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
 
+/// Warm-up runs a side before the cross-CPU runs are timed. On the 2-vCPU KVM guest this was
+/// built on, the first 5-10 runs of a ping-pong across CPUs took 1.3-8 times the steady
+/// figure (waking the other vCPU got cheaper the more often it was done); with the usual 2
+/// warm-ups a side, how many of those slow runs fell among the timed ones moved the medians
+/// of a full run by up to 83 % from one run of the suite to the next.
+const CROSS_CPU_WARMUP: usize = 10;
+
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
-    Ok(pipe(ctx, Placement::cross_cpu()?, 0)?
+    Ok(pipe_by(ctx, Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan() }, Placement::cross_cpu()?, 0)?
         .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
 }
 
 /// The pipe ping-pong where `placement` puts the two tasks, each touching `bytes` of its own
 /// per pass; skipped with the reason when the placement cannot be had here.
 fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
+    pipe_by(ctx, ctx.plan(), placement, bytes)
+}
+
+fn pipe_by(ctx: &Ctx, plan: Plan, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
     let place = match placement {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
     let (process, thread) = pingpong_sides(
         ctx,
+        plan,
         |size| process::pipe_pingpong(ctx, place, bytes, size),
         |size| thread::pipe_pingpong(ctx, place, bytes, size),
     )?;
@@ -297,12 +310,14 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
 /// take their timed runs in turns, each run with a partner of its own.
 fn pingpong_sides(
     ctx: &Ctx,
+    plan: Plan,
     process: impl Fn(Size) -> Result<Outcome>,
     thread: impl Fn(Size) -> Result<Outcome>,
 ) -> Result<(Option<Side>, Option<Side>)> {
     let size = Size::Count(calibrate(ctx, |size| Ok(thread(size)?.run.n), |size| Ok(process(size)?.run.n))?);
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
-    let (p, t) = ctx.interleave(
+    let (p, t) = ctx.interleave_by(
+        plan,
         || Ok(keep(&mut ps, process(size)?).run.ns_per_switch),
         || Ok(keep(&mut ts, thread(size)?).run.ns_per_switch),
     )?;
