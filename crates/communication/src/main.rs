@@ -467,7 +467,7 @@ fn bulk_run(link: &mut dyn exchange::Link, size: usize, count: u64, seed: &mut u
     Ok((1e6 / (moved.gb_per_s * 1e9 / f64::from(1 << 20)), moved))
 }
 
-fn bulk_pair(ctx: &Ctx, m: &Mechanism, place: Placement, size: usize) -> Result<[Option<BulkSide>; 2]> {
+fn bulk_pair(ctx: &Ctx, plan: Plan, m: &Mechanism, place: Placement, size: usize) -> Result<[Option<BulkSide>; 2]> {
     let count = messages_for(RUN_BYTES, size);
     let mut seed = 0;
     let [p, t] = pair(
@@ -475,7 +475,7 @@ fn bulk_pair(ctx: &Ctx, m: &Mechanism, place: Placement, size: usize) -> Result<
         m,
         place,
         Shape { bulk: size },
-        ctx.plan(),
+        plan,
         |_| Ok(()),
         |link, _, ()| bulk_run(link, size, count, &mut seed, ctx),
     )?;
@@ -502,12 +502,12 @@ fn bulk_side(s: &BulkSide, size: usize) -> Side {
 /// until it is full and blocks, then the consumer empties it. For the ring (4 MiB of slots)
 /// that is a switch per few MiB and the figure is the cost of moving the bytes, comparable
 /// with a memcpy; a pipe here holds 1 MiB ([`links::PIPE_BYTES`]), a switch per MiB.
-fn throughput_experiment(ctx: &Ctx, m: &Mechanism, size: usize) -> Result<Option<[Option<Side>; 2]>> {
+fn throughput_experiment(ctx: &Ctx, plan: Plan, m: &Mechanism, size: usize) -> Result<Option<[Option<Side>; 2]>> {
     let place = match same_cpu()? {
         Ok(p) => p,
         Err(_) => return Ok(None),
     };
-    let [p, t] = bulk_pair(ctx, m, place, size)?;
+    let [p, t] = bulk_pair(ctx, plan, m, place, size)?;
     Ok(Some([p.map(|s| bulk_side(&s, size)), t.map(|s| bulk_side(&s, size))]))
 }
 
@@ -521,8 +521,17 @@ fn queue_cleanup_note() -> &'static str {
     }
 }
 
+/// The ring's plan: at least 16 timed runs a side. A run of the ring takes about a
+/// millisecond and its runs spread by ±10 %, so the 8 of `--quick` left the interval on a
+/// ratio near 1.15 reaching below 1.10 or even 1.05 (`marginal` or `tie` from one run to
+/// the next); 16 more cost about 40 ms.
+fn ring_plan(ctx: &Ctx) -> Plan {
+    let plan = ctx.plan();
+    Plan { min_runs: plan.min_runs.max(16), max_runs: plan.max_runs.max(16), ..plan }
+}
+
 fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
-    let Some([mut p, mut t]) = throughput_experiment(ctx, &RING, 1 << 20)? else {
+    let Some([mut p, mut t]) = throughput_experiment(ctx, ring_plan(ctx), &RING, 1 << 20)? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     // The whole matrix: every mechanism at every size, each pair in turns, one line per side.
@@ -562,7 +571,7 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
 }
 
 fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
-    let Some([p, t]) = throughput_experiment(ctx, &PIPE, links::PIPE_BYTES)? else {
+    let Some([p, t]) = throughput_experiment(ctx, ctx.plan(), &PIPE, links::PIPE_BYTES)? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     // What a pipe made as the sessions make theirs holds here: the sessions' own are gone.
