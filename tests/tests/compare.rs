@@ -98,6 +98,16 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         }
     }
     assert_eq!(doc["flipped"], flipped);
+    // A pace for every row that ran, one per run: a row's median side, near 0 for the run
+    // that set the median of medians.
+    let rows: BTreeSet<&str> = experiments.iter().map(|e| e["row"].as_str().unwrap()).collect();
+    let pace = doc["pace"].as_array().unwrap();
+    assert_eq!(pace.iter().map(|p| p["row"].as_str().unwrap()).collect::<BTreeSet<_>>(), rows);
+    for p in pace {
+        let runs = p["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{p}");
+        assert!(runs.iter().all(|r| r.as_f64().is_some_and(|r| r.abs() < 10.0)), "{p}");
+    }
     // The exit code says whether any verdict flipped between holds and reversed.
     assert_eq!(code, Some(if flipped == 0 { 0 } else { 1 }), "{stderr}");
     assert!(doc["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));

@@ -56,8 +56,56 @@ struct Summary<'a> {
     /// Measured sides whose every median stayed within ±10 % of their median of medians.
     sides_within_10_percent: usize,
     sides: usize,
+    /// Each row's pace in each run (see [`pace`]), rows in the order they ran.
+    pace: Vec<RowPace>,
     /// Rows that failed in some run.
     failures: Vec<String>,
+}
+
+/// How far one row's medians as a whole sat from their medians of medians, run by run.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RowPace {
+    pub row: String,
+    /// One entry per run: the median, over the row's measured sides, of (that run's median /
+    /// the side's median of medians) - 1; `None` where no side of the row was measured.
+    pub runs: Vec<Option<f64>>,
+}
+
+/// Each row's pace in each run. Stray says how far a side went; pace says whether a whole row
+/// went with it. A run in which every side of a row is 20 % slower at once (pace +0.20) was
+/// a slower machine while that row ran, which is not something either side did: on a shared
+/// VM the host takes the CPUs or the memory bandwidth for a few seconds now and then. A side
+/// that strays while its row's pace stays near 0 moved on its own.
+pub fn pace(experiments: &[Stability], runs: usize) -> Vec<RowPace> {
+    let mut rows: Vec<RowPace> = Vec::new();
+    for e in experiments {
+        if rows.last().is_none_or(|r| r.row != e.row) {
+            rows.push(RowPace { row: e.row.clone(), runs: vec![None; runs] });
+        }
+    }
+    for row in &mut rows {
+        let mut per_run: Vec<Vec<f64>> = vec![Vec::new(); runs];
+        for e in experiments.iter().filter(|e| e.row == row.row && e.kind == Kind::Measure) {
+            for medians in [&e.process_medians, &e.thread_medians] {
+                // Only sides measured in every run, as for the stray.
+                let Some(all) = medians.iter().copied().collect::<Option<Vec<f64>>>() else { continue };
+                if all.len() != runs || all.is_empty() {
+                    continue;
+                }
+                let centre = harness::stats::median(&all);
+                if centre <= 0.0 {
+                    continue;
+                }
+                for (run, m) in all.iter().enumerate() {
+                    per_run[run].push(m / centre - 1.0);
+                }
+            }
+        }
+        for (slot, values) in row.runs.iter_mut().zip(per_run) {
+            *slot = (!values.is_empty()).then(|| harness::stats::median(&values));
+        }
+    }
+    rows
 }
 
 /// One experiment over the runs: its kind, each run's verdict, each side's median per run and
@@ -148,6 +196,7 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
         sides_within_10_percent: strays.iter().filter(|&&s| s <= 0.10).count(),
         sides: strays.len(),
         failures,
+        pace: pace(&experiments, docs.len()),
         experiments,
     };
     if json {
@@ -185,6 +234,17 @@ fn human(s: &Summary) -> String {
         "{} of {} measured sides stayed within ±10%; {} experiments went between holds and reversed.\n",
         s.sides_within_10_percent, s.sides, s.flipped
     ));
+    out.push_str("Pace: each row's median side, as a distance from its median of medians, run by run\n");
+    out.push_str("(a whole row off at once was the machine while it ran, not a side):\n");
+    for p in &s.pace {
+        let runs: Vec<String> =
+            p.runs.iter().map(|r| r.map_or("-".to_string(), |r| format!("{:+.0}%", r * 100.0))).collect();
+        // 14 runs to a line keeps 20 runs within 100 columns.
+        for (i, chunk) in runs.chunks(14).enumerate() {
+            let name = if i == 0 { p.row.as_str() } else { "" };
+            out.push_str(&format!("  {name:<14}{}\n", chunk.iter().map(|r| format!("{r:>6}")).collect::<String>()));
+        }
+    }
     for f in &s.failures {
         out.push_str(&format!("row {f} failed in at least one run\n"));
     }
@@ -195,6 +255,39 @@ fn human(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(row: &str, process: &[f64], thread: &[f64]) -> Stability {
+        Stability {
+            row: row.to_string(),
+            id: "x".to_string(),
+            kind: Kind::Measure,
+            verdicts: BTreeMap::new(),
+            changed: false,
+            flipped: false,
+            process_stray: None,
+            thread_stray: None,
+            ratios: Vec::new(),
+            process_medians: process.iter().map(|&m| Some(m)).collect(),
+            thread_medians: thread.iter().map(|&m| Some(m)).collect(),
+        }
+    }
+
+    #[test]
+    fn pace_shows_a_whole_row_slow_in_one_run_and_not_one_side() {
+        let experiments = vec![
+            // Row a: every side 20 % slower in run 2.
+            measured("a", &[10.0, 12.0, 10.0], &[5.0, 6.0, 5.0]),
+            measured("a", &[100.0, 120.0, 100.0], &[1.0, 1.2, 1.0]),
+            // Row b: one side of three strays by 50 % in run 3; the row's pace stays 0.
+            measured("b", &[10.0, 10.0, 15.0], &[4.0, 4.0, 4.0]),
+            measured("b", &[7.0, 7.0, 7.0], &[]),
+        ];
+        let p = pace(&experiments, 3);
+        assert_eq!(p.iter().map(|r| r.row.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let near = |x: Option<f64>, y: f64| (x.unwrap() - y).abs() < 1e-9;
+        assert!(near(p[0].runs[0], 0.0) && near(p[0].runs[1], 0.2) && near(p[0].runs[2], 0.0), "{p:?}");
+        assert!(p[1].runs.iter().all(|&r| near(r, 0.0)), "{p:?}");
+    }
 
     #[test]
     fn stray_is_the_largest_relative_distance_from_the_median_of_medians() {
