@@ -526,8 +526,7 @@ fn queue_cleanup_note() -> &'static str {
 /// ratio near 1.15 reaching below 1.10 or even 1.05 (`marginal` or `tie` from one run to
 /// the next); 16 more cost about 40 ms.
 fn ring_plan(ctx: &Ctx) -> Plan {
-    let plan = ctx.plan();
-    Plan { min_runs: plan.min_runs.max(16), max_runs: plan.max_runs.max(16), ..plan }
+    ctx.plan().at_least(16)
 }
 
 fn throughput_shm(ctx: &Ctx) -> Result<Findings> {

@@ -66,6 +66,14 @@ pub struct Plan {
     pub budget: Duration,
 }
 
+impl Plan {
+    /// The same plan with at least `runs` timed runs a side: for an experiment whose runs are
+    /// short and spread enough that the usual count leaves its interval too wide.
+    pub fn at_least(self, runs: usize) -> Plan {
+        Plan { min_runs: self.min_runs.max(runs), max_runs: self.max_runs.max(runs), ..self }
+    }
+}
+
 /// The variable that selects the old ABBA order instead of strict alternation (`abba`).
 pub const ORDER_ENV: &str = "PVT_ORDER";
 
@@ -292,6 +300,15 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_least_raises_a_plans_runs_and_never_lowers_them() {
+        let quick = Plan { warmup: 1, min_runs: 8, max_runs: 24, budget: Duration::from_millis(40) };
+        assert_eq!(quick.at_least(16), Plan { min_runs: 16, ..quick });
+        let full = Plan { warmup: 2, min_runs: 12, max_runs: 42, budget: Duration::from_millis(250) };
+        assert_eq!(full.at_least(8), full);
+        assert_eq!(full.at_least(50), Plan { min_runs: 50, max_runs: 50, ..full });
+    }
 
     #[test]
     fn few_runs_spread_lies_just_inside_min_and_max() {

@@ -189,6 +189,7 @@ fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>, bytes: usi
     pipe_by(ctx, ctx.plan(), placement, bytes)
 }
 
+/// [`pipe`] by a plan of the experiment's own.
 fn pipe_by(ctx: &Ctx, plan: Plan, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
     let place = match placement {
         Ok(p) => p,
@@ -227,8 +228,7 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     }
     // At least 16 timed runs a side: a --quick run is 2 ms, a few dozen passes over 2 MiB,
     // and with 8 the interval on a ratio near 1.15 reached down past 1.10 and 1.05.
-    let plan = ctx.plan();
-    let plan = Plan { min_runs: plan.min_runs.max(16), max_runs: plan.max_runs.max(16), ..plan };
+    let plan = ctx.plan().at_least(16);
     let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, Placement::same_cpu()?, bytes)?;
     if let Some(why) = skipped {
         return Ok(Findings::skipped(why));
