@@ -159,12 +159,16 @@ fn trip_budget(ctx: &Ctx) -> Duration {
     if ctx.quick { Duration::from_micros(500) } else { Duration::from_millis(1) }
 }
 
-/// Bytes one run of a throughput experiment moves, quick or not: four fillings of a ring's
-/// 4 MiB of slots, so that what a run pays once (the control messages, the first switch into
-/// a partner whose data went cold) weighs little. At 8 MiB a run the ring's ratio came out
-/// 1.06-1.13 with `--quick` against 1.22 in a full run; at 16 MiB it is 1.18-1.22 in both.
-/// The runs come as the plan allows (`Ctx::plan`): more of them where they are quick.
-const RUN_BYTES: usize = 16 << 20;
+/// Bytes one run of throughput-shm moves, quick or not: four fillings of a ring's 4 MiB of
+/// slots, so that what a run pays once (the control messages, the first switch into a partner
+/// whose data went cold) weighs little. At 8 MiB a run the ring's ratio came out 1.06-1.13
+/// with `--quick` against 1.22 in a full run; at 16 MiB it is 1.18-1.22 in both. The runs
+/// come as the plan allows (`Ctx::plan`): more of them where they are quick.
+const RING_RUN_BYTES: usize = 16 << 20;
+
+/// Bytes one run of the pipe control moves: the pipe switches once per MiB however long the
+/// run, and at about 340 µs/MiB 8 MiB (2.7 ms) keeps the control within the row's time.
+const PIPE_RUN_BYTES: usize = 8 << 20;
 
 /// Bytes each mechanism moves per message size in the matrix, at least.
 fn matrix_total(ctx: &Ctx) -> usize {
@@ -467,8 +471,16 @@ fn bulk_run(link: &mut dyn exchange::Link, size: usize, count: u64, seed: &mut u
     Ok((1e6 / (moved.gb_per_s * 1e9 / f64::from(1 << 20)), moved))
 }
 
-fn bulk_pair(ctx: &Ctx, plan: Plan, m: &Mechanism, place: Placement, size: usize) -> Result<[Option<BulkSide>; 2]> {
-    let count = messages_for(RUN_BYTES, size);
+/// A throughput pair: each run moves `run_bytes` in messages of `size` bytes.
+fn bulk_pair(
+    ctx: &Ctx,
+    plan: Plan,
+    m: &Mechanism,
+    place: Placement,
+    size: usize,
+    run_bytes: usize,
+) -> Result<[Option<BulkSide>; 2]> {
+    let count = messages_for(run_bytes, size);
     let mut seed = 0;
     let [p, t] = pair(
         ctx,
@@ -502,12 +514,18 @@ fn bulk_side(s: &BulkSide, size: usize) -> Side {
 /// until it is full and blocks, then the consumer empties it. For the ring (4 MiB of slots)
 /// that is a switch per few MiB and the figure is the cost of moving the bytes, comparable
 /// with a memcpy; a pipe here holds 1 MiB ([`links::PIPE_BYTES`]), a switch per MiB.
-fn throughput_experiment(ctx: &Ctx, plan: Plan, m: &Mechanism, size: usize) -> Result<Option<[Option<Side>; 2]>> {
+fn throughput_experiment(
+    ctx: &Ctx,
+    plan: Plan,
+    m: &Mechanism,
+    size: usize,
+    run_bytes: usize,
+) -> Result<Option<[Option<Side>; 2]>> {
     let place = match same_cpu()? {
         Ok(p) => p,
         Err(_) => return Ok(None),
     };
-    let [p, t] = bulk_pair(ctx, plan, m, place, size)?;
+    let [p, t] = bulk_pair(ctx, plan, m, place, size, run_bytes)?;
     Ok(Some([p.map(|s| bulk_side(&s, size)), t.map(|s| bulk_side(&s, size))]))
 }
 
@@ -530,7 +548,7 @@ fn ring_plan(ctx: &Ctx) -> Plan {
 }
 
 fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
-    let Some([mut p, mut t]) = throughput_experiment(ctx, ring_plan(ctx), &RING, 1 << 20)? else {
+    let Some([mut p, mut t]) = throughput_experiment(ctx, ring_plan(ctx), &RING, 1 << 20, RING_RUN_BYTES)? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     // The whole matrix: every mechanism at every size, each pair in turns, one line per side.
@@ -570,7 +588,7 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
 }
 
 fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
-    let Some([p, t]) = throughput_experiment(ctx, ctx.plan(), &PIPE, links::PIPE_BYTES)? else {
+    let Some([p, t]) = throughput_experiment(ctx, ctx.plan(), &PIPE, links::PIPE_BYTES, PIPE_RUN_BYTES)? else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     // What a pipe made as the sessions make theirs holds here: the sessions' own are gone.
@@ -581,7 +599,7 @@ fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
                     again, whichever kind of task is at the other end. Each pipe is asked to hold 1 MiB \
                     (F_SETPIPE_SZ; pipe_bytes is what a pipe made the same way held) and each message is 1 MiB, so \
                     with both tasks on one CPU the writer fills the pipe and the reader empties it, a switch per \
-                    MiB as in the rings: the figure is the copy. Both sides copy out of and into page-aligned \
+                    MiB as in the rings: the figure is the copy, over 8 MiB a run. Both sides copy out of and into page-aligned \
                     buffers, as the rings' slots are: where the allocator happened to put them moved the figure by \
                     10 %."
         .to_string();
@@ -862,8 +880,8 @@ mod tests {
 
     #[test]
     fn bulk_runs_move_at_least_their_bytes() {
-        assert_eq!(messages_for(RUN_BYTES, 1 << 20), 16);
-        assert_eq!(messages_for(RUN_BYTES + 1, 1 << 20), 17, "at least the bytes");
+        assert_eq!(messages_for(RING_RUN_BYTES, 1 << 20), 16);
+        assert_eq!(messages_for(RING_RUN_BYTES + 1, 1 << 20), 17, "at least the bytes");
         assert_eq!(messages_for(1, 1 << 20), 4, "at least four messages a run");
     }
 }

@@ -226,9 +226,10 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     if ctx.quick && !in_quick {
         return Ok(Findings::skipped("--quick measures only the working sets of 0 and 2 MiB"));
     }
-    // At least 16 timed runs a side: a --quick run is 2 ms, a few dozen passes over 2 MiB,
-    // and with 8 the interval on a ratio near 1.15 reached down past 1.10 and 1.05.
-    let plan = ctx.plan().at_least(16);
+    // The 2 MiB working set takes at least 16 timed runs a side: a --quick run is 2 ms, a few
+    // dozen passes over 2 MiB, and with 8 the interval on a ratio near 1.15 reached down past
+    // 1.10 and 1.05. The smaller sets are steadier and keep the row's plan.
+    let plan = if bytes >= 2 << 20 { ctx.plan().at_least(16) } else { ctx.plan() };
     let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, Placement::same_cpu()?, bytes)?;
     if let Some(why) = skipped {
         return Ok(Findings::skipped(why));
@@ -262,7 +263,10 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
         |size| Ok(process::alone(ctx, cpu, what, size)?.n),
     )?);
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
-    let (p, t) = ctx.interleave(
+    // At least 16 runs a side, as for the working sets: with 8 quick runs the pipe loop's
+    // real 6-7 % came out `tie` one run in two, its interval reaching up past 0.95.
+    let (p, t) = ctx.interleave_by(
+        ctx.plan().at_least(16),
         || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size)?).ns),
         || Ok(keep(&mut ts, thread::alone(ctx, cpu, what, size)?).ns),
     )?;
