@@ -98,6 +98,9 @@ fn every_byte_sent_arrived_and_its_checksum_matched() {
             let runs = e[side]["runs"].as_u64().unwrap();
             let per_run = if id == "throughput-shm" { 16 << 20 } else { 8 << 20 };
             assert_eq!(received, runs * per_run, "{id} {side}: {per_run} bytes in each of {runs} runs");
+            // The sender counted every run: the warm-up run and the timed ones, each after its
+            // settle run.
+            assert_eq!(sent, 2 * (1 + runs) * per_run, "{id} {side}: sent");
         }
     }
     let shm = experiment(quick_report(), "throughput-shm");

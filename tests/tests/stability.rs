@@ -47,8 +47,8 @@ fn restart_completes_every_job_correctly_on_both_sides() {
     assert_eq!(e["kind"], "measure");
     for side in ["process", "thread"] {
         let f = &e[side]["facts"];
-        // One crash per job, and the supervisor replaced each one exactly once. (A wrong
-        // result is the row's own error, so jobs_with_correct_result needs no check here.)
+        // One crash per job, the supervisor replaced each one exactly once, and every job's
+        // result came out right.
         assert_eq!(f["replacements"], f["jobs"], "{side}");
         assert_eq!(f["jobs_with_correct_result"], f["jobs"], "{side}");
         // A job per run: the warm-up run and each timed run, each after its settle run.

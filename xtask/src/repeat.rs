@@ -88,16 +88,9 @@ pub fn pace(experiments: &[Stability], runs: usize) -> Vec<RowPace> {
         for e in experiments.iter().filter(|e| e.row == row.row && e.kind == Kind::Measure) {
             for medians in [&e.process_medians, &e.thread_medians] {
                 // Only sides measured in every run, as for the stray.
-                let Some(all) = medians.iter().copied().collect::<Option<Vec<f64>>>() else { continue };
-                if all.len() != runs || all.is_empty() {
-                    continue;
-                }
-                let centre = harness::stats::median(&all);
-                if centre <= 0.0 {
-                    continue;
-                }
-                for (run, m) in all.iter().enumerate() {
-                    per_run[run].push(m / centre - 1.0);
+                let Some(distances) = distances(medians).filter(|d| d.len() == runs) else { continue };
+                for (run, d) in distances.into_iter().enumerate() {
+                    per_run[run].push(d);
                 }
             }
         }
@@ -144,10 +137,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 *counts.entry(*v).or_insert(0) += 1;
             }
             // A stray only for a side measured in every run.
-            let stray = |m: &Vec<Option<f64>>| {
-                let all: Option<Vec<f64>> = m.iter().copied().collect();
-                all.filter(|_| *kind == Kind::Measure).and_then(|all| stray(&all))
-            };
+            let stray = |m: &Vec<Option<f64>>| distances(m).filter(|_| *kind == Kind::Measure).map(|d| stray(&d));
             let measured = *kind == Kind::Measure;
             Stability {
                 row: key.0.clone(),
@@ -173,10 +163,20 @@ fn ratio_range(ratios: &[Option<[f64; 3]>]) -> String {
     if seen.is_empty() { "-".to_string() } else { format!("{low:.2}-{high:.2}") }
 }
 
-/// max |m - median(m)| / median(m), or None when the median is not positive.
-fn stray(medians: &[f64]) -> Option<f64> {
-    let centre = harness::stats::median(medians);
-    (centre > 0.0).then(|| medians.iter().map(|m| (m - centre).abs() / centre).fold(0.0, f64::max))
+/// Each run's median as a distance from the median of medians, m / median(m) - 1; `None`
+/// when a run has no median, there are none, or their median is not positive.
+fn distances(medians: &[Option<f64>]) -> Option<Vec<f64>> {
+    let all: Vec<f64> = medians.iter().copied().collect::<Option<_>>()?;
+    if all.is_empty() {
+        return None;
+    }
+    let centre = harness::stats::median(&all);
+    (centre > 0.0).then(|| all.iter().map(|m| m / centre - 1.0).collect())
+}
+
+/// The stray of a side: the largest |distance| of a run's median (see [`distances`]).
+fn stray(distances: &[f64]) -> f64 {
+    distances.iter().map(|d| d.abs()).fold(0.0, f64::max)
 }
 
 /// Prints the stability of every experiment; false when some verdict flipped between holds
@@ -239,10 +239,10 @@ fn human(s: &Summary) -> String {
     for p in &s.pace {
         let runs: Vec<String> =
             p.runs.iter().map(|r| r.map_or("-".to_string(), |r| format!("{:+.0}%", r * 100.0))).collect();
-        // 14 runs to a line keeps 20 runs within 100 columns.
-        for (i, chunk) in runs.chunks(14).enumerate() {
+        // Ten runs to a line, seven columns each: 86 columns at most.
+        for (i, chunk) in runs.chunks(10).enumerate() {
             let name = if i == 0 { p.row.as_str() } else { "" };
-            out.push_str(&format!("  {name:<14}{}\n", chunk.iter().map(|r| format!("{r:>6}")).collect::<String>()));
+            out.push_str(&format!("  {name:<14}{}\n", chunk.iter().map(|r| format!("{r:>7}")).collect::<String>()));
         }
     }
     for f in &s.failures {
@@ -291,7 +291,10 @@ mod tests {
 
     #[test]
     fn stray_is_the_largest_relative_distance_from_the_median_of_medians() {
-        assert_eq!(stray(&[100.0, 110.0, 95.0]), Some(0.10));
-        assert_eq!(stray(&[0.0, 0.0]), None);
+        let d = distances(&[Some(100.0), Some(110.0), Some(95.0)]).unwrap();
+        assert!((stray(&d) - 0.10).abs() < 1e-12, "{d:?}");
+        assert_eq!(distances(&[Some(0.0), Some(0.0)]), None, "no positive centre");
+        assert_eq!(distances(&[Some(1.0), None]), None, "a run without a median");
+        assert_eq!(distances(&[]), None);
     }
 }

@@ -161,8 +161,9 @@ fn trip_budget(ctx: &Ctx) -> Duration {
 
 /// Bytes one run of throughput-shm moves, quick or not: four fillings of a ring's 4 MiB of
 /// slots, so that what a run pays once (the control messages, the first switch into a partner
-/// whose data went cold) weighs little. At 8 MiB a run the ring's ratio came out 1.06-1.13
-/// with `--quick` against 1.22 in a full run; at 16 MiB it is 1.18-1.22 in both. The runs
+/// whose data went cold) weighs little. At 4 MiB a timed run (what `--quick` had) and at 8 the
+/// ring's ratio came out 1.06-1.20 with wide intervals against 1.22 in a full run; at 16 MiB
+/// it is 1.18-1.22 in both. The runs
 /// come as the plan allows (`Ctx::plan`): more of them where they are quick.
 const RING_RUN_BYTES: usize = 16 << 20;
 
@@ -264,13 +265,9 @@ fn pair<S, T>(
         kept.push(seen);
         Ok(value)
     };
-    let mut process_run = || one_side(Which::Process, &mut p, &mut p_settle, &mut pv);
-    let mut thread_run = || one_side(Which::Thread, &mut t, &mut t_settle, &mut tv);
-    let runs = stats::interleave(
-        plan,
-        ctx.process().then_some(&mut process_run as stats::TimedRun<'_>),
-        ctx.thread().then_some(&mut thread_run as stats::TimedRun<'_>),
-    );
+    let process_run = || one_side(Which::Process, &mut p, &mut p_settle, &mut pv);
+    let thread_run = || one_side(Which::Thread, &mut t, &mut t_settle, &mut tv);
+    let runs = ctx.interleave_by(plan, process_run, thread_run);
     let (ps, ts) = match runs {
         Ok(r) => r,
         Err(e) => return Err(end_both(ctx, p, t, failed.get(), e)),
@@ -319,7 +316,7 @@ fn end_both(
 /// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns.
 fn matrix_plan(ctx: &Ctx) -> Plan {
     let runs = ctx.runs().next_multiple_of(2);
-    Plan { warmup: 1, min_runs: runs, max_runs: runs, budget: Duration::ZERO }
+    Plan::fixed(runs)
 }
 
 /// The round trips both sides of a pair make per run: as many as fill the budget on the
@@ -542,7 +539,7 @@ fn queue_cleanup_note() -> &'static str {
 /// The ring's plan: at least 16 timed runs a side. A run of the ring takes about a
 /// millisecond and its runs spread by ±10 %, so the 8 of `--quick` left the interval on a
 /// ratio near 1.15 reaching below 1.10 or even 1.05 (`marginal` or `tie` from one run to
-/// the next); 16 more cost about 40 ms.
+/// the next); the 8 more pairs, settle runs included, cost about 30 ms.
 fn ring_plan(ctx: &Ctx) -> Plan {
     ctx.plan().at_least(16)
 }
@@ -577,10 +574,11 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
              Both rings ask for base pages (MADV_NOHUGEPAGE) and huge_kib is what /proc/self/smaps showed behind \
              each after the runs. The receiver's checksum of every message is compared with the sender's: \
              checksums_match is what was seen, never assumed; bytes_sent is what the sender counted over the \
-             warm-up and timed runs, 16 MiB each. The unit is µs per MiB (lower is better); gb_per_s says the same as a rate. \
-             The matrix (one fact per mechanism) runs each pair in turns too, moves fewer bytes per size and has \
+             warm-up, settle and timed runs, {} MiB each. The unit is µs per MiB (lower is better); gb_per_s says \
+             the same as a rate. The matrix (one fact per mechanism) runs each pair in turns too, moves fewer bytes per size and has \
              no verdict; std's SyncSender has no send with a timeout, so a full mpsc channel is retried with \
              sched_yield. {}",
+            RING_RUN_BYTES >> 20,
             queue_cleanup_note()
         )),
         ..Findings::default()
@@ -595,14 +593,15 @@ fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
     let held = links::hold_a_message(&[&rx, &tx]);
     let [p, t] = [p, t].map(|side| side.map(|s| s.fact("pipe_bytes", held)));
-    let mut note = "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer and out \
-                    again, whichever kind of task is at the other end. Each pipe is asked to hold 1 MiB \
-                    (F_SETPIPE_SZ; pipe_bytes is what a pipe made the same way held) and each message is 1 MiB, so \
-                    with both tasks on one CPU the writer fills the pipe and the reader empties it, a switch per \
-                    MiB as in the rings: the figure is the copy, over 8 MiB a run. Both sides copy out of and into page-aligned \
-                    buffers, as the rings' slots are: where the allocator happened to put them moved the figure by \
-                    10 %."
-        .to_string();
+    let mut note = format!(
+        "Control, kernel pipe against kernel pipe: every byte is copied into the pipe's buffer and out again, \
+         whichever kind of task is at the other end. Each pipe is asked to hold 1 MiB (F_SETPIPE_SZ; pipe_bytes is \
+         what a pipe made the same way held) and each message is 1 MiB, so with both tasks on one CPU the writer \
+         fills the pipe and the reader empties it, a switch per MiB as in the rings: the figure is the copy, over \
+         {} MiB a run. Both sides copy out of and into page-aligned buffers, as the rings' slots are, so that where \
+         an allocator happens to put a buffer cannot make the difference (docs/communication.md).",
+        PIPE_RUN_BYTES >> 20
+    );
     if held < links::PIPE_BYTES {
         note.push_str(&format!(
             " Here a pipe held only {} KiB (pipe-max-size or the user's pipe-user-pages-soft), so the figure also \

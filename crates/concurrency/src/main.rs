@@ -319,7 +319,7 @@ fn interleave_at(
     if judged {
         return ctx.interleave(process, thread);
     }
-    let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
+    let plan = Plan::fixed(stats::MIN_RUNS);
     ctx.interleave_by(plan, process, thread)
 }
 
@@ -471,7 +471,7 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
     };
     let mut p_check = || share(p_size.unwrap_or(0.0), process::worker_per_task, process::pool);
     let mut t_check = || share(t_size.unwrap_or(0.0), thread::worker_per_task, thread::pool);
-    let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
+    let plan = Plan::fixed(stats::MIN_RUNS);
     let (p_share, t_share) = stats::interleave(
         plan,
         p_size.is_some().then_some(&mut p_check as TimedRun<'_>),

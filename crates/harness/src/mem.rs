@@ -1,6 +1,8 @@
-//! Memory mapped by hand (mmap(2)): a private buffer whose pages a fork shares copy-on-write,
-//! or a shared one that parent and child both see after a fork. One wrapper for every row, so
-//! that the `unsafe` of mapping and unmapping is written and reviewed once.
+//! Memory for the rows, written once: mappings made by hand (mmap(2)), a private buffer whose
+//! pages a fork shares copy-on-write or a shared one that parent and child both see after a
+//! fork, with the advice and readings the rows take on them (huge pages, populating); and
+//! [`PageBuf`], a page-aligned byte buffer from the allocator. One place for every row, so
+//! that the `unsafe` of it is written and reviewed once.
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
@@ -147,7 +149,9 @@ impl Drop for Mapping {
     }
 }
 
-/// One 4 KiB block, page-aligned, of a [`PageBuf`].
+/// One 4 KiB block, aligned to 4 KiB, of a [`PageBuf`]: a page on x86-64 and most of arm64's
+/// kernels (a larger page only makes the alignment less than a page, still the same in every
+/// process and run).
 #[derive(Clone, Copy)]
 #[repr(C, align(4096))]
 struct Block([u8; 4096]);
@@ -160,6 +164,7 @@ struct Block([u8; 4096]);
 #[derive(Clone, Default)]
 pub struct PageBuf {
     blocks: Vec<Block>,
+    /// Bytes in use; never more than the blocks hold (`resize` keeps it so).
     len: usize,
 }
 
@@ -193,7 +198,8 @@ impl PageBuf {
 impl std::ops::Deref for PageBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // Safety: as in bytes_mut, shared.
+        debug_assert!(self.len <= self.blocks.len() * 4096);
+        // Safety: as in bytes_mut, shared; `len` never exceeds the blocks (see the field).
         unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), self.len) }
     }
 }

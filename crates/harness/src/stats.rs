@@ -67,6 +67,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// One warm-up pair, then exactly `runs` timed runs a side, whatever they take: for a
+    /// figure shown as a fact beside the judged one (a sweep's other points, a matrix), which
+    /// must fit its row's time.
+    pub fn fixed(runs: usize) -> Plan {
+        Plan { warmup: 1, min_runs: runs, max_runs: runs, budget: Duration::ZERO }
+    }
+
     /// The same plan with at least `runs` timed runs a side: for an experiment whose runs are
     /// short and spread enough that the usual count leaves its interval too wide.
     pub fn at_least(self, runs: usize) -> Plan {
@@ -300,6 +307,11 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_plan_takes_its_runs_and_no_more() {
+        assert_eq!(Plan::fixed(8), Plan { warmup: 1, min_runs: 8, max_runs: 8, budget: Duration::ZERO });
+    }
 
     #[test]
     fn at_least_raises_a_plans_runs_and_never_lowers_them() {

@@ -11,7 +11,6 @@ mod thread;
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use harness::cpu::Placement;
@@ -165,6 +164,7 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
     let (process, thread) = pingpong_sides(
         ctx,
         ctx.plan(),
+        1,
         |size| process::futex_pingpong(ctx, place, SHARED, size),
         |size| thread::futex_pingpong(ctx, place, thread_ops, size),
     )?;
@@ -178,19 +178,32 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
 /// of a full run by up to 83 % from one run of the suite to the next.
 const CROSS_CPU_WARMUP: usize = 10;
 
+/// Calibration runs before the cross-CPU loop is sized by the last of them, for the same
+/// reason: sized on the first run, the loop was 1.3-8 times too short, by an amount that
+/// changed from one run of the suite to the next.
+const CROSS_CPU_CALIBRATIONS: usize = 5;
+
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
-    Ok(pipe_by(ctx, Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan() }, Placement::cross_cpu()?, 0)?
+    let plan = Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan() };
+    Ok(pipe_by(ctx, plan, CROSS_CPU_CALIBRATIONS, Placement::cross_cpu()?, 0)?
         .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
 }
 
 /// The pipe ping-pong where `placement` puts the two tasks, each touching `bytes` of its own
 /// per pass; skipped with the reason when the placement cannot be had here.
 fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
-    pipe_by(ctx, ctx.plan(), placement, bytes)
+    pipe_by(ctx, ctx.plan(), 1, placement, bytes)
 }
 
-/// [`pipe`] by a plan of the experiment's own.
-fn pipe_by(ctx: &Ctx, plan: Plan, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
+/// [`pipe`] by a plan of the experiment's own, its loop sized by the last of `calibrations`
+/// calibration runs.
+fn pipe_by(
+    ctx: &Ctx,
+    plan: Plan,
+    calibrations: usize,
+    placement: std::result::Result<Placement, String>,
+    bytes: usize,
+) -> Result<Findings> {
     let place = match placement {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
@@ -198,6 +211,7 @@ fn pipe_by(ctx: &Ctx, plan: Plan, placement: std::result::Result<Placement, Stri
     let (process, thread) = pingpong_sides(
         ctx,
         plan,
+        calibrations,
         |size| process::pipe_pingpong(ctx, place, bytes, size),
         |size| thread::pipe_pingpong(ctx, place, bytes, size),
     )?;
@@ -230,7 +244,7 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     // dozen passes over 2 MiB, and with 8 the interval on a ratio near 1.15 reached down past
     // 1.10 and 1.05. The smaller sets are steadier and keep the row's plan.
     let plan = if bytes >= 2 << 20 { ctx.plan().at_least(16) } else { ctx.plan() };
-    let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, Placement::same_cpu()?, bytes)?;
+    let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, 1, Placement::same_cpu()?, bytes)?;
     if let Some(why) = skipped {
         return Ok(Findings::skipped(why));
     }
@@ -275,7 +289,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     // again (the fewest runs a number may have, in turns). Not judged: a fact of the control.
     let sibling = match (what, ctx.process() && ctx.thread()) {
         (Baseline::Pipe, true) => {
-            let plan = Plan { warmup: 1, min_runs: stats::MIN_RUNS, max_runs: stats::MIN_RUNS, budget: Duration::ZERO };
+            let plan = Plan::fixed(stats::MIN_RUNS);
             let mut with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
             let mut in_thread = || Ok(thread::alone(ctx, cpu, what, size)?.ns);
             match stats::interleave(plan, Some(&mut with_sibling), Some(&mut in_thread))? {
@@ -319,10 +333,17 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
 fn pingpong_sides(
     ctx: &Ctx,
     plan: Plan,
+    calibrations: usize,
     process: impl Fn(Size) -> Result<Outcome>,
     thread: impl Fn(Size) -> Result<Outcome>,
 ) -> Result<(Option<Side>, Option<Side>)> {
-    let size = Size::Count(calibrate(ctx, |size| Ok(thread(size)?.run.n), |size| Ok(process(size)?.run.n))?);
+    // The last of `calibrations` calibration runs sizes the loop: where the first runs are slow
+    // (across CPUs), the first would size it for a path not yet warm.
+    let mut count = 0;
+    for _ in 0..calibrations.max(1) {
+        count = calibrate(ctx, |size| Ok(thread(size)?.run.n), |size| Ok(process(size)?.run.n))?;
+    }
+    let size = Size::Count(count);
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
     let (p, t) = ctx.interleave_by(
         plan,
