@@ -55,16 +55,11 @@ fn poll_for(fd: RawFd, events: PollFlags, slice: Duration) -> Result<bool> {
 pub const PIPE_BYTES: usize = 1 << 20;
 
 /// Asks each pipe to hold [`PIPE_BYTES`] and returns what the smallest of them holds now
-/// (F_GETPIPE_SZ). A refusal is not an error: /proc/sys/fs/pipe-max-size or the user's
-/// pipe-user-pages-soft may allow less, and the pipe then keeps its size; the bulk control
-/// reports what a pipe held (`pipe_bytes`).
+/// (`harness::pipe::ask_to_hold`: best effort); the bulk control reports what a pipe held
+/// (`pipe_bytes`).
 pub fn hold_a_message(pipes: &[&OwnedFd]) -> usize {
-    use nix::fcntl::{FcntlArg, fcntl};
-    let held = |fd: &&OwnedFd| {
-        let _ = fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES as i32));
-        fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ).map_or(0, |n| n as usize)
-    };
-    pipes.iter().map(held).min().unwrap_or(0)
+    let fds: Vec<_> = pipes.iter().map(|p| p.as_fd()).collect();
+    harness::pipe::ask_to_hold(&fds, PIPE_BYTES)
 }
 
 // effort: stream begin

@@ -11,6 +11,7 @@ pub mod futex;
 pub mod limits;
 pub mod mem;
 pub mod panics;
+pub mod pipe;
 pub mod poll;
 pub mod render;
 pub mod report;

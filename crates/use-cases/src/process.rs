@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use harness::{Child, fork_child, fork_child_keeping, spawn_sacrificial, wait_all};
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::pipe2;
 
@@ -170,16 +170,11 @@ pub fn filter_frame_through_pipes(pixels: &mut [u8], delta: i8, workers: usize, 
     for range in frame::chunks(pixels.len(), workers) {
         let (to_child, from_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
         let (from_child, to_parent) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-        for end in [&from_parent, &to_parent] {
-            // Asks for a pipe that holds a whole piece (pipe(7), "Pipe capacity"), instead of
-            // the default 64 KiB. Best effort: past /proc/sys/fs/pipe-user-pages-soft (pages
-            // over all of a user's pipes) the kernel refuses with EPERM, and a smaller pipe
-            // only splits a piece into more writes: a worker reads its whole piece before it
-            // writes, so neither side waits on the other for good.
-            let _ = fcntl(end, FcntlArg::F_SETPIPE_SZ(PIECE as i32));
-            let size = fcntl(end, FcntlArg::F_GETPIPE_SZ).context("fcntl(F_GETPIPE_SZ)")?;
-            pipe_bytes = pipe_bytes.min(size as u64);
-        }
+        // Pipes that hold a whole piece instead of the default 64 KiB, where the kernel allows
+        // it: a smaller pipe only splits a piece into more writes (a worker reads its whole
+        // piece before it writes, so neither side waits on the other for good).
+        let held = harness::pipe::ask_to_hold(&[from_parent.as_fd(), to_parent.as_fd()], PIECE);
+        pipe_bytes = pipe_bytes.min(held as u64);
         let keep = [to_child.as_raw_fd(), to_parent.as_raw_fd()];
         let len = range.len();
         // process: the child has the frame only as the bytes it reads from its pipe.
