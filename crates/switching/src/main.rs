@@ -289,10 +289,9 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     // again (the fewest runs a number may have, in turns). Not judged: a fact of the control.
     let sibling = match (what, ctx.process() && ctx.thread()) {
         (Baseline::Pipe, true) => {
-            let plan = Plan::fixed(stats::MIN_RUNS);
-            let mut with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
-            let mut in_thread = || Ok(thread::alone(ctx, cpu, what, size)?.ns);
-            match stats::interleave(plan, Some(&mut with_sibling), Some(&mut in_thread))? {
+            let with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
+            let in_thread = || Ok(thread::alone(ctx, cpu, what, size)?.ns);
+            match ctx.interleave_by(Plan::fixed(stats::MIN_RUNS), with_sibling, in_thread)? {
                 (Some(p2), Some(t2)) => Some((p2.median, p2.median / t2.median)),
                 _ => None,
             }
