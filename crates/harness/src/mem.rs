@@ -76,6 +76,24 @@ pub fn populate(bytes: &mut [u8]) -> Result<()> {
     }
 }
 
+/// Maps the pages of all `buffers` in ([`populate`]), a page of each in turn, so that the
+/// buffers draw their pages from the same stretches of free memory: the same mix of physical
+/// memory for each, and no long physically contiguous run for any. On this suite's 2-CPU KVM
+/// guest, the same brightness filter over buffers filled one after another took from 2.1 to
+/// 2.9 ms over a 33 MiB frame, a level per buffer for the process's life, and the sides'
+/// ratio moved by 25 %; with their pages taken in turns, within 6 % and 5 % (docs/use-cases.md).
+pub fn populate_in_turns(buffers: &mut [&mut [u8]]) -> Result<()> {
+    let page = page_size();
+    let longest = buffers.iter().map(|b| b.len()).max().unwrap_or(0);
+    for at in (0..longest).step_by(page) {
+        for b in buffers.iter_mut().filter(|b| at < b.len()) {
+            let end = b.len().min(at + page);
+            populate(&mut b[at..end])?;
+        }
+    }
+    Ok(())
+}
+
 /// The size of a page (sysconf(_SC_PAGESIZE)).
 pub fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
@@ -253,6 +271,24 @@ mod tests {
         assert_eq!(resident_pages(&m), pages, "every page present after");
         assert_eq!(bytes[4096], 7);
         assert_eq!(huge_kib_at(m.as_ptr()).unwrap(), 0, "base pages were asked for");
+    }
+
+    #[test]
+    fn populate_in_turns_maps_every_page_of_buffers_of_any_length() {
+        let (a, b) = (
+            Mapping::anonymous(5 * page_size(), Sharing::Private).unwrap(),
+            Mapping::anonymous(2 * page_size(), Sharing::Shared).unwrap(),
+        );
+        // Safety: our own mappings, not otherwise referred to while the slices live.
+        let (sa, sb) = unsafe {
+            (std::slice::from_raw_parts_mut(a.as_ptr(), a.len()), std::slice::from_raw_parts_mut(b.as_ptr(), b.len()))
+        };
+        sa[4 * page_size()] = 3;
+        // The shorter buffer ends inside a page: that page is mapped in too.
+        populate_in_turns(&mut [sa, &mut sb[..page_size() + 1]]).unwrap();
+        assert_eq!((resident_pages(&a), resident_pages(&b)), (5, 2));
+        // Safety: inside the mapping.
+        assert_eq!(unsafe { a.as_ptr().add(4 * page_size()).read() }, 3, "contents kept");
     }
 
     #[test]
