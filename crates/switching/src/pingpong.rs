@@ -248,6 +248,9 @@ impl WorkingSet {
         WorkingSet { bytes: vec![1u8; size] }
     }
 
+    /// No buffer at all: the plain ping-pong.
+    pub const NONE: WorkingSet = WorkingSet { bytes: Vec::new() };
+
     pub fn touch(&self) {
         let mut sum = 0u8;
         for i in (0..self.bytes.len()).step_by(64) {
@@ -256,6 +259,22 @@ impl WorkingSet {
             sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(self.bytes.as_ptr().add(i)) });
         }
         std::hint::black_box(sum);
+    }
+}
+
+/// The two tasks' working sets of an experiment, made once, before any run, and the same for
+/// every run of both sides: a fresh child inherits the partner's through fork(2) (it only
+/// reads it, so no page is copied) and a fresh thread shares it. Allocated afresh in every run,
+/// the thread side's came out 29-34 µs/switch from one invocation to the next, each its own
+/// level, and the ratio 1.13-1.26; made once, 28.8-29.3 and 1.26-1.30 (docs/switching.md).
+pub struct WorkingSets {
+    pub driver: WorkingSet,
+    pub partner: WorkingSet,
+}
+
+impl WorkingSets {
+    pub fn new(size: usize) -> WorkingSets {
+        WorkingSets { driver: WorkingSet::new(size), partner: WorkingSet::new(size) }
     }
 }
 
@@ -304,8 +323,7 @@ impl TaskEvidence {
 }
 
 /// The partner's whole life: get ready, then answer every command until STOP.
-pub fn serve(link: &mut impl Partner, pinned: usize, working_set: usize) -> Result<TaskEvidence> {
-    let own = WorkingSet::new(working_set);
+pub fn serve(link: &mut impl Partner, pinned: usize, own: &WorkingSet) -> Result<TaskEvidence> {
     link.ready()?;
     let mut marks = Vec::with_capacity(2);
     loop {
@@ -367,16 +385,15 @@ fn warm_up(n: u64) -> u64 {
 
 /// The driver's part of one run, after the start barrier: a short untimed warm-up (the
 /// partner is new and its caches cold), then the timed loop between two marks, then STOP.
-pub fn drive(link: &mut impl Driver, size: Size, pinned: usize, working_set: usize) -> Result<Run> {
-    let own = WorkingSet::new(working_set);
+pub fn drive(link: &mut impl Driver, size: Size, pinned: usize, own: &WorkingSet) -> Result<Run> {
     let n = match size {
-        Size::Budget(budget) => stats::iterations_for(budget, |n| timed(link, &own, n))?,
+        Size::Budget(budget) => stats::iterations_for(budget, |n| timed(link, own, n))?,
         Size::Count(n) => n,
     };
-    timed(link, &own, warm_up(n))?;
+    timed(link, own, warm_up(n))?;
     link.round_trip(MARK)?;
     let before = Snapshot::now()?;
-    let took = timed(link, &own, n)?;
+    let took = timed(link, own, n)?;
     link.round_trip(MARK)?;
     let after = Snapshot::now()?;
     link.stop()?;
@@ -483,12 +500,12 @@ mod tests {
         let (run, partner) = std::thread::scope(|s| {
             let partner = s.spawn(|| {
                 let _pinned = cpu::Pinned::to(cpu).unwrap();
-                serve(&mut Futex::partner(&word, PRIVATE, Duration::from_secs(5)), cpu, 0).unwrap()
+                serve(&mut Futex::partner(&word, PRIVATE, Duration::from_secs(5)), cpu, &WorkingSet::NONE).unwrap()
             });
             let _pinned = cpu::Pinned::to(cpu).unwrap();
             let mut link = Futex::driver(&word, PRIVATE, Duration::from_secs(5));
             link.wait_ready(Duration::from_secs(5)).unwrap();
-            let run = drive(&mut link, Size::Count(2000), cpu, 0).unwrap();
+            let run = drive(&mut link, Size::Count(2000), cpu, &WorkingSet::NONE).unwrap();
             (run, partner.join().unwrap())
         });
         assert_eq!((run.n, run.round_trips), (2000, 2001));

@@ -21,28 +21,31 @@ use harness::{Ctx, deliver, fork_child, fork_child_keeping};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::pingpong::{self, Alone, Baseline, Driver, FutexOps, Outcome, Pipes, Run, Size, TaskEvidence};
+use crate::pingpong::{
+    self, Alone, Baseline, Driver, FutexOps, Outcome, Pipes, Run, Size, TaskEvidence, WorkingSet, WorkingSets,
+};
 
 /// One run of a ping-pong over two pipes with a forked child, each task touching
-/// `working_set` bytes of its own between passes.
-pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize, size: Size) -> Result<Outcome> {
+/// its own buffer of `sets` between passes.
+pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size) -> Result<Outcome> {
     let _pinned = Pinned::to(place.driver)?;
     let (ping_rx, ping_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let child_ends = [ping_rx.as_raw_fd(), pong_tx.as_raw_fd()];
     // process: a new process with its own address space; every switch to it changes CR3.
     // It inherits its pipe ends through fork(2); our copies close when fork_child returns,
-    // so that its death reads as end of file here.
+    // so that its death reads as end of file here. It inherits its buffer the same way: the
+    // same pages as the thread side's partner touches, read only, so none is copied.
     let child = fork_child_keeping(&child_ends, move || {
         let _pinned = Pinned::to(place.partner)?;
         let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
-        let evidence = pingpong::serve(&mut link, place.partner, working_set)?;
+        let evidence = pingpong::serve(&mut link, place.partner, &sets.partner)?;
         deliver("partner", &evidence);
         Ok(())
     })?;
     let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
     let run =
-        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, working_set));
+        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &sets.driver));
     drop(link);
     finish(child, ctx, run)
 }
@@ -61,7 +64,7 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
     let child = fork_child(|| {
         let _pinned = Pinned::to(place.partner)?;
         let mut link = pingpong::Futex::partner(word, ops, ctx.deadline());
-        let evidence = pingpong::serve(&mut link, place.partner, 0)?;
+        let evidence = pingpong::serve(&mut link, place.partner, &WorkingSet::NONE)?;
         deliver("partner", &evidence);
         Ok(())
     })?;
@@ -70,7 +73,7 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
         // past the deadline), a watch on it says GONE in the word, so the driver stops.
         let _watch = child.watch(s, ctx.deadline(), |_| pingpong::Futex::abandon(word, ops))?;
         let mut link = pingpong::Futex::driver(word, ops, ctx.deadline());
-        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, 0))
+        link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &WorkingSet::NONE))
     });
     finish(child, ctx, run)
 }

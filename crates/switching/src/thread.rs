@@ -21,11 +21,13 @@ use harness::mem::{Mapping, Sharing};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::pingpong::{self, Alone, Baseline, Driver, FutexOps, Outcome, Pipes, Run, Size, TaskEvidence};
+use crate::pingpong::{
+    self, Alone, Baseline, Driver, FutexOps, Outcome, Pipes, Run, Size, TaskEvidence, WorkingSet, WorkingSets,
+};
 
 /// One run of a ping-pong over two pipes with a second thread, each task touching
-/// `working_set` bytes of its own between passes.
-pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize, size: Size) -> Result<Outcome> {
+/// its own buffer of `sets` between passes.
+pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size) -> Result<Outcome> {
     let _pinned = Pinned::to(place.driver)?;
     let (ping_rx, ping_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
@@ -35,11 +37,11 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, working_set: usize, size: Size
             let _pinned = Pinned::to(place.partner)?;
             // thread: descriptors belong to the process, so the thread just takes its ends.
             let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
-            pingpong::serve(&mut link, place.partner, working_set)
+            pingpong::serve(&mut link, place.partner, &sets.partner)
         });
         let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
         let run =
-            link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, working_set));
+            link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &sets.driver));
         drop(link);
         finish(partner.join(), run)
     })
@@ -57,10 +59,12 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
         let partner = s.spawn(|| {
             let _pinned = Pinned::to(place.partner)?;
             let mut link = pingpong::Futex::partner(word, ops, ctx.deadline());
-            pingpong::serve(&mut link, place.partner, 0)
+            pingpong::serve(&mut link, place.partner, &WorkingSet::NONE)
         });
         let mut link = pingpong::Futex::driver(word, ops, ctx.deadline());
-        let run = link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, 0));
+        let run = link
+            .wait_ready(ctx.deadline())
+            .and_then(|()| pingpong::drive(&mut link, size, place.driver, &WorkingSet::NONE));
         drop(link);
         finish(partner.join(), run)
     })
