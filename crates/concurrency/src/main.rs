@@ -228,7 +228,7 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
         // again for the pages the fork had write-protected.
         let (p, t) = interleave_at(
             ctx,
-            bytes == largest,
+            (bytes == largest).then(|| ctx.plan()),
             stats::settled(|| {
                 let s = process::spawn_and_wait(n, deadline)?;
                 faults += s.child_minor_faults.unwrap_or(0);
@@ -308,19 +308,15 @@ fn cpus_and_room(wanted: u64, memory_each: u64) -> Result<(u64, u64, Room)> {
 }
 
 /// The two sides' runs at one point of a sweep (a worker count, a size): the judged point gets
-/// the experiment's full plan (`Ctx::interleave`); the others, shown as facts, the fewest runs
-/// a number may have ([`stats::MIN_RUNS`]), still in turns, so that a sweep fits its budget.
+/// `judged`, the experiment's plan; the others, shown as facts, the fewest runs a number may
+/// have ([`stats::MIN_RUNS`]), still in turns, so that a sweep fits its budget.
 fn interleave_at(
     ctx: &Ctx,
-    judged: bool,
+    judged: Option<Plan>,
     process: impl FnMut() -> Result<f64>,
     thread: impl FnMut() -> Result<f64>,
 ) -> Result<(Option<Summary>, Option<Summary>)> {
-    if judged {
-        return ctx.interleave(process, thread);
-    }
-    let plan = Plan::fixed(stats::MIN_RUNS);
-    ctx.interleave_by(plan, process, thread)
+    ctx.interleave_by(judged.unwrap_or(Plan::fixed(stats::MIN_RUNS)), process, thread)
 }
 
 /// One side's results at each point of a sweep.
@@ -373,7 +369,7 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
         let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
         let (p, t) = interleave_at(
             ctx,
-            i == at,
+            (i == at).then(|| ctx.plan()),
             || one(w, &mut pseen, process::split_job),
             || one(w, &mut tseen, thread::split_job),
         )?;
@@ -540,6 +536,11 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
     .max(1);
+    // With --quick, at least 16 runs a side at the judged count: its thread runs spread from
+    // 1.05 to 1.8 times the process side's, and with 8 the interval reached up past 0.95 in 3
+    // of 6 invocations (`tie`) though every median ratio was 0.67-0.85; with 16, 6 of 6 stayed
+    // below 0.91 (`reversed`), for 0.23 s more. A full run's 60 ms runs spread less.
+    let plan = if ctx.quick { ctx.plan().at_least(16) } else { ctx.plan() };
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
     type Churning = fn(u64, usize, u64, Duration) -> Result<Vec<Churn>>;
     let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {
@@ -551,8 +552,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     };
     for (i, &w) in counts.iter().enumerate() {
         let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
-        let (p, t) =
-            interleave_at(ctx, i == at, || one(w, &mut pseen, process::churn), || one(w, &mut tseen, thread::churn))?;
+        let (p, t) = interleave_at(
+            ctx,
+            (i == at).then_some(plan),
+            || one(w, &mut pseen, process::churn),
+            || one(w, &mut tseen, thread::churn),
+        )?;
         pr.at.push((p, pseen));
         tr.at.push((t, tseen));
     }
