@@ -79,9 +79,10 @@ pub fn populate(bytes: &mut [u8]) -> Result<()> {
 /// Maps the pages of all `buffers` in ([`populate`]), a page of each in turn, so that the
 /// buffers draw their pages from the same stretches of free memory: the same mix of physical
 /// memory for each, and no long physically contiguous run for any. On this suite's 2-CPU KVM
-/// guest, the same brightness filter over buffers filled one after another took from 2.1 to
-/// 2.9 ms over a 33 MiB frame, a level per buffer for the process's life, and the sides'
-/// ratio moved by 25 %; with their pages taken in turns, within 6 % and 5 % (docs/use-cases.md).
+/// guest a 33 MiB frame filled in one go kept a speed of its own for the process's life (2.0
+/// to 2.9 ms for the same filter); use-cases/shared-frame maps all its frames of both sides in
+/// turns, and its medians then stayed within 5 % from one invocation to the next, against 44 %
+/// (docs/use-cases.md).
 pub fn populate_in_turns(buffers: &mut [&mut [u8]]) -> Result<()> {
     let page = page_size();
     let longest = buffers.iter().map(|b| b.len()).max().unwrap_or(0);

@@ -628,11 +628,13 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let mut p_frames = segment.as_mut().map(|s| unsafe { std::slice::from_raw_parts_mut(s.as_ptr(), len) });
     // Safety: as above.
     let mut t_frames = buffer.as_ref().map(|m| unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), len) });
-    // Setup, untimed: the clips' pages are mapped in turns, a page of each, so that both
-    // sides filter the same mix of physical memory; then both clips are filled at once, a
-    // thread each, and the threads have ended before the process side forks.
-    let mut both: Vec<&mut [u8]> = p_frames.iter_mut().chain(t_frames.iter_mut()).map(|f| &mut **f).collect();
-    harness::mem::populate_in_turns(&mut both)?;
+    // Setup, untimed: the pages of every frame of both clips are mapped in turns, a page of
+    // each frame at a time, so that every frame of either side lies on the same mix of
+    // physical memory; then both clips are filled at once, a thread each, and the threads have
+    // ended before the process side forks.
+    let mut every_frame: Vec<&mut [u8]> =
+        p_frames.iter_mut().chain(t_frames.iter_mut()).flat_map(|f| f.chunks_mut(frame::FRAME_BYTES)).collect();
+    harness::mem::populate_in_turns(&mut every_frame)?;
     std::thread::scope(|s| {
         let fill = |f: &mut [u8]| -> Result<()> {
             frame::fill(f);
@@ -720,8 +722,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
              through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. \
              Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind \
-             the frames after the runs. The two clips' pages are mapped in turns, a page of each, so that both sides \
-             filter the same mix of physical memory. The clip has {wanted} frame(s) unless the room left here holds fewer \
+             the frames after the runs. The pages of every frame of both clips are mapped in turns, a page of each \
+             frame at a time, so that every frame of either side lies on the same mix of physical memory. The clip has {wanted} frame(s) unless the room left here holds fewer \
              (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
              counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
             shorter.unwrap_or_default()
