@@ -116,6 +116,21 @@ fn two_switches_happen_per_round_trip_on_every_side() {
 }
 
 #[test]
+fn once_ready_no_task_faults_and_the_child_copies_no_page_of_its_buffer() {
+    // The working sets are made once and the child only reads the partner's: a copy of it, or
+    // a buffer made once the tasks are ready, would fault once per page (512 a run at 2 MiB).
+    let mut checked = 0;
+    for (id, side, s) in sides(quick_report()) {
+        let Some(faults) = s["facts"]["minor_faults_once_ready"].as_i64() else { continue };
+        let runs = s["runs"].as_i64().unwrap();
+        // A fresh child takes a fault or two of its own (a page of its stack, say): a few a run.
+        assert!(faults <= 4 * runs, "{id} {side}: {faults} page faults in {runs} timed runs");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} ping-pong sides reported their faults");
+}
+
+#[test]
 fn the_baselines_do_not_switch() {
     for id in ["baseline-pipe", "baseline-syscall"] {
         let e = experiment(quick_report(), id);

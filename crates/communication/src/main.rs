@@ -541,7 +541,7 @@ fn queue_cleanup_note() -> &'static str {
 /// ratio near 1.15 reaching below 1.10 or even 1.05 (`marginal` or `tie` from one run to
 /// the next); the 8 more pairs, settle runs included, cost about 30 ms.
 fn ring_plan(ctx: &Ctx) -> Plan {
-    ctx.plan().at_least(16)
+    ctx.plan().at_least(stats::NOISY_MIN_RUNS)
 }
 
 fn throughput_shm(ctx: &Ctx) -> Result<Findings> {

@@ -540,7 +540,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // 1.05 to 1.8 times the process side's, and with 8 the interval reached up past 0.95 in 3
     // of 6 invocations (`tie`) though every median ratio was 0.67-0.85; with 16, 6 of 6 stayed
     // below 0.91 (`reversed`), for 0.23 s more. A full run's 60 ms runs spread less.
-    let plan = if ctx.quick { ctx.plan().at_least(16) } else { ctx.plan() };
+    let plan = if ctx.quick { ctx.plan().at_least(stats::NOISY_MIN_RUNS) } else { ctx.plan() };
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
     type Churning = fn(u64, usize, u64, Duration) -> Result<Vec<Churn>>;
     let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {

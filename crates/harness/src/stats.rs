@@ -15,6 +15,11 @@ use rand::{Rng, SeedableRng};
 /// The fewest timed runs behind any reported number.
 pub const MIN_RUNS: usize = 7;
 
+/// The fewest timed runs a side for an experiment whose `--quick` runs (8) left its interval
+/// too wide for a steady verdict: switching's 2 MiB working set and baselines,
+/// communication's ring, concurrency's contention with `--quick` (each use says why).
+pub const NOISY_MIN_RUNS: usize = 16;
+
 /// The median of repeated runs with their spread.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {

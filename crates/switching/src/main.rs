@@ -17,7 +17,7 @@ use harness::cpu::Placement;
 use harness::stats::{self, Plan, Summary};
 use harness::{Better, Ctx, Expected, Findings, Needs, Side, Spec};
 
-use pingpong::{Alone, Baseline, FutexOps, Outcome, PRIVATE, SHARED, Size, TaskEvidence};
+use pingpong::{Alone, Baseline, FutexOps, Outcome, PRIVATE, SHARED, Size, TaskEvidence, WorkingSets};
 
 const UNIT: &str = "ns/switch";
 
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
 }
 
 fn pipe_same_cpu(ctx: &Ctx) -> Result<Findings> {
-    pipe(ctx, Placement::same_cpu()?, 0)
+    pipe(ctx, Placement::same_cpu()?)
 }
 
 fn futex_same_cpu(ctx: &Ctx) -> Result<Findings> {
@@ -185,37 +185,35 @@ const CROSS_CPU_CALIBRATIONS: usize = 5;
 
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
     let plan = Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan() };
-    Ok(pipe_by(ctx, plan, CROSS_CPU_CALIBRATIONS, Placement::cross_cpu()?, 0)?
+    Ok(pipe_by(ctx, plan, CROSS_CPU_CALIBRATIONS, Placement::cross_cpu()?, &WorkingSets::NONE)?
         .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
 }
 
-/// The pipe ping-pong where `placement` puts the two tasks, each touching `bytes` of its own
-/// per pass; skipped with the reason when the placement cannot be had here.
-fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>, bytes: usize) -> Result<Findings> {
-    pipe_by(ctx, ctx.plan(), 1, placement, bytes)
+/// The pipe ping-pong where `placement` puts the two tasks; skipped with the reason when the
+/// placement cannot be had here.
+fn pipe(ctx: &Ctx, placement: std::result::Result<Placement, String>) -> Result<Findings> {
+    pipe_by(ctx, ctx.plan(), 1, placement, &WorkingSets::NONE)
 }
 
 /// [`pipe`] by a plan of the experiment's own, its loop sized by the last of `calibrations`
-/// calibration runs.
+/// calibration runs, each task touching its buffer of `sets` per pass.
 fn pipe_by(
     ctx: &Ctx,
     plan: Plan,
     calibrations: usize,
     placement: std::result::Result<Placement, String>,
-    bytes: usize,
+    sets: &WorkingSets,
 ) -> Result<Findings> {
     let place = match placement {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
-    // Made once: every run of both sides touches the same two buffers (pingpong::WorkingSets).
-    let sets = pingpong::WorkingSets::new(bytes);
     let (process, thread) = pingpong_sides(
         ctx,
         plan,
         calibrations,
-        |size| process::pipe_pingpong(ctx, place, &sets, size),
-        |size| thread::pipe_pingpong(ctx, place, &sets, size),
+        |size| process::pipe_pingpong(ctx, place, sets, size),
+        |size| thread::pipe_pingpong(ctx, place, sets, size),
     )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
@@ -245,20 +243,24 @@ fn working_set(ctx: &Ctx, bytes: usize, in_quick: bool) -> Result<Findings> {
     // The 2 MiB working set takes at least 16 timed runs a side: a --quick run is 2 ms, a few
     // dozen passes over 2 MiB, and with 8 the interval on a ratio near 1.15 reached down past
     // 1.10 and 1.05. The smaller sets are steadier and keep the row's plan.
-    let plan = if bytes >= 2 << 20 { ctx.plan().at_least(16) } else { ctx.plan() };
-    let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, 1, Placement::same_cpu()?, bytes)?;
+    let plan = if bytes >= 2 << 20 { ctx.plan().at_least(stats::NOISY_MIN_RUNS) } else { ctx.plan() };
+    // Made once: every run of both sides touches the same two buffers (pingpong::WorkingSets).
+    let sets = WorkingSets::new(bytes)?;
+    let Findings { process, thread, skipped, .. } = pipe_by(ctx, plan, 1, Placement::same_cpu()?, &sets)?;
     if let Some(why) = skipped {
         return Ok(Findings::skipped(why));
     }
     // Measured in this experiment's window, on the driver's CPU: what touching the buffer
     // costs with warm caches and no switch, part of every pass on both sides.
-    let touch_ns = round(pingpong::touch_cost(bytes));
+    let touch_ns = round(pingpong::touch_cost(&sets.driver));
     let with_touch = |s: Option<Side>| s.map(|s| s.fact("touch_ns", touch_ns));
     let note = (bytes > 0).then(|| {
         "Each task reads its own buffer, a cache line at a time, before it passes the token. The two buffers \
          are made once, before the runs, and every run of both sides reads the same two: the fresh child \
-         inherits the partner's through fork(2) and only reads it, so no page is copied; the fresh thread \
-         shares it. touch_ns is one pass over a buffer with warm caches and no switch."
+         inherits the partner's through fork(2) and only reads it, so no page is copied \
+         (minor_faults_once_ready counts both tasks' page faults from being ready to the end of each timed \
+         run, warm-up included, over the timed runs); the fresh thread \
+         shares it. touch_ns is one pass over the driver's buffer with warm caches and no switch."
             .to_string()
     });
     Ok(Findings { process: with_touch(process), thread: with_touch(thread), note, ..Findings::default() })
@@ -289,7 +291,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     // At least 16 runs a side, as for the working sets: with 8 quick runs the pipe loop's
     // real 6-7 % came out `tie` one run in two, its interval reaching up past 0.95.
     let (p, t) = ctx.interleave_by(
-        ctx.plan().at_least(16),
+        ctx.plan().at_least(stats::NOISY_MIN_RUNS),
         || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size)?).ns),
         || Ok(keep(&mut ts, thread::alone(ctx, cpu, what, size)?).ns),
     )?;
@@ -397,6 +399,7 @@ fn pingpong_side(summary: &Summary, runs: &[Outcome]) -> Side {
         .fact("pinned_cpus", [first.run.driver.pinned, first.partner.pinned])
         .fact("ran_on_cpus", cpus_seen(&tasks))
         .fact("ran_on_pinned_cpus", tasks.iter().all(TaskEvidence::ran_where_pinned))
+        .fact("minor_faults_once_ready", tasks.iter().map(|t| t.minor_faults).sum::<i64>())
 }
 
 /// The distinct CPUs the tasks were seen on at their marks (sched_getcpu(3)).

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use harness::Ctx;
 use harness::cpu;
+use harness::mem::{Mapping, Sharing};
 use harness::stats;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -25,7 +26,7 @@ pub const PING: u32 = 1;
 pub const MARK: u32 = 2;
 /// The partner ends its loop; no reply.
 pub const STOP: u32 = 3;
-/// The partner is pinned and its working set is in place: the start barrier.
+/// The partner is pinned and ready to answer: the start barrier.
 pub const READY: u32 = 4;
 /// Futex word only: nobody has said anything yet.
 pub const NOT_READY: u32 = 5;
@@ -237,44 +238,61 @@ impl Drop for Futex<'_> {
 }
 
 /// A task's own buffer, touched one cache line at a time between switches (lmbench's
-/// `lat_ctx -s`): after a switch it must come back into the caches and the TLB.
+/// `lat_ctx -s`): after a switch it must come back into the caches and the TLB. A mapping of
+/// its own, so that it starts on a page and shares no page with anything else, with base
+/// pages only, as the other rows' buffers.
 pub struct WorkingSet {
-    bytes: Vec<u8>,
+    mapping: Option<Mapping>,
+    len: usize,
 }
 
 impl WorkingSet {
-    /// Allocates and writes every page now, so that page faults stay out of the timed loop.
-    pub fn new(size: usize) -> WorkingSet {
-        WorkingSet { bytes: vec![1u8; size] }
+    /// Maps `size` bytes and writes every byte now, so that page faults stay out of the timed
+    /// loop.
+    pub fn new(size: usize) -> Result<WorkingSet> {
+        if size == 0 {
+            return Ok(WorkingSet::NONE);
+        }
+        let mapping = Mapping::anonymous(size, Sharing::Private)?;
+        mapping.no_huge_pages()?;
+        // Safety: the slice covers the start of our own mapping, which nothing else refers to.
+        unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr(), size) }.fill(1);
+        Ok(WorkingSet { mapping: Some(mapping), len: size })
     }
 
     /// No buffer at all: the plain ping-pong.
-    pub const NONE: WorkingSet = WorkingSet { bytes: Vec::new() };
+    pub const NONE: WorkingSet = WorkingSet { mapping: None, len: 0 };
 
+    /// Reads one byte of every cache line; never writes.
     pub fn touch(&self) {
+        let Some(mapping) = &self.mapping else { return };
         let mut sum = 0u8;
-        for i in (0..self.bytes.len()).step_by(64) {
-            // Safety: `i` is in bounds; a volatile read cannot be skipped or hoisted out of
-            // the loop by the compiler (std::ptr::read_volatile).
-            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(self.bytes.as_ptr().add(i)) });
+        for i in (0..self.len).step_by(64) {
+            // Safety: `i` is inside the mapping; a volatile read cannot be skipped or hoisted
+            // out of the loop by the compiler (std::ptr::read_volatile).
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(mapping.as_ptr().add(i)) });
         }
         std::hint::black_box(sum);
     }
 }
 
 /// The two tasks' working sets of an experiment, made once, before any run, and the same for
-/// every run of both sides: a fresh child inherits the partner's through fork(2) (it only
-/// reads it, so no page is copied) and a fresh thread shares it. Allocated afresh in every run,
-/// the thread side's came out 29-34 µs/switch from one invocation to the next, each its own
-/// level, and the ratio 1.13-1.26; made once, 28.8-29.3 and 1.26-1.30 (docs/switching.md).
+/// every run of both sides: a fresh child inherits the partner's through fork(2) and only
+/// reads it, so no page is copied (`minor_faults` counts each task's faults once ready), and a fresh
+/// thread shares it. Made afresh in every run, the thread side's came out 30.0-33.6 µs/switch
+/// from one invocation to the next, each its own level, and the ratio 1.13-1.26; made once,
+/// 28.8-29.3 and 1.26-1.30 (docs/switching.md).
 pub struct WorkingSets {
     pub driver: WorkingSet,
     pub partner: WorkingSet,
 }
 
 impl WorkingSets {
-    pub fn new(size: usize) -> WorkingSets {
-        WorkingSets { driver: WorkingSet::new(size), partner: WorkingSet::new(size) }
+    /// No buffers: the plain ping-pong.
+    pub const NONE: WorkingSets = WorkingSets { driver: WorkingSet::NONE, partner: WorkingSet::NONE };
+
+    pub fn new(size: usize) -> Result<WorkingSets> {
+        Ok(WorkingSets { driver: WorkingSet::new(size)?, partner: WorkingSet::new(size)? })
     }
 }
 
@@ -284,6 +302,7 @@ pub struct Snapshot {
     pub cpu: usize,
     pub voluntary: i64,
     pub involuntary: i64,
+    pub minor_faults: i64,
 }
 
 impl Snapshot {
@@ -293,6 +312,7 @@ impl Snapshot {
             cpu: cpu::current()?,
             voluntary: usage.voluntary_switches,
             involuntary: usage.involuntary_switches,
+            minor_faults: usage.minor_faults,
         })
     }
 }
@@ -305,15 +325,21 @@ pub struct TaskEvidence {
     pub seen: [usize; 2],
     pub voluntary: i64,
     pub involuntary: i64,
+    /// Page faults the task took from being ready to the closing mark, warm-up included
+    /// (getrusage(2), RUSAGE_THREAD).
+    pub minor_faults: i64,
 }
 
 impl TaskEvidence {
-    pub fn between(pinned: usize, before: Snapshot, after: Snapshot) -> TaskEvidence {
+    /// The switches and CPUs between the marks `before` and `after`; the page faults since
+    /// `ready`.
+    pub fn between(pinned: usize, ready: Snapshot, before: Snapshot, after: Snapshot) -> TaskEvidence {
         TaskEvidence {
             pinned,
             seen: [before.cpu, after.cpu],
             voluntary: after.voluntary - before.voluntary,
             involuntary: after.involuntary - before.involuntary,
+            minor_faults: after.minor_faults - ready.minor_faults,
         }
     }
 
@@ -324,8 +350,9 @@ impl TaskEvidence {
 
 /// The partner's whole life: get ready, then answer every command until STOP.
 pub fn serve(link: &mut impl Partner, pinned: usize, own: &WorkingSet) -> Result<TaskEvidence> {
-    link.ready()?;
     let mut marks = Vec::with_capacity(2);
+    let ready = Snapshot::now()?;
+    link.ready()?;
     loop {
         match link.next()? {
             PING => own.touch(),
@@ -336,7 +363,7 @@ pub fn serve(link: &mut impl Partner, pinned: usize, own: &WorkingSet) -> Result
         link.reply()?;
     }
     let &[before, after] = marks.as_slice() else { bail!("expected two marks, got {}", marks.len()) };
-    Ok(TaskEvidence::between(pinned, before, after))
+    Ok(TaskEvidence::between(pinned, ready, before, after))
 }
 
 /// One timed run of a ping-pong, as the driver saw it.
@@ -386,6 +413,7 @@ fn warm_up(n: u64) -> u64 {
 /// The driver's part of one run, after the start barrier: a short untimed warm-up (the
 /// partner is new and its caches cold), then the timed loop between two marks, then STOP.
 pub fn drive(link: &mut impl Driver, size: Size, pinned: usize, own: &WorkingSet) -> Result<Run> {
+    let ready = Snapshot::now()?;
     let n = match size {
         Size::Budget(budget) => stats::iterations_for(budget, |n| timed(link, own, n))?,
         Size::Count(n) => n,
@@ -401,7 +429,7 @@ pub fn drive(link: &mut impl Driver, size: Size, pinned: usize, own: &WorkingSet
         ns_per_switch: took.as_nanos() as f64 / (2 * n) as f64,
         round_trips: n + 1,
         n,
-        driver: TaskEvidence::between(pinned, before, after),
+        driver: TaskEvidence::between(pinned, ready, before, after),
     })
 }
 
@@ -416,9 +444,8 @@ fn timed(link: &mut impl Driver, own: &WorkingSet, n: u64) -> Result<Duration> {
 }
 
 /// ns to touch a working set of `bytes` once, caches warm, no switch in between.
-pub fn touch_cost(bytes: usize) -> f64 {
-    let own = WorkingSet::new(bytes);
-    if own.bytes.is_empty() {
+pub fn touch_cost(own: &WorkingSet) -> f64 {
+    if own.len == 0 {
         return 0.0;
     }
     let start = Instant::now();
@@ -479,7 +506,7 @@ pub fn alone(size: Size, pinned: usize, what: Baseline) -> Result<Alone> {
     let before = Snapshot::now()?;
     let took = timed(n)?;
     let after = Snapshot::now()?;
-    Ok(Alone { ns: took.as_nanos() as f64 / n as f64, n, task: TaskEvidence::between(pinned, before, after) })
+    Ok(Alone { ns: took.as_nanos() as f64 / n as f64, n, task: TaskEvidence::between(pinned, before, before, after) })
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     std::thread::scope(|s| {
         // thread: a new task in this address space; a switch to it keeps CR3 and the TLB.
+        // It shares its buffer as it shares all memory: the same pages as the process side's
+        // partner reads.
         let partner = s.spawn(move || {
             let _pinned = Pinned::to(place.partner)?;
             // thread: descriptors belong to the process, so the thread just takes its ends.
