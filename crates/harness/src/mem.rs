@@ -78,21 +78,34 @@ pub fn populate(bytes: &mut [u8]) -> Result<()> {
 
 /// Maps the pages of all `buffers` in ([`populate`]), a page of each in turn, so that the
 /// buffers draw their pages from the same stretches of free memory: the same mix of physical
-/// memory for each, and no long physically contiguous run for any. On this suite's 2-CPU KVM
-/// guest a 33 MiB frame filled in one go kept a speed of its own for the process's life (2.0
-/// to 2.9 ms for the same filter); use-cases/shared-frame maps all its frames of both sides in
-/// turns, and its medians then stayed within 5 % from one invocation to the next, against 44 %
-/// (docs/use-cases.md).
+/// memory for each, and no long physically contiguous run for any (why it matters on a VM:
+/// docs/use-cases.md, "Placement"). Every buffer must start on a page.
 pub fn populate_in_turns(buffers: &mut [&mut [u8]]) -> Result<()> {
     let page = page_size();
-    let longest = buffers.iter().map(|b| b.len()).max().unwrap_or(0);
-    for at in (0..longest).step_by(page) {
-        for b in buffers.iter_mut().filter(|b| at < b.len()) {
-            let end = b.len().min(at + page);
-            populate(&mut b[at..end])?;
-        }
+    ensure!(
+        buffers.iter().all(|b| b.as_ptr() as usize % page == 0),
+        "populate_in_turns: every buffer must start on a page"
+    );
+    let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+    for (i, range) in turns(lens, page) {
+        populate(&mut buffers[i][range])?;
     }
     Ok(())
+}
+
+/// The order of [`populate_in_turns`]: (buffer, bytes) a page at a time, the first page of
+/// every buffer, then the second of every buffer that has one, and so on.
+fn turns(lens: Vec<usize>, page: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    (0..longest).step_by(page.max(1)).flat_map(move |at| {
+        let turn: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .filter(|&(_, &len)| at < len)
+            .map(|(i, &len)| (i, at..len.min(at + page)))
+            .collect();
+        turn.into_iter()
+    })
 }
 
 /// The size of a page (sysconf(_SC_PAGESIZE)).
@@ -284,12 +297,22 @@ mod tests {
         let (sa, sb) = unsafe {
             (std::slice::from_raw_parts_mut(a.as_ptr(), a.len()), std::slice::from_raw_parts_mut(b.as_ptr(), b.len()))
         };
-        sa[4 * page_size()] = 3;
+        sa[2 * page_size() + 5] = 3;
         // The shorter buffer ends inside a page: that page is mapped in too.
         populate_in_turns(&mut [sa, &mut sb[..page_size() + 1]]).unwrap();
         assert_eq!((resident_pages(&a), resident_pages(&b)), (5, 2));
         // Safety: inside the mapping.
-        assert_eq!(unsafe { a.as_ptr().add(4 * page_size()).read() }, 3, "contents kept");
+        assert_eq!(unsafe { a.as_ptr().add(2 * page_size() + 5).read() }, 3, "contents kept");
+        // A buffer that does not start on a page is refused.
+        // Safety: as above.
+        let off = unsafe { std::slice::from_raw_parts_mut(a.as_ptr().add(1), 10) };
+        assert!(populate_in_turns(&mut [off]).is_err());
+    }
+
+    #[test]
+    fn populate_in_turns_takes_a_page_of_each_buffer_in_turn() {
+        let order: Vec<_> = turns(vec![3 * 10, 10 + 1, 0], 10).collect();
+        assert_eq!(order, vec![(0, 0..10), (1, 0..10), (0, 10..20), (1, 10..11), (0, 20..30)]);
     }
 
     #[test]

@@ -636,13 +636,9 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         p_frames.iter_mut().chain(t_frames.iter_mut()).flat_map(|f| f.chunks_mut(frame::FRAME_BYTES)).collect();
     harness::mem::populate_in_turns(&mut every_frame)?;
     std::thread::scope(|s| {
-        let fill = |f: &mut [u8]| -> Result<()> {
-            frame::fill(f);
-            Ok(())
-        };
         let handles: Vec<_> =
-            p_frames.iter_mut().chain(t_frames.iter_mut()).map(|f| s.spawn(move || fill(f))).collect();
-        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a fill thread panicked"))?)
+            p_frames.iter_mut().chain(t_frames.iter_mut()).map(|f| s.spawn(move || frame::fill(f))).collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a fill thread panicked")))
     })?;
     let p_filter = |f: &mut [u8], delta: i8| process::filter_frame(f, delta, workers, deadline);
     let t_filter = |f: &mut [u8], delta: i8| thread::filter_frame(f, delta, workers, deadline);
