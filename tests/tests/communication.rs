@@ -359,4 +359,49 @@ fn a_whole_run_leaves_no_process_or_segment() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
+    match tests::queues_of(pid) {
+        Some(queues) => assert!(queues.is_empty(), "left: {queues:?}"),
+        None => eprintln!("/dev/mqueue is not mounted here: the message queues' names cannot be checked"),
+    }
+}
+
+/// Where /dev/mqueue is mounted (`.ci/run` mounts it when it can), a run removes the queues of
+/// owners that are gone, as it removes their segments, and keeps a live owner's.
+#[test]
+fn a_run_removes_stale_queues_of_dead_owners_and_keeps_live_ones() {
+    if tests::queues_of(0).is_none() {
+        eprintln!("/dev/mqueue is not mounted here: nothing to check (mount -t mqueue none /dev/mqueue)");
+        return;
+    }
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = format!("/pvt-{dead_pid}-00000000deadbeef");
+    let live = format!("/pvt-{}-00000000a11ce000", std::process::id());
+    for name in [&stale, &live] {
+        let c = std::ffi::CString::new(name.as_str()).unwrap();
+        // Safety: mq_open(3) with a valid name, default attributes; the descriptor is closed at once.
+        let q = unsafe {
+            libc::mq_open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600,
+                std::ptr::null::<libc::mq_attr>(),
+            )
+        };
+        assert!(q >= 0, "mq_open {name}: {}", std::io::Error::last_os_error());
+        // Safety: the descriptor we just opened.
+        unsafe { libc::mq_close(q) };
+    }
+    let out = tests::run("communication", &["--list"]);
+    let left = |name: &str| std::path::Path::new(&format!("/dev/mqueue{name}")).exists();
+    let (stale_left, live_left) = (left(&stale), left(&live));
+    for name in [&stale, &live] {
+        let c = std::ffi::CString::new(name.as_str()).unwrap();
+        // Safety: mq_unlink(3) of a name we created.
+        unsafe { libc::mq_unlink(c.as_ptr()) };
+    }
+    assert!(out.status.success());
+    assert!(!stale_left, "the queue of dead pid {dead_pid} was not removed");
+    assert!(live_left, "a live owner's queue stays");
 }
