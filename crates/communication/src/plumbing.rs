@@ -88,7 +88,7 @@ impl Queue {
     /// Creates a queue for `capacity` messages of up to `message_bytes` each.
     pub fn create(capacity: usize, message_bytes: usize) -> Result<Queue> {
         let name = format!("/{}{}-{:016x}", harness::cleanup::SEGMENT_PREFIX, std::process::id(), random_u64());
-        let mounted = std::path::Path::new(MQUEUE_DIR).is_dir();
+        let mounted = mqueue_mounted();
         if mounted {
             harness::cleanup::register_segment(&format!("{MQUEUE_DIR}{name}"))?;
         }
@@ -135,6 +135,17 @@ pub fn queue_message_limit() -> Result<usize> {
 pub fn queue_capacity_limit() -> Result<usize> {
     let text = std::fs::read_to_string("/proc/sys/fs/mqueue/msg_max").context("reading msg_max")?;
     text.trim().parse().context("parsing msg_max")
+}
+
+/// Whether the mqueue file system is mounted on /dev/mqueue (/proc/self/mounts), so that queues
+/// show there as files: a plain directory of that name shows nothing.
+pub fn mqueue_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(MQUEUE_DIR) && f.next() == Some("mqueue")
+        })
+    })
 }
 
 /// Removes queues of our prefix whose owner is gone, where /dev/mqueue shows them.
