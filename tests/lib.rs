@@ -290,20 +290,6 @@ pub fn segments_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// The message queues of this project's prefix that belong to `pid`, where /dev/mqueue shows
-/// them (the mqueue file system is mounted); `None` where it is not mounted.
-pub fn queues_of(pid: u32) -> Option<Vec<String>> {
-    // The mqueue file system itself, not merely a directory of that name.
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/dev/mqueue") && l.split_whitespace().nth(2) == Some("mqueue"))
-        .then_some(())?;
-    let dir = std::fs::read_dir("/dev/mqueue").ok()?;
-    let names = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
-    Some(names.filter(|n| n.starts_with(&format!("pvt-{pid}-"))).collect())
-}
-
 /// Polls `cond` every 5 ms for up to `secs` seconds.
 pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -359,17 +359,26 @@ fn a_whole_run_leaves_no_process_or_segment() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
-    match tests::queues_of(pid) {
+    match queues_of(pid) {
         Some(queues) => assert!(queues.is_empty(), "left: {queues:?}"),
         None => eprintln!("/dev/mqueue is not mounted here: the message queues' names cannot be checked"),
     }
+}
+
+/// The message queues of this project's prefix that belong to `pid`, where the mqueue file
+/// system shows them; `None` where it is not mounted.
+fn queues_of(pid: u32) -> Option<Vec<String>> {
+    use harness::cleanup::{MQUEUE_DIR, SEGMENT_PREFIX, mqueue_mounted};
+    let dir = std::fs::read_dir(MQUEUE_DIR).ok().filter(|_| mqueue_mounted())?;
+    let names = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    Some(names.filter(|n| n.starts_with(&format!("{SEGMENT_PREFIX}{pid}-"))).collect())
 }
 
 /// Where /dev/mqueue is mounted (`.ci/run` mounts it when it can), a run removes the queues of
 /// owners that are gone, as it removes their segments, and keeps a live owner's.
 #[test]
 fn a_run_removes_stale_queues_of_dead_owners_and_keeps_live_ones() {
-    if tests::queues_of(0).is_none() {
+    if queues_of(0).is_none() {
         eprintln!("/dev/mqueue is not mounted here: nothing to check (mount -t mqueue none /dev/mqueue)");
         return;
     }

@@ -528,7 +528,7 @@ fn throughput_experiment(
 
 /// Where /dev/mqueue is not mounted, a queue's name cannot be registered for the cleanup.
 fn queue_cleanup_note() -> &'static str {
-    if plumbing::mqueue_mounted() {
+    if harness::cleanup::mqueue_mounted() {
         "Message queues are registered for the interrupt cleanup (/dev/mqueue is mounted here)."
     } else {
         "/dev/mqueue is not mounted here, so a message queue's name is not registered for the interrupt cleanup: \

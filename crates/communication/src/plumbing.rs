@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
+use harness::cleanup::MQUEUE_DIR;
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
@@ -81,14 +82,11 @@ pub struct Queue {
     unlinked: bool,
 }
 
-/// Where the kernel shows message queues as files, when mounted (mq_overview(7)).
-const MQUEUE_DIR: &str = "/dev/mqueue";
-
 impl Queue {
     /// Creates a queue for `capacity` messages of up to `message_bytes` each.
     pub fn create(capacity: usize, message_bytes: usize) -> Result<Queue> {
         let name = format!("/{}{}-{:016x}", harness::cleanup::SEGMENT_PREFIX, std::process::id(), random_u64());
-        let mounted = mqueue_mounted();
+        let mounted = harness::cleanup::mqueue_mounted();
         if mounted {
             harness::cleanup::register_segment(&format!("{MQUEUE_DIR}{name}"))?;
         }
@@ -135,17 +133,6 @@ pub fn queue_message_limit() -> Result<usize> {
 pub fn queue_capacity_limit() -> Result<usize> {
     let text = std::fs::read_to_string("/proc/sys/fs/mqueue/msg_max").context("reading msg_max")?;
     text.trim().parse().context("parsing msg_max")
-}
-
-/// Whether the mqueue file system is mounted on /dev/mqueue (/proc/self/mounts), so that queues
-/// show there as files: a plain directory of that name shows nothing.
-pub fn mqueue_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
-        m.lines().any(|l| {
-            let mut f = l.split_whitespace().skip(1);
-            f.next() == Some(MQUEUE_DIR) && f.next() == Some("mqueue")
-        })
-    })
 }
 
 /// Removes queues of our prefix whose owner is gone, where /dev/mqueue shows them.

@@ -23,6 +23,21 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, 
 /// The prefix of every shared-memory segment this project creates (in /dev/shm).
 pub const SEGMENT_PREFIX: &str = "pvt-";
 
+/// Where the kernel shows POSIX message queues as files, when the mqueue file system is
+/// mounted there (mq_overview(7)).
+pub const MQUEUE_DIR: &str = "/dev/mqueue";
+
+/// Whether the mqueue file system is mounted on [`MQUEUE_DIR`] (/proc/self/mounts), so that
+/// queues show there as files: a plain directory of that name shows none.
+pub fn mqueue_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(MQUEUE_DIR) && f.next() == Some("mqueue")
+        })
+    })
+}
+
 const CHILD_SLOTS: usize = 1024;
 const SEGMENT_SLOTS: usize = 64;
 const NAME_LEN: usize = 128;
