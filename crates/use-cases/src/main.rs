@@ -714,13 +714,13 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              invocation would. On the segment and in the threads' buffer every worker writes in place: no byte \
              goes through a pipe or a copy. For contrast, the process side then filters its clip once more, \
              untimed, from the pixels it was filled with, copying each chunk to its worker and back through \
-             pipes a MiB at a time: through_pipes_bytes_copied counts the bytes as they pass, and its checksum must match. \
-             Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
-             through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. \
-             Both sides ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind \
-             the frames after the runs. The pages of every frame of both clips are mapped in turns, a page of each \
-             frame at a time, so that every frame of either side lies on the same mix of physical memory. The clip has {wanted} frame(s) unless the room left here holds fewer \
-             (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
+             pipes a MiB at a time: through_pipes_bytes_copied counts the bytes as they pass, and its checksum \
+             must match. Each pipe is asked to hold a MiB (F_SETPIPE_SZ), where the kernel allows it; \
+             through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. Both sides ask for base \
+             pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind the frames after the runs. \
+             The pages of every frame of both clips are mapped in turns, a page of each frame at a time, so that \
+             every frame of either side lies on the same mix of physical memory. The clip has {wanted} frame(s) \
+             unless the room left here holds fewer (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
              counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
             shorter.unwrap_or_default()
         )),
