@@ -178,9 +178,16 @@ pub const BOOTSTRAP_RESAMPLES: usize = 4000;
 const BOOTSTRAP_SEED: u64 = 0x7072_6f63_7468_7264; // "procthrd"
 
 /// The ratio median(`a`) / median(`b`) with a 95 % confidence interval: a percentile bootstrap
-/// that resamples each side's runs with replacement (Efron and Tibshirani, ch. 13), seeded so
-/// that it is repeatable. `None` when a side has no runs or a median is not a positive number
-/// (a ratio of such numbers says nothing).
+/// that resamples the runs with replacement (Efron and Tibshirani, ch. 13), seeded so that it
+/// is repeatable. `None` when a side has no runs or a median is not a positive number (a ratio
+/// of such numbers says nothing).
+///
+/// Runs of equal count are resampled as pairs, run i of `a` with run i of `b`: [`interleave`]
+/// takes them side by side, one right after the other, so a stretch in which the machine was
+/// slower (the host busy, a frequency step) fell on both runs of the pair, and resampling the
+/// pairs keeps that shared part out of the ratio's spread instead of counting it twice, once
+/// per side. Where the two runs of a pair share nothing, resampling pairs gives the same
+/// interval as resampling each side on its own, as it does when the counts differ.
 pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
     if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|x| !x.is_finite()) {
         return None;
@@ -190,17 +197,21 @@ pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
         return None;
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(BOOTSTRAP_SEED);
-    let mut resample = |from: &[f64], into: &mut Vec<f64>| {
-        into.clear();
-        into.extend((0..from.len()).map(|_| from[rng.gen_range(0..from.len())]));
-        into.sort_by(f64::total_cmp);
-        median_of_sorted(into)
-    };
+    let paired = a.len() == b.len();
+    let (mut ia, mut ib) = (Vec::with_capacity(a.len()), Vec::with_capacity(b.len()));
     let (mut ra, mut rb) = (Vec::with_capacity(a.len()), Vec::with_capacity(b.len()));
     let mut ratios: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
-            let x = resample(a, &mut ra);
-            let y = resample(b, &mut rb);
+            ia.clear();
+            ia.extend((0..a.len()).map(|_| rng.gen_range(0..a.len())));
+            ib.clear();
+            if paired {
+                ib.extend_from_slice(&ia);
+            } else {
+                ib.extend((0..b.len()).map(|_| rng.gen_range(0..b.len())));
+            }
+            let x = median_at(a, &ia, &mut ra);
+            let y = median_at(b, &ib, &mut rb);
             x / y.max(f64::MIN_POSITIVE)
         })
         .collect();
@@ -212,6 +223,14 @@ pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
     let ratio = ma / mb;
     let (low, high) = (quantile_of_sorted(&ratios, 0.025), quantile_of_sorted(&ratios, 0.975));
     Some(Interval { ratio, low: low.min(ratio), high: high.max(ratio) })
+}
+
+/// The median of `values` at `indices` (a resample), sorted in `scratch`.
+fn median_at(values: &[f64], indices: &[usize], scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    scratch.extend(indices.iter().map(|&i| values[i]));
+    scratch.sort_by(f64::total_cmp);
+    median_of_sorted(scratch)
 }
 
 /// The median of values in any order.
@@ -400,14 +419,32 @@ mod tests {
     #[test]
     fn bootstrap_matches_a_known_case() {
         // Two well separated samples: the ratio of medians is 2, and every resampled median of
-        // a lies in 190..=210 and of b in 95..=105, so the interval lies in 1.81..=2.21.
+        // a lies in 190..=210 and of b in 95..=105, so the interval lies in 1.81..=2.21. The
+        // counts differ (11 and 9), so each side is resampled on its own.
         let a: Vec<f64> = (0..11).map(|i| 190.0 + 2.0 * i as f64).collect();
-        let b: Vec<f64> = (0..11).map(|i| 95.0 + i as f64).collect();
+        let b: Vec<f64> = (0..9).map(|i| 95.0 + 1.25 * i as f64).collect();
         let i = ratio_interval(&a, &b).unwrap();
         assert!((i.ratio - 2.0).abs() < 1e-12);
         assert!(i.low > 1.81 && i.low < 2.0 && i.high > 2.0 && i.high < 2.21, "{i:?}");
         // Symmetric data: the interval is about symmetric around the ratio.
         assert!(((2.0 - i.low) - (i.high - 2.0)).abs() < 0.05, "{i:?}");
+    }
+
+    #[test]
+    fn bootstrap_resamples_runs_taken_side_by_side_as_pairs() {
+        // The machine slowed down run by run (a drift of 50 % over the runs) and both sides of
+        // every pair slowed alike: the thread side is always half the process side. Resampled
+        // as pairs, every resample gives exactly 2; each side resampled on its own would
+        // count the drift twice and give an interval about 2 ± 0.25.
+        let a: Vec<f64> = (0..11).map(|i| 200.0 + 10.0 * i as f64).collect();
+        let b: Vec<f64> = a.iter().map(|x| x / 2.0).collect();
+        let i = ratio_interval(&a, &b).unwrap();
+        assert_eq!((i.ratio, i.low, i.high), (2.0, 2.0, 2.0));
+        // The same runs with the thread side taken in another order (the pairs no longer
+        // share the drift): now the drift is in the ratio's spread, as it should be.
+        let shuffled: Vec<f64> = [5, 0, 9, 3, 7, 1, 10, 4, 8, 2, 6].iter().map(|&k| b[k]).collect();
+        let i = ratio_interval(&a, &shuffled).unwrap();
+        assert!(i.low < 1.9 && i.high > 2.1, "{i:?}");
     }
 
     #[test]
