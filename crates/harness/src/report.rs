@@ -205,7 +205,17 @@ pub fn fmt_num(x: f64) -> String {
 /// a median that is not positive).
 pub fn judge(process: &Side, thread: &Side, better: Better, expected: Expected) -> Option<(Verdict, Interval)> {
     let interval = crate::stats::ratio_interval(&samples(process), &samples(thread))?;
-    Some((judge_interval(interval, better, expected), interval))
+    Some(judge_published(interval, better, expected))
+}
+
+/// The interval as a report publishes it (`ratio`, `ratio_low`, `ratio_high` to three
+/// decimals) and the verdict judged on exactly those figures: anyone who applies the rule to
+/// the published interval gets the published verdict, also when an end lies on a band line
+/// (a low end of 1.1004 is published as 1.100, which is not beyond 10 %: `marginal`).
+pub fn judge_published(interval: Interval, better: Better, expected: Expected) -> (Verdict, Interval) {
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let published = Interval { ratio: round(interval.ratio), low: round(interval.low), high: round(interval.high) };
+    (judge_interval(published, better, expected), published)
 }
 
 /// The runs of a side; a side with a median but no runs counts as that one run.
@@ -286,17 +296,38 @@ mod tests {
         Side::measured(&s, "ns")
     }
 
-    /// Runs scattered ±`noise` (a fraction) around `centre`, the same pattern on every call.
+    /// Runs scattered ±`noise` (a fraction) around `centre`, the same pattern on every call,
+    /// for the process side.
     fn noisy(centre: f64, noise: f64, n: usize) -> Side {
-        let v: Vec<f64> =
-            (0..n).map(|i| centre * (1.0 + noise * (((i * 5) % n) as f64 / (n - 1) as f64 * 2.0 - 1.0))).collect();
+        scattered(centre, noise, n, 0)
+    }
+
+    /// The same scatter for the thread side, in another order: the bootstrap resamples the
+    /// two sides' runs as pairs, and with one pattern on both every pair would hold the same
+    /// ratio and the interval would be a point. Runs that share nothing leave it its width.
+    fn noisy_other(centre: f64, noise: f64, n: usize) -> Side {
+        scattered(centre, noise, n, n / 2)
+    }
+
+    fn scattered(centre: f64, noise: f64, n: usize, shift: usize) -> Side {
+        let v: Vec<f64> = (0..n)
+            .map(|i| centre * (1.0 + noise * (((i * 5 + shift) % n) as f64 / (n - 1) as f64 * 2.0 - 1.0)))
+            .collect();
         runs(&v)
+    }
+
+    /// An interval with a width, so that the test judges a spread and not a point.
+    fn wide(i: Interval) -> Interval {
+        assert!(i.high - i.low > 0.001, "the interval has no width: {i:?}");
+        i
     }
 
     #[test]
     fn equal_medians_are_a_tie() {
-        let (v, i) = judge(&noisy(100.0, 0.02, 11), &noisy(100.0, 0.02, 11), Better::Lower, Expected::Thread).unwrap();
+        let (v, i) =
+            judge(&noisy(100.0, 0.02, 11), &noisy_other(100.0, 0.02, 11), Better::Lower, Expected::Thread).unwrap();
         assert_eq!(v, Verdict::Tie);
+        let i = wide(i);
         assert!(i.low <= 1.0 && i.high >= 1.0, "{i:?}");
     }
 
@@ -305,14 +336,16 @@ mod tests {
         // Spreads of ±0.5 % that do not overlap: the old rule said `marginal`; 2 % is no
         // difference a reader should act on.
         let (v, i) =
-            judge(&noisy(102.0, 0.005, 11), &noisy(100.0, 0.005, 11), Better::Lower, Expected::Thread).unwrap();
+            judge(&noisy(102.0, 0.005, 11), &noisy_other(100.0, 0.005, 11), Better::Lower, Expected::Thread).unwrap();
         assert_eq!(v, Verdict::Tie, "{i:?}");
-        assert!(i.low > 1.0, "the interval alone is clear of 1: {i:?}");
+        let i = wide(i);
+        assert!(i.low > 1.0 && i.high < 1.05, "the interval alone is clear of 1, and inside the band: {i:?}");
     }
 
     #[test]
     fn a_thirty_percent_difference_holds_or_is_reversed() {
-        let (p, t) = (noisy(130.0, 0.03, 11), noisy(100.0, 0.03, 11));
+        let (p, t) = (noisy(130.0, 0.03, 11), noisy_other(100.0, 0.03, 11));
+        wide(judge(&p, &t, Better::Lower, Expected::Thread).unwrap().1);
         assert_eq!(judge(&p, &t, Better::Lower, Expected::Thread).unwrap().0, Verdict::Holds);
         assert_eq!(judge(&p, &t, Better::Lower, Expected::Process).unwrap().0, Verdict::Reversed);
         assert_eq!(judge(&p, &t, Better::Higher, Expected::Process).unwrap().0, Verdict::Holds);
@@ -321,19 +354,20 @@ mod tests {
 
     #[test]
     fn overlapping_noisy_samples_are_a_tie_even_with_a_gap_between_medians() {
-        // The thread side's runs in another order than the process side's, so that the pairs
-        // share nothing (with the same pattern on both sides, every pair would be 1.3 apart
-        // exactly, and the interval a point).
-        let mut thread = noisy(100.0, 0.6, 7);
-        thread.samples.rotate_left(3);
-        let (v, i) = judge(&noisy(130.0, 0.6, 7), &thread, Better::Lower, Expected::Thread).unwrap();
+        let (v, i) =
+            judge(&noisy(130.0, 0.6, 7), &noisy_other(100.0, 0.6, 7), Better::Lower, Expected::Thread).unwrap();
         assert_eq!(v, Verdict::Tie, "{i:?}");
+        wide(i);
     }
 
     #[test]
     fn the_same_samples_always_give_the_same_verdict() {
-        let (p, t) = (noisy(108.0, 0.04, 9), noisy(100.0, 0.04, 9));
+        // An 8 % difference with ±4 % spreads: an interval that reaches from inside the band
+        // to beyond it, so that a bootstrap with another seed could judge it otherwise.
+        let (p, t) = (noisy(108.0, 0.04, 9), noisy_other(100.0, 0.04, 9));
         let first = judge(&p, &t, Better::Lower, Expected::Thread);
+        let (_, i) = first.unwrap();
+        wide(i);
         for _ in 0..5 {
             assert_eq!(judge(&p, &t, Better::Lower, Expected::Thread), first);
         }
@@ -352,6 +386,18 @@ mod tests {
         assert_eq!(higher(0.70, 0.89), Verdict::Holds);
         assert_eq!(higher(0.70, 0.92), Verdict::Marginal);
         assert_eq!(higher(1.06, 1.20), Verdict::Reversed);
+    }
+
+    #[test]
+    fn the_verdict_is_judged_on_the_published_interval() {
+        // Unrounded, 1.1004 is beyond 10 % (`holds`); published as 1.100 it is not.
+        let raw = Interval { ratio: 1.15, low: 1.1004, high: 1.2 };
+        assert_eq!(judge_interval(raw, Better::Lower, Expected::Thread), Verdict::Holds);
+        let (v, published) = judge_published(raw, Better::Lower, Expected::Thread);
+        assert_eq!((v, published.low, published.high), (Verdict::Marginal, 1.1, 1.2));
+        // The same at the 5 % line of a control: 1.0496 is published as 1.050, inside the band.
+        let (v, _) = judge_published(Interval { ratio: 1.02, low: 0.99, high: 1.0496 }, Better::Lower, Expected::Same);
+        assert_eq!(v, Verdict::Holds);
     }
 
     #[test]

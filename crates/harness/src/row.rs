@@ -105,7 +105,8 @@ impl Ctx {
         if self.quick { crate::stats::MIN_RUNS } else { 11 }
     }
 
-    /// How an experiment's timed runs are planned: at least [`Ctx::runs`] (8 with `--quick`),
+    /// How an experiment's timed runs are planned: at least [`Ctx::runs`] rounded up to an even
+    /// count (8 with `--quick`, 12 in a full run),
     /// then more while the runs so far took under a quarter of a second, up to 42 (with
     /// `--quick` under 40 ms, up to 24: there, 8 runs of a quick experiment left intervals
     /// wider than its effect's distance from a band edge).
@@ -368,10 +369,9 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
     match (spec.kind, spec.unit) {
         (Kind::Measure, Some((_, better))) => match report::judge(p, t, better, spec.expected) {
             Some((verdict, interval)) => {
-                let round = |x: f64| Some((x * 1000.0).round() / 1000.0);
+                // Already to three decimals: the verdict was judged on these figures.
                 e.verdict = verdict;
-                (e.ratio, e.ratio_low, e.ratio_high) =
-                    (round(interval.ratio), round(interval.low), round(interval.high));
+                (e.ratio, e.ratio_low, e.ratio_high) = (Some(interval.ratio), Some(interval.low), Some(interval.high));
                 if spec.expected == Expected::Same
                     && let Some(side) = report::faster(interval, better)
                 {
