@@ -21,9 +21,14 @@ pub struct Machine {
     pub mitigations: Vec<String>,
     /// Transparent huge pages: the selected mode of `enabled` and of `defrag`.
     pub transparent_hugepages: String,
-    /// cgroup limits on this run (v2 or v1); "max" or absent means none.
+    /// The tightest cgroup limits on this run over our cgroup and its ancestors (v2 or v1);
+    /// absent where none is set. CPU as "quota period" in µs (cpu.max's form), pids as a
+    /// count, memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_cpu: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_pids: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_memory: Option<String>,
     pub rustc: String,
     /// Whether the row binaries were built with optimisations (compare always builds --release).
@@ -54,27 +59,24 @@ impl Machine {
             invpcid: has("invpcid"),
             mitigations: mitigations(),
             transparent_hugepages: transparent_hugepages(),
-            cgroup_cpu: cgroup_value("cpu", &["cpu.max"]).or_else(|| {
-                let quota = cgroup_value("cpu", &["cpu.cfs_quota_us"])?;
-                let period = cgroup_value("cpu", &["cpu.cfs_period_us"])?;
-                (quota != "-1").then(|| format!("{quota} {period}"))
-            }),
-            cgroup_pids: cgroup_value("pids", &["pids.max"]),
-            cgroup_memory: cgroup_value("memory", &["memory.max", "memory.limit_in_bytes"])
-                .filter(|v| v.parse::<u64>().map_or(true, |b| b < 1 << 60)),
+            cgroup_cpu: cgroup_cpu(),
+            cgroup_pids: harness::limits::cgroup_limit("pids", &["pids.max"]).map(|n| n.to_string()),
+            cgroup_memory: harness::limits::cgroup_limit("memory", &["memory.max", "memory.limit_in_bytes"])
+                .map(|n| n.to_string()),
             rustc: rustc_version(),
             optimized,
         }
     }
 
     pub fn header(&self) -> String {
-        let limits: Vec<String> =
-            [("cpu", &self.cgroup_cpu), ("pids", &self.cgroup_pids), ("memory", &self.cgroup_memory)]
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    v.as_ref().filter(|v| *v != "max" && *v != "max 100000").map(|v| format!("{k} {v}"))
-                })
-                .collect();
+        let memory = self.cgroup_memory.as_ref().map(|b| match b.parse::<u64>() {
+            Ok(bytes) => format!("{} MiB", bytes >> 20),
+            Err(_) => b.clone(),
+        });
+        let limits: Vec<String> = [("cpu", &self.cgroup_cpu), ("pids", &self.cgroup_pids), ("memory", &memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+            .collect();
         let yes = |b: bool| if b { "yes" } else { "no" };
         format!(
             "machine: {}, {} logical CPUs (this run may use {}{}), Linux {}, {}\n\
@@ -117,6 +119,30 @@ fn cgroup_value(controller: &str, files: &[&str]) -> Option<String> {
     harness::limits::cgroup_dirs(controller).iter().find_map(|dir| {
         files.iter().find_map(|f| std::fs::read_to_string(dir.join(f)).ok().map(|v| v.trim().to_string()))
     })
+}
+
+/// The tightest CPU quota over our cgroup and its ancestors, as "quota period" in µs: v2's
+/// cpu.max ("max period" is none), v1's cpu.cfs_quota_us (-1 is none) and cpu.cfs_period_us.
+/// Tightest is the fewest CPUs' worth, quota over period.
+fn cgroup_cpu() -> Option<String> {
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok().map(|v| v.trim().to_string());
+    harness::limits::cgroup_dirs("cpu")
+        .into_iter()
+        .filter_map(|dir| {
+            let (quota, period) = match read(dir.join("cpu.max")) {
+                Some(max) => {
+                    let mut parts = max.split_whitespace();
+                    (parts.next()?.parse::<u64>().ok()?, parts.next()?.parse::<u64>().ok()?)
+                }
+                None => (
+                    read(dir.join("cpu.cfs_quota_us"))?.parse().ok()?,
+                    read(dir.join("cpu.cfs_period_us"))?.parse().ok()?,
+                ),
+            };
+            (period > 0).then_some((quota, period))
+        })
+        .min_by(|a, b| (a.0 as f64 / a.1 as f64).total_cmp(&(b.0 as f64 / b.1 as f64)))
+        .map(|(quota, period)| format!("{quota} {period}"))
 }
 
 /// The vulnerabilities the kernel mitigates, by name.

@@ -227,6 +227,17 @@ pub fn cgroup_dirs(controller: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// The tightest limit that our cgroup and its ancestors set on `controller`: in each directory
+/// the first of `files` present, a number (or "max" for none; cgroup v1 writes "no limit" as a
+/// huge number, 2^60 or more, which counts as none too). `None` when no directory sets one.
+pub fn cgroup_limit(controller: &str, files: &[&str]) -> Option<u64> {
+    cgroup_dirs(controller)
+        .iter()
+        .filter_map(|dir| files.iter().find(|f| dir.join(f).exists()).and_then(|f| read_limit(&dir.join(f))))
+        .filter(|&limit| limit < 1 << 60)
+        .min()
+}
+
 /// A limit file: a number, or "max" for none.
 fn read_limit(path: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
