@@ -64,7 +64,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     let seen: BTreeSet<String> =
         experiments.iter().map(|e| format!("{}/{}", e["row"].as_str().unwrap(), e["id"].as_str().unwrap())).collect();
     assert_eq!(seen, listed(), "every listed experiment, once");
-    let mut flipped = 0;
+    let (mut flipped, mut measured, mut changed, mut sides, mut within) = (0, 0u64, 0u64, 0u64, 0u64);
     for e in experiments {
         let id = format!("{}/{}", e["row"], e["id"]);
         let verdicts = e["verdicts"].as_object().unwrap();
@@ -73,6 +73,16 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         let f = verdicts.contains_key("holds") && verdicts.contains_key("reversed");
         assert_eq!(e["flipped"], f, "{id}");
         flipped += f as usize;
+        if e["kind"] == "measure" {
+            measured += 1;
+            changed += (verdicts.len() > 1) as u64;
+            for side in ["process_stray", "thread_stray"] {
+                if let Some(stray) = e[side].as_f64() {
+                    sides += 1;
+                    within += (stray <= 0.10) as u64;
+                }
+            }
+        }
         let ran_both = !verdicts.contains_key("skipped") && !verdicts.contains_key("error");
         if e["kind"] == "measure" && ran_both {
             for side in ["process_stray", "thread_stray"] {
@@ -98,6 +108,9 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         }
     }
     assert_eq!(doc["flipped"], flipped);
+    // The summary's counts are the per-experiment entries counted again.
+    assert_eq!((doc["measured"].as_u64(), doc["measured_changed"].as_u64()), (Some(measured), Some(changed)));
+    assert_eq!((doc["sides"].as_u64(), doc["sides_within_10_percent"].as_u64()), (Some(sides), Some(within)));
     // A pace for every row that ran, once each, one per run. With two runs a side's median of
     // medians is their mean, so its two distances are d and -d, and the median over a row's
     // sides is too: a pace with the wrong sign or centre breaks the sum.
@@ -110,8 +123,11 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         assert_eq!(runs.len(), 2, "{p}");
         assert!((runs[0] + runs[1]).abs() < 1e-9, "{p}: not d and -d");
     }
-    // The exit code says whether any verdict flipped between holds and reversed.
-    assert_eq!(code, Some(if flipped == 0 { 0 } else { 1 }), "{stderr}");
+    // The exit code says whether any verdict flipped between holds and reversed, or anything
+    // failed.
+    let failed = experiments.iter().any(|e| e["verdicts"].get("error").is_some())
+        || !doc["failures"].as_array().unwrap().is_empty();
+    assert_eq!(code, Some(if flipped == 0 && !failed { 0 } else { 1 }), "{stderr}");
     assert!(doc["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));
     assert_eq!(doc["machine"]["optimized"], true);
 }

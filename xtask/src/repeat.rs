@@ -180,13 +180,19 @@ fn stray(distances: &[f64]) -> f64 {
 }
 
 /// Prints the stability of every experiment; false when some verdict flipped between holds
-/// and reversed, or a row failed.
+/// and reversed, a row failed, or an experiment ended in `error` in some run (as a single
+/// `compare` exits 1 for those).
 pub fn report(docs: &[Document], json: bool) -> Result<bool> {
     let experiments = stability(docs);
     let measured: Vec<&Stability> = experiments.iter().filter(|s| s.kind == Kind::Measure).collect();
     let strays: Vec<f64> = measured.iter().flat_map(|s| [s.process_stray, s.thread_stray]).flatten().collect();
-    let mut failures: Vec<String> = docs.iter().flat_map(|d| d.failures.iter().map(|f| f.row.clone())).collect();
-    failures.dedup();
+    // Each failed row once, in the order of its first failure.
+    let mut failures: Vec<String> = Vec::new();
+    for row in docs.iter().flat_map(|d| d.failures.iter().map(|f| &f.row)) {
+        if !failures.contains(row) {
+            failures.push(row.clone());
+        }
+    }
     let summary = Summary {
         runs: docs.len(),
         machine: &docs[0].machine,
@@ -204,7 +210,8 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
     } else {
         print!("{}", human(&summary));
     }
-    Ok(summary.flipped == 0 && summary.failures.is_empty())
+    let errors = docs.iter().any(|d| d.reports.iter().any(harness::report::Report::has_errors));
+    Ok(summary.flipped == 0 && summary.failures.is_empty() && !errors)
 }
 
 fn human(s: &Summary) -> String {
