@@ -19,6 +19,10 @@ pub struct Machine {
     pub invpcid: bool,
     /// Active mitigations (/sys/devices/system/cpu/vulnerabilities, "Mitigation: ..." lines).
     pub mitigations: Vec<String>,
+    /// Each active mitigation's line as the kernel wrote it: the method (for spectre_v2, say,
+    /// retpolines or IBRS, and whether IBPB runs on a switch between processes) decides what
+    /// a switch costs, not only the name.
+    pub mitigation_details: std::collections::BTreeMap<String, String>,
     /// Transparent huge pages: the selected mode of `enabled` and of `defrag`.
     pub transparent_hugepages: String,
     /// The tightest cgroup limits on this run over our cgroup and its ancestors (v2 or v1);
@@ -46,6 +50,7 @@ impl Machine {
             .map(|f| f.iter().map(|s| s.to_string()).collect())
             .unwrap_or_default();
         let has = |flag: &str| flags.iter().any(|f| f == flag);
+        let mitigations = mitigations();
         Machine {
             cpu_model,
             logical_cpus: cpuinfo.as_ref().map_or(0, |c| c.num_cores()),
@@ -57,7 +62,8 @@ impl Machine {
             virtualization: virtualization(has("hypervisor")),
             pcid: has("pcid"),
             invpcid: has("invpcid"),
-            mitigations: mitigations(),
+            mitigations: mitigations.keys().cloned().collect(),
+            mitigation_details: mitigations,
             transparent_hugepages: transparent_hugepages(),
             cgroup_cpu: cgroup_cpu(),
             cgroup_pids: harness::limits::cgroup_limit("pids", &["pids.max"]).map(|n| n.to_string()),
@@ -145,16 +151,15 @@ fn cgroup_cpu() -> Option<String> {
         .map(|(quota, period)| format!("{quota} {period}"))
 }
 
-/// The vulnerabilities the kernel mitigates, by name.
-fn mitigations() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities") else { return Vec::new() };
-    let mut active: Vec<String> = dir
-        .flatten()
-        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.starts_with("Mitigation")))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    active.sort();
-    active
+/// The vulnerabilities the kernel mitigates, by name, each with its line ("Mitigation: ...").
+fn mitigations() -> std::collections::BTreeMap<String, String> {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities") else { return Default::default() };
+    dir.flatten()
+        .filter_map(|e| {
+            let line = std::fs::read_to_string(e.path()).ok()?.trim().to_string();
+            line.starts_with("Mitigation").then(|| (e.file_name().to_string_lossy().into_owned(), line))
+        })
+        .collect()
 }
 
 /// "madvise (defrag madvise)": the bracketed choice of each file.
