@@ -65,6 +65,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         experiments.iter().map(|e| format!("{}/{}", e["row"].as_str().unwrap(), e["id"].as_str().unwrap())).collect();
     assert_eq!(seen, listed(), "every listed experiment, once");
     let (mut flipped, mut measured, mut changed, mut sides, mut within) = (0, 0u64, 0u64, 0u64, 0u64);
+    let mut near_line = 0u64;
     for e in experiments {
         let id = format!("{}/{}", e["row"], e["id"]);
         let verdicts = e["verdicts"].as_object().unwrap();
@@ -73,6 +74,22 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         let f = verdicts.contains_key("holds") && verdicts.contains_key("reversed");
         assert_eq!(e["flipped"], f, "{id}");
         flipped += f as usize;
+        // A changed measured verdict names the band line that the median of its runs' ratios
+        // sits within 2 % of, and only then; an unchanged one names none.
+        let line = e.get("near_line").and_then(Value::as_f64);
+        if e["kind"] == "measure" && verdicts.len() > 1 {
+            let mut r: Vec<f64> = e["ratios"].as_array().unwrap().iter().filter_map(|r| r[0].as_f64()).collect();
+            r.sort_by(f64::total_cmp);
+            let median = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
+            let at = [0.90, 0.95, 1.05, 1.10].into_iter().find(|l| (median / l - 1.0).abs() <= 0.02);
+            assert_eq!(line.is_some(), at.is_some(), "{id}: median ratio {median}, line {line:?}");
+            if let (Some(line), Some(at)) = (line, at) {
+                assert!((line - at).abs() < 1e-9, "{id}: line {line}, but the median {median} is at {at}");
+            }
+        } else {
+            assert_eq!(line, None, "{id}: a line for a verdict that did not change");
+        }
+        near_line += line.is_some() as u64;
         if e["kind"] == "measure" {
             measured += 1;
             changed += (verdicts.len() > 1) as u64;
@@ -110,6 +127,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     assert_eq!(doc["flipped"], flipped);
     // The summary's counts are the per-experiment entries counted again.
     assert_eq!((doc["measured"].as_u64(), doc["measured_changed"].as_u64()), (Some(measured), Some(changed)));
+    assert_eq!(doc["measured_changed_near_line"].as_u64(), Some(near_line));
     assert_eq!((doc["sides"].as_u64(), doc["sides_within_10_percent"].as_u64()), (Some(sides), Some(within)));
     // A pace for every row that ran, once each, one per run. With two runs a side's median of
     // medians is their mean, so its two distances are d and -d, and the median over a row's

@@ -40,6 +40,29 @@ pub struct Stability {
     pub process_medians: Vec<Option<f64>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub thread_medians: Vec<Option<f64>>,
+    /// For a measured experiment whose verdict changed: the line of the band (0.90, 0.95,
+    /// 1.05 or 1.10) that the median of its runs' ratios sat within [`NEAR_LINE`] of, if any.
+    /// Such a change comes from where the effect sits: an interval around a ratio that near a
+    /// line reaches across it in some runs and not in others, however steady the ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub near_line: Option<f64>,
+}
+
+/// How near a band line the median of a changed experiment's ratios must be for the change to
+/// be put down to the line: 2 %, about three times the half-width of a full run's interval in
+/// the steadiest experiments (±0.6 % for switching's ping-pongs), so that an interval around
+/// such a ratio can reach across the line while the ratio itself does not move.
+pub const NEAR_LINE: f64 = 0.02;
+
+/// The band line within [`NEAR_LINE`] of the median of the runs' ratios, if any.
+fn near_line(ratios: &[Option<[f64; 3]>]) -> Option<f64> {
+    let seen: Vec<f64> = ratios.iter().flatten().map(|r| r[0]).collect();
+    if seen.is_empty() {
+        return None;
+    }
+    let centre = harness::stats::median(&seen);
+    let (tie, holds) = (harness::report::TIE_BAND, harness::report::HOLDS_BEYOND);
+    [1.0 - holds, 1.0 - tie, 1.0 + tie, 1.0 + holds].into_iter().find(|line| (centre / line - 1.0).abs() <= NEAR_LINE)
 }
 
 /// All of `--repeat --json`.
@@ -50,6 +73,8 @@ struct Summary<'a> {
     experiments: Vec<Stability>,
     /// Measured experiments whose verdict changed, and how many measured experiments there are.
     measured_changed: usize,
+    /// Of those that changed, how many had their ratios' median near a band line (`near_line`).
+    measured_changed_near_line: usize,
     measured: usize,
     /// Experiments that went between `holds` and `reversed`.
     flipped: usize,
@@ -139,11 +164,12 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
             // A stray only for a side measured in every run.
             let stray = |m: &Vec<Option<f64>>| distances(m).filter(|_| *kind == Kind::Measure).map(|d| stray(&d));
             let measured = *kind == Kind::Measure;
+            let changed = counts.len() > 1;
             Stability {
                 row: key.0.clone(),
                 id: key.1.clone(),
                 kind: *kind,
-                changed: counts.len() > 1,
+                changed,
                 flipped: counts.contains_key(&Verdict::Holds) && counts.contains_key(&Verdict::Reversed),
                 verdicts: counts,
                 process_stray: stray(&medians[0]),
@@ -151,6 +177,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 ratios: if measured { ratios.clone() } else { Vec::new() },
                 process_medians: if measured { medians[0].clone() } else { Vec::new() },
                 thread_medians: if measured { medians[1].clone() } else { Vec::new() },
+                near_line: if measured && changed { near_line(ratios) } else { None },
             }
         })
         .collect()
@@ -197,6 +224,7 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
         runs: docs.len(),
         machine: &docs[0].machine,
         measured_changed: measured.iter().filter(|s| s.changed).count(),
+        measured_changed_near_line: measured.iter().filter(|s| s.near_line.is_some()).count(),
         measured: measured.len(),
         flipped: experiments.iter().filter(|s| s.flipped).count(),
         sides_within_10_percent: strays.iter().filter(|&&s| s <= 0.10).count(),
@@ -224,9 +252,10 @@ fn human(s: &Summary) -> String {
     for e in &s.experiments {
         let seen: Vec<String> = e.verdicts.iter().map(|(v, n)| format!("{v}×{n}")).collect();
         let flag = if e.flipped { "  FLIPPED" } else { "" };
+        let line = e.near_line.map(|l| format!(" (at {l:.2})")).unwrap_or_default();
         t.add_row(vec![
             format!("{}/{}", e.row, e.id),
-            format!("{}{flag}", seen.join(" ")),
+            format!("{}{line}{flag}", seen.join(" ")),
             ratio_range(&e.ratios),
             pct(e.process_stray),
             pct(e.thread_stray),
@@ -255,7 +284,14 @@ fn human(s: &Summary) -> String {
     for f in &s.failures {
         out.push_str(&format!("row {f} failed in at least one run\n"));
     }
-    out.push_str(&format!("{} of {} measured experiments changed verdict.\n", s.measured_changed, s.measured));
+    out.push_str(&format!(
+        "{} of {} measured experiments changed verdict; {} of them had the median of their ratios within {:.0}% \
+         of a line of the band (\"at ...\"): an effect that sits on the rule's edge.\n",
+        s.measured_changed,
+        s.measured,
+        s.measured_changed_near_line,
+        NEAR_LINE * 100.0
+    ));
     out
 }
 
@@ -276,7 +312,18 @@ mod tests {
             ratios: Vec::new(),
             process_medians: process.iter().map(|&m| Some(m)).collect(),
             thread_medians: thread.iter().map(|&m| Some(m)).collect(),
+            near_line: None,
         }
+    }
+
+    #[test]
+    fn near_line_names_the_band_line_next_to_the_median_ratio() {
+        let runs = |rs: &[f64]| rs.iter().map(|&r| Some([r, r * 0.99, r * 1.01])).collect::<Vec<_>>();
+        assert_eq!(near_line(&runs(&[1.127, 1.117, 1.117, 1.117, 1.119])), Some(1.10), "switching at 1.10");
+        assert_eq!(near_line(&runs(&[0.915, 0.947, 0.943, 0.94, 0.943])), Some(0.95), "a control at 0.95");
+        assert_eq!(near_line(&runs(&[0.85, 0.86, 0.805, 0.761, 0.891])), None, "a ratio that wandered");
+        assert_eq!(near_line(&runs(&[1.25, 1.3])), None, "far beyond every line");
+        assert_eq!(near_line(&[None, None]), None, "no ratio");
     }
 
     #[test]
