@@ -106,10 +106,9 @@ impl Ctx {
     }
 
     /// How an experiment's timed runs are planned: at least [`Ctx::runs`] rounded up to an even
-    /// count (8 with `--quick`, 12 in a full run),
-    /// then more while the runs so far took under a quarter of a second, up to 42 (with
-    /// `--quick` under 40 ms, up to 24: there, 8 runs of a quick experiment left intervals
-    /// wider than its effect's distance from a band edge).
+    /// count (8 with `--quick`, 12 in a full run), then more while the runs so far took under
+    /// a quarter of a second, up to 42 (with `--quick` under 40 ms, up to 24: there, 8 runs of
+    /// a quick experiment left intervals wider than its effect's distance from a band edge).
     pub fn plan(&self) -> Plan {
         Plan {
             warmup: self.warmup(),
