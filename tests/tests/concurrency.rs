@@ -153,6 +153,10 @@ fn the_parents_page_tables_grow_with_its_memory_and_fork_copies_them() {
     assert!(u64s(&p["parent_huge_page_kib"]).iter().all(|&k| k == 0), "huge pages were off: {p}");
     assert_eq!(f64s(&p["us_at_each_size"]).len(), mib.len());
     assert_eq!(f64s(&t["us_at_each_size"]).len(), mib.len());
+    for f in [p, t] {
+        let starts = u64s(&f["starts_per_run"]);
+        assert!(starts.len() == mib.len() && starts.iter().all(|&n| n >= 1), "starts per run {starts:?}");
+    }
 }
 
 #[test]

@@ -198,6 +198,8 @@ struct AtSize {
     process: Option<Summary>,
     thread: Option<Summary>,
     child_faults_per_fork: f64,
+    /// Workers each side starts per timed run: as many as fill its own budget.
+    starts_per_run: (u64, u64),
 }
 
 fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
@@ -222,10 +224,14 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
         written = bytes;
         let status =
             procfs::process::Process::myself().and_then(|p| p.status()).context("reading /proc/self/status")?;
+        // Each side starts as many workers per run as fill its own budget: at 1 GiB that is one
+        // fork, and a run of one lone thread start measured 120-150 µs here against 40-46 µs a
+        // start in a run of a hundred, at every size: the lone start timed the pause before it.
         let n = stats::iterations_for(budget(ctx, 5, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(1);
+        let tn = stats::iterations_for(budget(ctx, 5, 2), |n| Ok(thread::spawn_and_wait(n, deadline)?.took))?.max(1);
         let (mut faults, mut forks) = (0i64, 0u64);
-        // Settled, as in spawn: after a fork of a large parent the thread side paid about half
-        // again for the pages the fork had write-protected.
+        // Settled, as in spawn: right after a fork the thread side pays for the pages the fork
+        // write-protected.
         let (p, t) = interleave_at(
             ctx,
             (bytes == largest).then(|| ctx.plan()),
@@ -235,7 +241,7 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
                 forks += n;
                 Ok(s.took.as_secs_f64() * 1e6 / n as f64)
             }),
-            stats::settled(|| Ok(thread::spawn_and_wait(n, deadline)?.took.as_secs_f64() * 1e6 / n as f64)),
+            stats::settled(|| Ok(thread::spawn_and_wait(tn, deadline)?.took.as_secs_f64() * 1e6 / tn as f64)),
         )?;
         points.push(AtSize {
             bytes,
@@ -245,6 +251,7 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
             process: p,
             thread: t,
             child_faults_per_fork: round1(faults as f64 / forks.max(1) as f64),
+            starts_per_run: (n, tn),
         });
     }
     let last = points.last().context("no size to measure")?;
@@ -262,12 +269,17 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
     let process = last.process.as_ref().map(|s| {
         shared(Side::measured(s, "µs"), |a| &a.process)
             .fact("child_minor_faults_per_fork", points.iter().map(|a| a.child_faults_per_fork).collect::<Vec<_>>())
+            .fact("starts_per_run", points.iter().map(|a| a.starts_per_run.0).collect::<Vec<_>>())
     });
-    let thread = last.thread.as_ref().map(|s| shared(Side::measured(s, "µs"), |a| &a.thread));
+    let thread = last.thread.as_ref().map(|s| {
+        shared(Side::measured(s, "µs"), |a| &a.thread)
+            .fact("starts_per_run", points.iter().map(|a| a.starts_per_run.1).collect::<Vec<_>>())
+    });
     let mut note = "The parent writes every page of a private buffer (huge pages off, MADV_NOHUGEPAGE; written by \
                     MADV_POPULATE_WRITE), so each page has a page-table entry; fork(2) copies those entries and marks the pages copy-on-write, and the \
-                    child's exit drops them again. A thread shares the page tables and copies nothing. The ratio \
-                    is at the largest size; us_at_each_size has all."
+                    child's exit drops them again. A thread shares the page tables and copies nothing. Each side's \
+                    runs start as many workers, one after the other, as fill its own time budget \
+                    (starts_per_run at each size). The ratio is at the largest size; us_at_each_size has all."
         .to_string();
     if capped {
         note.push_str(&format!(
