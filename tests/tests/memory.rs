@@ -113,6 +113,10 @@ fn the_child_copies_every_page_it_writes_and_the_thread_none() {
     }
     assert_eq!(p["owner_sees_writes"], false, "the parent's buffer kept its contents");
     assert_eq!(t["owner_sees_writes"], true);
+    // Only a child's first write to a page is the copy: one pass per process run, as many as
+    // fill the budget per thread run (a pass over 8 MiB takes tens of µs, the budget 2 ms).
+    assert_eq!(p["passes_per_run"], 1, "{p}");
+    assert!(t["passes_per_run"].as_u64().unwrap() > 1, "{t}");
 }
 
 #[test]

@@ -230,9 +230,22 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let process_buffer = ctx.process_side(|| process::cow_copy_buffer(bytes))?;
     let thread_buffer = ctx.thread_side(|| thread::cow_copy_buffer(bytes))?;
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
+    // A child's first write to each page is the copy, so a process run is one pass. A thread
+    // pass over a present page is a TLB miss and a cache miss, about 0.3 ms for 64 MiB: alone,
+    // one read 12-36 ns/page from one invocation to the next here, as much as it caught of the
+    // machine's slower stretches, and 12 passes timed as one 10.0-11.1. So a thread run makes
+    // as many passes as fill its budget, sized once on its buffer.
+    let passes = match &thread_buffer {
+        Some(buffer) => stats::iterations_for(Duration::from_millis(if ctx.quick { 2 } else { 10 }), |n| {
+            let pass = thread::cow_copy_pass(buffer, n)?;
+            ts.push(pass);
+            Ok(Duration::from_nanos(pass.took_ns))
+        })?,
+        None => 1,
+    };
     // The process side forks only while this process is single-threaded: the thread side's
     // writer is joined before its run returns.
-    // Settled: each timed pass follows an untimed pass of its own side; a thread pass right
+    // Settled: each timed run follows an untimed run of its own side; a thread pass right
     // after a process pass (a fork and 64 MiB of copies) was 23-114 % slower.
     let (p, t) = ctx.interleave(
         stats::settled(|| {
@@ -241,7 +254,7 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
         }),
         stats::settled(|| {
             let buffer = thread_buffer.as_ref().context("the thread side's buffer")?;
-            Ok(ns_per_page(&mut ts, buffer, thread::cow_copy_pass(buffer)?))
+            Ok(ns_per_page(&mut ts, buffer, thread::cow_copy_pass(buffer, passes)?))
         }),
     )?;
     let process = p.zip(process_buffer).map(|(summary, buffer)| {
@@ -250,9 +263,12 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
         cow_side(&summary, &buffer, &ps, ok)
     });
     let thread = t.zip(thread_buffer).map(|(summary, buffer)| {
-        // thread: every pass wrote the one shared buffer, so pass k found k-1 passes before it.
-        let ok =
-            ts.iter().enumerate().all(|(k, p)| p.checksum == pages::expected_checksum(buffer.pages(), k as u64 + 1));
+        // thread: every pass wrote the one shared buffer, so each run found all passes before it.
+        let mut done = 0;
+        let ok = ts.iter().all(|p| {
+            done += p.passes;
+            p.checksum == pages::expected_checksum(buffer.pages(), done)
+        });
         cow_side(&summary, &buffer, &ts, ok)
     });
     Ok(Findings {
@@ -264,7 +280,8 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
              so that the process side's forks do not write-protect it. Only the write loop is timed, by the writer \
              itself. The child's first write to each page faults and the kernel copies the page (copy-on-write), \
              so the process side counts about one minor fault per page and its owner never sees the writes; the \
-             thread writes the owner's own pages. huge_pages_kib is what /proc/self/smaps showed backed by huge \
+             thread writes the owner's own pages, as many passes per run as fill its budget (passes_per_run), since a \
+             lone pass, well under a millisecond, timed the moment more than the write. huge_pages_kib is what /proc/self/smaps showed backed by huge \
              pages after each pass (the most of any pass)."
                 .to_string(),
         ),
@@ -272,10 +289,10 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     })
 }
 
-/// Keeps a pass for the evidence and returns its time per page.
+/// Keeps a run for the evidence and returns its time per page written.
 fn ns_per_page(all: &mut Vec<Pass>, buffer: &Buffer, pass: Pass) -> f64 {
     all.push(pass);
-    pass.took_ns as f64 / buffer.pages() as f64
+    pass.took_ns as f64 / (buffer.pages() as u64 * pass.passes) as f64
 }
 
 /// One side of cow-copy: `passes` holds the warm-up passes and then the timed ones;
@@ -286,12 +303,14 @@ fn cow_side(summary: &Summary, buffer: &Buffer, passes: &[Pass], checksums_ok: b
     timed.reverse();
     let faults = stats::median(&timed.iter().map(|p| p.minor_faults as f64).collect::<Vec<_>>()).round() as u64;
     let pages = buffer.pages();
+    let per_run = timed.last().map_or(1, |p| p.passes);
     Side::measured(summary, "ns/page")
         .fact("pages_written", pages)
         .fact("page_bytes", buffer.page())
+        .fact("passes_per_run", per_run)
         .fact("huge_pages_kib", passes.iter().map(|p| p.huge_kib).max().unwrap_or(0))
         .fact("minor_faults_per_run", faults)
-        .fact("minor_faults_per_page", (faults as f64 / pages as f64 * 1000.0).round() / 1000.0)
+        .fact("minor_faults_per_page", (faults as f64 / (pages as u64 * per_run) as f64 * 1000.0).round() / 1000.0)
         .fact("checksum", timed.last().map_or(0, |p| p.checksum))
         .fact("checksums_ok", checksums_ok)
         .fact("owner_sees_writes", buffer.checksum() != pages::expected_checksum(pages, 0))

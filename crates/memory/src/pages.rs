@@ -112,13 +112,15 @@ pub fn expected_checksum(pages: usize, passes: u64) -> u64 {
     (0..pages).map(|i| (fill(i) as u64 + passes) % 256).sum()
 }
 
-/// One pass over every page of a buffer.
+/// One timed run of passes over every page of a buffer, by one writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pass {
-    /// How long the write loop took, and nothing else.
+    /// How many times the writer went over every page, back to back.
+    pub passes: u64,
+    /// How long the write loops took, and nothing else.
     pub took_ns: u64,
     pub minor_faults: u64,
-    /// The sum of the first byte of every page, after the pass.
+    /// The sum of the first byte of every page, after the last pass.
     pub checksum: u64,
     /// KiB of the buffer backed by transparent huge pages after the pass, as the writer's
     /// /proc/self/smaps shows it (AnonHugePages): 0 when the kernel kept to base pages.
@@ -170,24 +172,32 @@ impl Buffer {
     /// it caused. One write per page, so that the cost per page is the cost of whatever the
     /// kernel must do on the first write to it: nothing, or a copy.
     pub fn write_every_page(&self) -> Result<Pass> {
+        self.write_every_page_times(1)
+    }
+
+    /// [`Buffer::write_every_page`] `passes` times over, back to back, timed as one loop.
+    pub fn write_every_page_times(&self, passes: u64) -> Result<Pass> {
         // A rehearsal on a page of our own, for the reasons given in `write_both`.
-        Buffer::filled(self.page)?.write_every_page_counted()?;
-        self.write_every_page_counted()
+        Buffer::filled(self.page)?.write_every_page_counted(1)?;
+        self.write_every_page_counted(passes)
     }
 
     #[inline(never)]
-    fn write_every_page_counted(&self) -> Result<Pass> {
+    fn write_every_page_counted(&self, passes: u64) -> Result<Pass> {
         let pages = self.pages();
         let faults_before = minor_faults()?;
         let start = Instant::now();
-        for i in 0..pages {
-            let p = self.byte(i);
-            // Safety: `p` is inside our mapping (see `byte`), and only this task writes now.
-            unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+        for _ in 0..passes {
+            for i in 0..pages {
+                let p = self.byte(i);
+                // Safety: `p` is inside our mapping (see `byte`), and only this task writes now.
+                unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+            }
         }
         let took = start.elapsed();
         let faults = minor_faults()? - faults_before;
         Ok(Pass {
+            passes,
             took_ns: took.as_nanos() as u64,
             minor_faults: faults,
             checksum: self.checksum(),
@@ -444,6 +454,9 @@ mod tests {
         // Keeping it out of forks changes nothing for its owner.
         let kept = b.kept_from_forks().unwrap();
         assert_eq!(kept.write_every_page().unwrap().checksum, expected_checksum(64, 2));
+        // Three passes in one run: each page three more, counted as three.
+        let three = kept.write_every_page_times(3).unwrap();
+        assert_eq!((three.passes, three.checksum, three.minor_faults), (3, expected_checksum(64, 5), 0));
     }
 
     #[test]

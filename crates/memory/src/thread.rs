@@ -75,12 +75,12 @@ pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
     Buffer::filled(bytes)?.kept_from_forks()
 }
 
-/// One pass: a thread writes one byte to every page of a buffer the observer filled; the
-/// pages are shared and already writable, so nothing is copied.
-pub fn cow_copy_pass(buffer: &Buffer) -> Result<Pass> {
+/// One run: a thread writes one byte to every page of a buffer the observer filled, `passes`
+/// times over; the pages are shared and already writable, so nothing is copied.
+pub fn cow_copy_pass(buffer: &Buffer, passes: u64) -> Result<Pass> {
     // thread: the writer shares this address space; spawning it is setup, outside the timed
     // loop (the thread times only its own loop).
-    thread::scope(|s| s.spawn(|| buffer.write_every_page()).join())
+    thread::scope(|s| s.spawn(|| buffer.write_every_page_times(passes)).join())
         .map_err(|_| anyhow!("the writing thread panicked"))?
 }
 
