@@ -231,10 +231,11 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let thread_buffer = ctx.thread_side(|| thread::cow_copy_buffer(bytes))?;
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
     // A child's first write to each page is the copy, so a process run is one pass. A thread
-    // pass over a present page is a TLB miss and a cache miss, about 0.3 ms for 64 MiB: alone,
-    // one read 12-36 ns/page from one invocation to the next here, as much as it caught of the
-    // machine's slower stretches, and 12 passes timed as one 10.0-11.1. So a thread run makes
-    // as many passes as fill its budget, sized once on its buffer.
+    // pass over a present page is mostly a TLB miss a page, 0.13-0.3 ms for 64 MiB: timed
+    // alone, it measured whichever of the machine's fast or slow stretches it fell in (the
+    // thread side's median read 16-30 ns/page from one invocation to the next on a KVM guest;
+    // with runs of 10 ms of passes, 8.3-9.0). So a thread run makes as many passes as fill its
+    // budget, sized once on its buffer (these sizing runs count in the checksums too).
     let passes = match &thread_buffer {
         Some(buffer) => stats::iterations_for(Duration::from_millis(if ctx.quick { 2 } else { 10 }), |n| {
             let pass = thread::cow_copy_pass(buffer, n)?;
@@ -292,25 +293,37 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
 /// Keeps a run for the evidence and returns its time per page written.
 fn ns_per_page(all: &mut Vec<Pass>, buffer: &Buffer, pass: Pass) -> f64 {
     all.push(pass);
-    pass.took_ns as f64 / (buffer.pages() as u64 * pass.passes) as f64
+    per_page_written(buffer.pages(), &pass)
 }
 
-/// One side of cow-copy: `passes` holds the warm-up passes and then the timed ones;
-/// `checksums_ok` is the side's own check of every pass. Each timed pass followed an untimed
-/// settle pass, so the timed ones are every second pass from the last.
-fn cow_side(summary: &Summary, buffer: &Buffer, passes: &[Pass], checksums_ok: bool) -> Side {
-    let mut timed: Vec<&Pass> = passes.iter().rev().step_by(2).take(summary.runs).collect();
-    timed.reverse();
+fn per_page_written(pages: usize, pass: &Pass) -> f64 {
+    pass.took_ns as f64 / (pages as u64 * pass.passes) as f64
+}
+
+/// The timed runs among all of a side's `runs`, oldest first: the thread side's sizing runs
+/// come first, then pairs of an untimed settle run and a timed run (`stats::settled`), the
+/// warm-up pairs before the timed ones; so the timed runs are every second run from the last.
+fn timed_runs(runs: &[Pass], timed: usize) -> Vec<&Pass> {
+    let mut last: Vec<&Pass> = runs.iter().rev().step_by(2).take(timed).collect();
+    last.reverse();
+    last
+}
+
+/// One side of cow-copy from all of its `runs` (see [`timed_runs`]); `checksums_ok` is the
+/// side's own check of every run.
+fn cow_side(summary: &Summary, buffer: &Buffer, runs: &[Pass], checksums_ok: bool) -> Side {
+    let timed = timed_runs(runs, summary.runs);
     let faults = stats::median(&timed.iter().map(|p| p.minor_faults as f64).collect::<Vec<_>>()).round() as u64;
     let pages = buffer.pages();
-    let per_run = timed.last().map_or(1, |p| p.passes);
     Side::measured(summary, "ns/page")
         .fact("pages_written", pages)
         .fact("page_bytes", buffer.page())
-        .fact("passes_per_run", per_run)
-        .fact("huge_pages_kib", passes.iter().map(|p| p.huge_kib).max().unwrap_or(0))
+        .fact("passes_per_run", timed.last().map_or(1, |p| p.passes))
+        .fact("huge_pages_kib", runs.iter().map(|p| p.huge_kib).max().unwrap_or(0))
         .fact("minor_faults_per_run", faults)
-        .fact("minor_faults_per_page", (faults as f64 / (pages as u64 * per_run) as f64 * 1000.0).round() / 1000.0)
+        // Per page of the buffer, per run: a write-protected page faults on the run's first
+        // pass only.
+        .fact("minor_faults_per_page", (faults as f64 / pages as f64 * 1000.0).round() / 1000.0)
         .fact("checksum", timed.last().map_or(0, |p| p.checksum))
         .fact("checksums_ok", checksums_ok)
         .fact("owner_sees_writes", buffer.checksum() != pages::expected_checksum(pages, 0))
@@ -397,4 +410,29 @@ pub fn footprint_host(host: &str, workers: u64, deadline: Duration) -> Result<Ad
         added.workers
     );
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(passes: u64, took_ns: u64) -> Pass {
+        Pass { passes, took_ns, minor_faults: 0, checksum: 0, huge_kib: 0 }
+    }
+
+    #[test]
+    fn a_run_of_several_passes_counts_every_page_written() {
+        assert_eq!(per_page_written(100, &run(1, 2_000)), 20.0);
+        assert_eq!(per_page_written(100, &run(40, 80_000)), 20.0);
+    }
+
+    #[test]
+    fn the_timed_runs_are_every_second_run_from_the_last() {
+        // Two sizing runs, one warm-up pair, then three (settle, timed) pairs.
+        let runs: Vec<Pass> = [(1, 1), (4, 2), (9, 3), (9, 4), (9, 5), (9, 6), (9, 7), (9, 8), (9, 9), (9, 10)]
+            .map(|(p, t)| run(p, t))
+            .to_vec();
+        let took: Vec<u64> = timed_runs(&runs, 3).iter().map(|p| p.took_ns).collect();
+        assert_eq!(took, [6, 8, 10]);
+    }
 }

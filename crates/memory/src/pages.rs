@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use harness::mem::{Mapping, Sharing, page_size};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -177,6 +177,7 @@ impl Buffer {
 
     /// [`Buffer::write_every_page`] `passes` times over, back to back, timed as one loop.
     pub fn write_every_page_times(&self, passes: u64) -> Result<Pass> {
+        ensure!(passes >= 1, "a run makes at least one pass");
         // A rehearsal on a page of our own, for the reasons given in `write_both`.
         Buffer::filled(self.page)?.write_every_page_counted(1)?;
         self.write_every_page_counted(passes)

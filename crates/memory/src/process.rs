@@ -161,12 +161,13 @@ pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
     Buffer::filled(bytes)
 }
 
-/// One pass: a forked child writes one byte to every page of a buffer its parent filled;
+/// One run: a forked child writes one byte to every page of a buffer its parent filled;
 /// each first write makes the kernel copy the page.
 pub fn cow_copy_pass(buffer: &Buffer, deadline: Duration) -> Result<Pass> {
     // process: the child gets the parent's pages write-protected and shared; the fork is
     // setup, outside the timed loop (the child times only its own loop).
     let writer = fork_child(|| {
+        // process: one pass, because only a child's first write to a page copies it.
         let pass = buffer.write_every_page()?;
         deliver("pass", &pass);
         Ok(())

@@ -79,7 +79,8 @@ pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
 /// times over; the pages are shared and already writable, so nothing is copied.
 pub fn cow_copy_pass(buffer: &Buffer, passes: u64) -> Result<Pass> {
     // thread: the writer shares this address space; spawning it is setup, outside the timed
-    // loop (the thread times only its own loop).
+    // loop (the thread times only its own loop). No write copies anything, so a run is as
+    // many passes as fill its budget.
     thread::scope(|s| s.spawn(|| buffer.write_every_page_times(passes)).join())
         .map_err(|_| anyhow!("the writing thread panicked"))?
 }
