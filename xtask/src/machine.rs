@@ -25,6 +25,9 @@ pub struct Machine {
     pub mitigation_details: std::collections::BTreeMap<String, String>,
     /// Transparent huge pages: the selected mode of `enabled` and of `defrag`.
     pub transparent_hugepages: String,
+    /// What an idle CPU does (the cpuidle driver and governor; for a guest's haltpoll, how
+    /// long it polls before it halts): it decides what a wake-up from another CPU costs.
+    pub cpu_idle: String,
     /// The tightest cgroup limits on this run over our cgroup and its ancestors (v2 or v1);
     /// absent where none is set. CPU as "quota period" in µs (cpu.max's form), pids as a
     /// count, memory in bytes.
@@ -65,6 +68,7 @@ impl Machine {
             mitigations: mitigations.keys().cloned().collect(),
             mitigation_details: mitigations,
             transparent_hugepages: transparent_hugepages(),
+            cpu_idle: cpu_idle(),
             cgroup_cpu: cgroup_cpu(),
             cgroup_pids: harness::limits::cgroup_limit("pids", &["pids.max"]).map(|n| n.to_string()),
             cgroup_memory: harness::limits::cgroup_limit("memory", &["memory.max", "memory.limit_in_bytes"])
@@ -86,7 +90,7 @@ impl Machine {
         let yes = |b: bool| if b { "yes" } else { "no" };
         format!(
             "machine: {}, {} logical CPUs (this run may use {}{}), Linux {}, {}\n\
-             switch costs: pcid {}, invpcid {}; mitigations: {}; THP {}\n\
+             switch costs: pcid {}, invpcid {}; idle CPUs: {}; mitigations: {}; THP {}\n\
              cgroup limits: {}; {}, {}\n",
             self.cpu_model,
             self.logical_cpus,
@@ -96,6 +100,7 @@ impl Machine {
             self.virtualization,
             yes(self.pcid),
             yes(self.invpcid),
+            self.cpu_idle,
             if self.mitigations.is_empty() { "none active".to_string() } else { self.mitigations.join(", ") },
             self.transparent_hugepages,
             if limits.is_empty() { "none".to_string() } else { limits.join(", ") },
@@ -177,6 +182,41 @@ fn transparent_hugepages() -> String {
     }
 }
 
+/// What an idle CPU does, from /sys/devices/system/cpu/cpuidle and, for haltpoll, its poll.
+fn cpu_idle() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).ok().map(|v| v.trim().to_string());
+    let cpuidle = "/sys/devices/system/cpu/cpuidle";
+    idle_of(
+        read(&format!("{cpuidle}/current_driver")).as_deref(),
+        read(&format!("{cpuidle}/current_governor"))
+            .or_else(|| read(&format!("{cpuidle}/current_governor_ro")))
+            .as_deref(),
+        read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").as_deref(),
+    )
+}
+
+/// "haltpoll (governor haltpoll, polls up to 0 ns before it halts)", "intel_idle (governor
+/// menu)", or, with no cpuidle driver, the kernel's default idle.
+fn idle_of(driver: Option<&str>, governor: Option<&str>, halt_poll_ns: Option<&str>) -> String {
+    let Some(driver) = driver.filter(|d| !d.is_empty() && *d != "none") else {
+        return "no cpuidle driver (the default idle: halt)".to_string();
+    };
+    let mut out = driver.to_string();
+    let mut more = Vec::new();
+    if let Some(g) = governor.filter(|g| !g.is_empty()) {
+        more.push(format!("governor {g}"));
+    }
+    if driver == "haltpoll" {
+        if let Some(ns) = halt_poll_ns {
+            more.push(format!("polls up to {ns} ns before it halts"));
+        }
+    }
+    if !more.is_empty() {
+        out.push_str(&format!(" ({})", more.join(", ")));
+    }
+    out
+}
+
 /// The compiler that built the rows (`rustc -V`, the one cargo runs).
 fn rustc_version() -> String {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
@@ -222,10 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn idle_names_the_driver_and_a_guests_halt_poll() {
+        assert_eq!(
+            idle_of(Some("haltpoll"), Some("haltpoll"), Some("0")),
+            "haltpoll (governor haltpoll, polls up to 0 ns before it halts)"
+        );
+        assert_eq!(idle_of(Some("intel_idle"), Some("menu"), Some("200000")), "intel_idle (governor menu)");
+        assert_eq!(idle_of(Some("acpi_idle"), None, None), "acpi_idle");
+        assert_eq!(idle_of(Some("none"), Some("menu"), None), "no cpuidle driver (the default idle: halt)");
+        assert_eq!(idle_of(None, None, None), "no cpuidle driver (the default idle: halt)");
+    }
+
+    #[test]
     fn the_header_names_what_moves_switch_costs() {
         let m = Machine::here(true);
         let h = m.header();
-        assert!(h.contains("pcid") && h.contains("THP") && h.contains("optimised build"), "{h}");
+        assert!(
+            h.contains("pcid") && h.contains("THP") && h.contains("idle CPUs") && h.contains("optimised build"),
+            "{h}"
+        );
         assert!(m.logical_cpus >= 1 && !m.allowed_cpus.is_empty());
     }
 }
