@@ -46,6 +46,10 @@ pub fn xtask() -> Command {
     cmd
 }
 
+/// A filter for human-output snapshots: whether idle CPUs were kept awake is a condition of
+/// the run (root or not, PVT_LET_CPUS_IDLE), not a claim.
+pub const IDLE_CPUS_FILTER: (&str, &str) = (r"idle CPUs: .*", "idle CPUs: [a condition of this run]");
+
 /// Runs a row binary with arguments and returns what it did.
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(binary(name)).args(args).output().expect("running the row binary")
@@ -93,9 +97,10 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
         Value::Array(items) => items.iter_mut().for_each(|i| redact(i, keep, in_facts, measure)),
         Value::Object(map) => {
             let measure = measure || map.get("kind").and_then(Value::as_str) == Some("measure");
-            // Whether other programs kept the machine busy is a condition of this run, like
-            // the timings, not a claim.
+            // Whether other programs kept the machine busy, and whether idle CPUs were kept
+            // awake, are conditions of this run, like the timings, not claims.
             map.shift_remove("busy");
+            map.shift_remove("idle_cpus");
             // Every run's value is noise by nature; the count of runs stays in "runs".
             if let Some(samples) = map.get_mut("samples") {
                 *samples = Value::String("[samples]".into());

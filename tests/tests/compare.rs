@@ -157,3 +157,25 @@ fn repeat_takes_2_to_20_runs() {
         tests::assert_bad_input("xtask", &["compare", "--repeat", bad], bad);
     }
 }
+
+#[test]
+fn rows_say_whether_they_kept_idle_cpus_awake() {
+    // A row holds a 0 µs wake-up latency request while it measures when it may (root); the
+    // report says so, and says why not otherwise.
+    let may = std::fs::File::options().write(true).open("/dev/cpu_dma_latency").is_ok();
+    let args = ["--json", "--quick", "--only", "private-write"];
+    let idle = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["idle_cpus"].clone()
+    };
+    let held = idle(std::process::Command::new(tests::binary("memory")).args(args).output().unwrap());
+    assert_eq!(held["kept_awake"], may, "{held}");
+    let want = if may { "held at 0 µs" } else { "free to sleep" };
+    assert!(held["how"].as_str().unwrap().contains(want), "{held}");
+    let let_idle =
+        std::process::Command::new(tests::binary("memory")).args(args).env("PVT_LET_CPUS_IDLE", "1").output().unwrap();
+    let free = idle(let_idle);
+    assert_eq!(free["kept_awake"], false, "{free}");
+    assert!(free["how"].as_str().unwrap().contains("PVT_LET_CPUS_IDLE"), "{free}");
+}

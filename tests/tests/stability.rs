@@ -105,7 +105,7 @@ fn human_output_matches_the_snapshot() {
     let out = tests::run("stability", &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    insta::with_settings!({filters => vec![(r" \(\d+\) ", " (TID) ")]}, {
+    insta::with_settings!({filters => vec![(r" \(\d+\) ", " (TID) "), tests::IDLE_CPUS_FILTER]}, {
         insta::assert_snapshot!("stability_quick_human", stdout);
     });
 }

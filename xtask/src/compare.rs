@@ -128,7 +128,9 @@ pub fn run_suite(rows: &[String], quick: bool, rounds: usize) -> Result<Vec<Docu
             }
         }
         let optimized = reports.iter().all(|r| r.optimized);
-        docs.push(Document { machine: machine::Machine::here(optimized), reports, failures });
+        let mut machine = machine::Machine::here(optimized);
+        machine.idle_cpus = machine::idle_while_measuring(&reports);
+        docs.push(Document { machine, reports, failures });
     }
     progress.finish();
     Ok(docs)

@@ -28,6 +28,10 @@ pub struct Machine {
     /// What an idle CPU does (the cpuidle driver and governor; for a guest's haltpoll, how
     /// long it polls before it halts): it decides what a wake-up from another CPU costs.
     pub cpu_idle: String,
+    /// Whether the rows kept idle CPUs awake while they measured (harness::awake): the first
+    /// row that did not, or else the first row's.
+    #[serde(default)]
+    pub idle_cpus: harness::awake::IdleCpus,
     /// The tightest cgroup limits on this run over our cgroup and its ancestors (v2 or v1);
     /// absent where none is set. CPU as "quota period" in µs (cpu.max's form), pids as a
     /// count, memory in bytes.
@@ -69,6 +73,7 @@ impl Machine {
             mitigation_details: mitigations,
             transparent_hugepages: transparent_hugepages(),
             cpu_idle: cpu_idle(),
+            idle_cpus: Default::default(),
             cgroup_cpu: cgroup_cpu(),
             cgroup_pids: harness::limits::cgroup_limit("pids", &["pids.max"]).map(|n| n.to_string()),
             cgroup_memory: harness::limits::cgroup_limit("memory", &["memory.max", "memory.limit_in_bytes"])
@@ -90,7 +95,7 @@ impl Machine {
         let yes = |b: bool| if b { "yes" } else { "no" };
         format!(
             "machine: {}, {} logical CPUs (this run may use {}{}), Linux {}, {}\n\
-             switch costs: pcid {}, invpcid {}; idle CPUs: {}; mitigations: {}; THP {}\n\
+             switch costs: pcid {}, invpcid {}; idle CPUs: {}{}; mitigations: {}; THP {}\n\
              cgroup limits: {}; {}, {}\n",
             self.cpu_model,
             self.logical_cpus,
@@ -101,6 +106,7 @@ impl Machine {
             yes(self.pcid),
             yes(self.invpcid),
             self.cpu_idle,
+            if self.idle_cpus.how.is_empty() { String::new() } else { format!(", {}", self.idle_cpus.how) },
             if self.mitigations.is_empty() { "none active".to_string() } else { self.mitigations.join(", ") },
             self.transparent_hugepages,
             if limits.is_empty() { "none".to_string() } else { limits.join(", ") },
@@ -180,6 +186,13 @@ fn transparent_hugepages() -> String {
         (Some(e), None) => e,
         _ => "unknown".to_string(),
     }
+}
+
+/// What the rows of one run of the suite said about idle CPUs: the first that did not keep
+/// them awake, or else the first row's.
+pub fn idle_while_measuring(reports: &[harness::Report]) -> harness::awake::IdleCpus {
+    let first_not = reports.iter().find(|r| !r.idle_cpus.kept_awake);
+    first_not.or(reports.first()).map(|r| r.idle_cpus.clone()).unwrap_or_default()
 }
 
 /// What an idle CPU does, from /sys/devices/system/cpu/cpuidle and, for haltpoll, its poll.

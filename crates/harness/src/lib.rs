@@ -2,6 +2,7 @@
 //! textbook examples: child control and cleanup, timing and statistics, CPU placement, the
 //! report model with its JSON and table rendering, and the common row CLI.
 
+pub mod awake;
 pub mod busy;
 pub mod child;
 pub mod cleanup;

@@ -12,6 +12,9 @@ pub fn row(report: &Report) -> String {
     out.push_str(&experiments_table(&report.experiments));
     out.push('\n');
     out.push_str(&format!("verdicts: {}\n", report.tally()));
+    if !report.idle_cpus.how.is_empty() {
+        out.push_str(&format!("idle CPUs: {}\n", report.idle_cpus.how));
+    }
     out.push_str(&details(&report.experiments));
     out
 }

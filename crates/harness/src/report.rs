@@ -22,6 +22,9 @@ pub struct Report {
     pub claim: String,
     /// False when the binary was built without optimisations: its timings mean little.
     pub optimized: bool,
+    /// Whether idle CPUs were kept awake while the row measured (crate::awake).
+    #[serde(default)]
+    pub idle_cpus: crate::awake::IdleCpus,
     pub experiments: Vec<Experiment>,
 }
 

@@ -249,7 +249,10 @@ pub fn main(row: &Row) -> ExitCode {
     }
     let ctx = Ctx { quick: args.quick, side: args.side };
     let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = run(row, &ctx, &args.only, progress);
+    // Held until the report is printed; the kernel drops it when we exit, however we exit.
+    let awake = crate::awake::keep_awake();
+    let mut report = run(row, &ctx, &args.only, progress);
+    report.idle_cpus = awake.status.clone();
     // Orphans still dying (their parent was killed just now) are collected before we exit:
     // nothing of this run is left, not even a zombie.
     cleanup::reap_orphans(Duration::from_millis(500));
@@ -305,7 +308,13 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         }
         experiments.push(e);
     }
-    Report { row: row.name.to_string(), claim: row.claim.to_string(), optimized: optimized(), experiments }
+    Report {
+        row: row.name.to_string(),
+        claim: row.claim.to_string(),
+        optimized: optimized(),
+        idle_cpus: Default::default(),
+        experiments,
+    }
 }
 
 /// The progress hook: when `PVT_PROGRESS_FD` names a descriptor (`cargo xtask compare` and

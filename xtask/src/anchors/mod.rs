@@ -211,12 +211,16 @@ pub fn main(args: &[String]) -> Result<bool> {
     if rows.is_empty() {
         rows = ANCHORS.iter().collect();
     }
+    // The standard tools run under the condition the rows measure in: idle CPUs kept awake
+    // for the whole run when the rows would keep them so (harness::awake), free to sleep when not.
+    let awake = harness::awake::keep_awake();
     // When and under what load: a saved run is read beside the report of another run.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start",
+        "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start; idle CPUs {}",
         crate::report::utc(std::time::SystemTime::now()),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        awake.status.how,
     );
     let mut all_within = true;
     for anchor in rows {
