@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use harness::report::{Kind, Verdict};
+use harness::report::{Better, Expected, Kind, Verdict, judge_interval};
+use harness::stats::Interval;
 use serde::Serialize;
 
 use crate::compare::Document;
@@ -17,6 +18,11 @@ pub struct Stability {
     pub row: String,
     pub id: String,
     pub kind: Kind,
+    /// The side the claim expects to win, and for `measure` which way is better: together
+    /// they say which lines of the band separate two verdicts (`near_line`).
+    pub expected: Expected,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub better: Option<Better>,
     /// How many runs gave each verdict.
     pub verdicts: BTreeMap<Verdict, usize>,
     /// More than one verdict was seen.
@@ -54,15 +60,22 @@ pub struct Stability {
 /// such a ratio can reach across the line while the ratio itself does not move.
 pub const NEAR_LINE: f64 = 0.02;
 
-/// The band line within [`NEAR_LINE`] of the median of the runs' ratios, if any.
-fn near_line(ratios: &[Option<[f64; 3]>]) -> Option<f64> {
+/// The band line within [`NEAR_LINE`] of the median of the runs' ratios, if any, among the
+/// lines that separate two verdicts for this experiment: the rule itself says which (a 10 %
+/// line only on the side the claim expects to win; 0.95 and 1.05 always).
+fn near_line(ratios: &[Option<[f64; 3]>], better: Better, expected: Expected) -> Option<f64> {
     let seen: Vec<f64> = ratios.iter().flatten().map(|r| r[0]).collect();
     if seen.is_empty() {
         return None;
     }
     let centre = harness::stats::median(&seen);
     let (tie, holds) = (harness::report::TIE_BAND, harness::report::HOLDS_BEYOND);
-    [1.0 - holds, 1.0 - tie, 1.0 + tie, 1.0 + holds].into_iter().find(|line| (centre / line - 1.0).abs() <= NEAR_LINE)
+    let verdict_at = |x: f64| judge_interval(Interval { ratio: x, low: x, high: x }, better, expected);
+    let separates = |line: f64| verdict_at(line * (1.0 - 1e-6)) != verdict_at(line * (1.0 + 1e-6));
+    [1.0 - holds, 1.0 - tie, 1.0 + tie, 1.0 + holds]
+        .into_iter()
+        .filter(|&line| separates(line))
+        .find(|line| (centre / line - 1.0).abs() <= NEAR_LINE)
 }
 
 /// All of `--repeat --json`.
@@ -126,9 +139,10 @@ pub fn pace(experiments: &[Stability], runs: usize) -> Vec<RowPace> {
     rows
 }
 
-/// One experiment over the runs: its kind, each run's verdict, each side's median per run and
-/// each run's ratio with its interval (one slot per run, `None` where that run had none).
-type Seen = (Kind, Vec<Verdict>, [Vec<Option<f64>>; 2], Vec<Option<[f64; 3]>>);
+/// One experiment over the runs: its kind, each run's verdict, each side's median per run,
+/// each run's ratio with its interval (one slot per run, `None` where that run had none), and
+/// which way is better and which side the claim expects to win.
+type Seen = (Kind, Vec<Verdict>, [Vec<Option<f64>>; 2], Vec<Option<[f64; 3]>>, (Option<Better>, Expected));
 
 /// Gathers the runs per experiment, in the order of the first run.
 pub fn stability(docs: &[Document]) -> Vec<Stability> {
@@ -141,7 +155,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 let key = (report.row.clone(), e.id.clone());
                 let entry = seen.entry(key.clone()).or_insert_with(|| {
                     order.push(key);
-                    (e.kind, Vec::new(), [vec![None; runs], vec![None; runs]], vec![None; runs])
+                    (e.kind, Vec::new(), [vec![None; runs], vec![None; runs]], vec![None; runs], (e.better, e.expected))
                 });
                 entry.1.push(e.verdict);
                 if let (Some(r), Some(low), Some(high)) = (e.ratio, e.ratio_low, e.ratio_high) {
@@ -156,7 +170,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
     order
         .into_iter()
         .map(|key| {
-            let (kind, verdicts, medians, ratios) = &seen[&key];
+            let (kind, verdicts, medians, ratios, claim) = &seen[&key];
             let mut counts = BTreeMap::new();
             for v in verdicts {
                 *counts.entry(*v).or_insert(0) += 1;
@@ -169,6 +183,8 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 row: key.0.clone(),
                 id: key.1.clone(),
                 kind: *kind,
+                expected: claim.1,
+                better: claim.0,
                 changed,
                 flipped: counts.contains_key(&Verdict::Holds) && counts.contains_key(&Verdict::Reversed),
                 verdicts: counts,
@@ -177,7 +193,10 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 ratios: if measured { ratios.clone() } else { Vec::new() },
                 process_medians: if measured { medians[0].clone() } else { Vec::new() },
                 thread_medians: if measured { medians[1].clone() } else { Vec::new() },
-                near_line: if measured && changed { near_line(ratios) } else { None },
+                near_line: match claim {
+                    (Some(better), expected) if measured && changed => near_line(ratios, *better, *expected),
+                    _ => None,
+                },
             }
         })
         .collect()
@@ -304,6 +323,8 @@ mod tests {
             row: row.to_string(),
             id: "x".to_string(),
             kind: Kind::Measure,
+            expected: Expected::Thread,
+            better: Some(Better::Lower),
             verdicts: BTreeMap::new(),
             changed: false,
             flipped: false,
@@ -319,11 +340,21 @@ mod tests {
     #[test]
     fn near_line_names_the_band_line_next_to_the_median_ratio() {
         let runs = |rs: &[f64]| rs.iter().map(|&r| Some([r, r * 0.99, r * 1.01])).collect::<Vec<_>>();
-        assert_eq!(near_line(&runs(&[1.127, 1.117, 1.117, 1.117, 1.119])), Some(1.10), "switching at 1.10");
-        assert_eq!(near_line(&runs(&[0.915, 0.947, 0.943, 0.94, 0.943])), Some(0.95), "a control at 0.95");
-        assert_eq!(near_line(&runs(&[0.85, 0.86, 0.805, 0.761, 0.891])), None, "a ratio that wandered");
-        assert_eq!(near_line(&runs(&[1.25, 1.3])), None, "far beyond every line");
-        assert_eq!(near_line(&[None, None]), None, "no ratio");
+        let (lower, higher) = (Better::Lower, Better::Higher);
+        let thread = |rs: &[f64]| near_line(&runs(rs), lower, Expected::Thread);
+        assert_eq!(thread(&[1.127, 1.117, 1.117, 1.117, 1.119]), Some(1.10), "switching at 1.10");
+        let control = near_line(&runs(&[0.915, 0.947, 0.943, 0.94, 0.943]), lower, Expected::Same);
+        assert_eq!(control, Some(0.95), "a control at 0.95");
+        assert_eq!(thread(&[0.85, 0.86, 0.805, 0.761, 0.891]), None, "a ratio that wandered");
+        assert_eq!(thread(&[1.25, 1.3]), None, "far beyond every line");
+        assert_eq!(near_line(&[None, None], lower, Expected::Thread), None, "no ratio");
+        // 0.90 separates no verdicts when the claim expects the thread to win (lower is
+        // better): below 0.95 it is `reversed` either way. It does when the process is expected
+        // to win, or when higher is better and the thread is expected.
+        assert_eq!(thread(&[0.909, 0.901, 0.912]), None, "pipe-cross-cpu at 0.91");
+        assert_eq!(near_line(&runs(&[0.909, 0.901, 0.912]), lower, Expected::Process), Some(0.90));
+        assert_eq!(near_line(&runs(&[0.909, 0.901, 0.912]), higher, Expected::Thread), Some(0.90));
+        assert_eq!(near_line(&runs(&[1.09, 1.1]), lower, Expected::Same), None, "no 10 % line for a control");
     }
 
     #[test]
