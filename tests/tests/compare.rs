@@ -167,24 +167,56 @@ fn repeat_takes_2_to_20_runs() {
     }
 }
 
+/// Whether a row may keep idle CPUs awake here: root (the request file opens for writing) and
+/// a cpuidle driver to honour the request.
+fn may_keep_cpus_awake() -> bool {
+    let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or_default();
+    !matches!(driver.trim(), "" | "none") && std::fs::File::options().write(true).open("/dev/cpu_dma_latency").is_ok()
+}
+
 #[test]
 fn rows_say_whether_they_kept_idle_cpus_awake() {
-    // A row holds a 0 µs wake-up latency request while it measures when it may (root); the
-    // report says so, and says why not otherwise.
-    let may = std::fs::File::options().write(true).open("/dev/cpu_dma_latency").is_ok();
+    // A row holds a 0 µs wake-up latency request while it measures when it may; the report
+    // says so, and says why not otherwise.
+    let may = may_keep_cpus_awake();
     let args = ["--json", "--quick", "--only", "private-write"];
     let idle = |out: std::process::Output| {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         doc["idle_cpus"].clone()
     };
-    let held = idle(std::process::Command::new(tests::binary("memory")).args(args).output().unwrap());
+    let row = || {
+        let mut cmd = std::process::Command::new(tests::binary("memory"));
+        cmd.args(args).env_remove("PVT_LET_CPUS_IDLE");
+        cmd
+    };
+    let held = idle(row().output().unwrap());
     assert_eq!(held["kept_awake"], may, "{held}");
     let want = if may { "held at 0 µs" } else { "free to sleep" };
     assert!(held["how"].as_str().unwrap().contains(want), "{held}");
-    let let_idle =
-        std::process::Command::new(tests::binary("memory")).args(args).env("PVT_LET_CPUS_IDLE", "1").output().unwrap();
-    let free = idle(let_idle);
+    let free = idle(row().env("PVT_LET_CPUS_IDLE", "1").output().unwrap());
     assert_eq!(free["kept_awake"], false, "{free}");
     assert!(free["how"].as_str().unwrap().contains("PVT_LET_CPUS_IDLE"), "{free}");
+}
+
+#[test]
+fn a_row_holds_the_request_while_it_measures() {
+    let may = may_keep_cpus_awake() && std::env::var_os("PVT_LET_CPUS_IDLE").is_none();
+    // A row in the middle of an experiment: its child hangs until its deadline.
+    let child = tests::spawn_in_own_group(
+        "memory",
+        &["--quick", "--json", "--only", "shared-segment"],
+        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "1500")],
+    );
+    let pid = child.id();
+    assert!(tests::wait_until(5, || !tests::segments_of(pid).is_empty()), "the experiment never started");
+    let request = std::path::Path::new("/dev/cpu_dma_latency");
+    let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == request));
+    assert_eq!(holds, may, "the row holds the request file open while it measures exactly when it may");
+    let out = child.wait_with_output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(doc["idle_cpus"]["kept_awake"], may, "{}", doc["idle_cpus"]);
 }

@@ -118,6 +118,11 @@ fn the_child_copies_every_page_it_writes_and_the_thread_none() {
     // fill the budget per thread run (a pass over 8 MiB takes tens of µs, the budget 2 ms).
     assert_eq!(p["passes_per_run"], 1, "{p}");
     assert!(t["passes_per_run"].as_u64().unwrap() > 1, "{t}");
+    // A process run is its first pass and nothing else: its first pass is its number.
+    let first = p["first_pass_ns_per_page"].as_f64().unwrap();
+    let median = e["process"]["median"].as_f64().unwrap();
+    assert!((first - median).abs() <= 0.01 * median + 0.01, "first pass {first} against the median {median}");
+    assert!(t["first_pass_ns_per_page"].as_f64().unwrap() > 0.0, "{t}");
 }
 
 #[test]

@@ -282,7 +282,9 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
              itself. The child's first write to each page faults and the kernel copies the page (copy-on-write), \
              so the process side counts about one minor fault per page and its owner never sees the writes; the \
              thread writes the owner's own pages, as many passes per run as fill its budget (passes_per_run), since a \
-             lone pass, well under a millisecond, timed the moment more than the write. huge_pages_kib is what /proc/self/smaps showed backed by huge \
+             lone pass, well under a millisecond, timed the moment more than the write; first_pass_ns_per_page is \
+             the first pass of each run alone, which a new writer makes with its caches cold (a process run is only \
+             that pass). huge_pages_kib is what /proc/self/smaps showed backed by huge \
              pages after each pass (the most of any pass)."
                 .to_string(),
         ),
@@ -319,6 +321,10 @@ fn cow_side(summary: &Summary, buffer: &Buffer, runs: &[Pass], checksums_ok: boo
         .fact("pages_written", pages)
         .fact("page_bytes", buffer.page())
         .fact("passes_per_run", timed.last().map_or(1, |p| p.passes))
+        .fact("first_pass_ns_per_page", {
+            let first: Vec<f64> = timed.iter().map(|p| p.first_pass_ns as f64 / pages as f64).collect();
+            (stats::median(&first) * 100.0).round() / 100.0
+        })
         .fact("huge_pages_kib", runs.iter().map(|p| p.huge_kib).max().unwrap_or(0))
         .fact("minor_faults_per_run", faults)
         // Per page of the buffer, per run: a write-protected page faults on the run's first
@@ -417,7 +423,7 @@ mod tests {
     use super::*;
 
     fn run(passes: u64, took_ns: u64) -> Pass {
-        Pass { passes, took_ns, minor_faults: 0, checksum: 0, huge_kib: 0 }
+        Pass { passes, took_ns, first_pass_ns: took_ns / passes, minor_faults: 0, checksum: 0, huge_kib: 0 }
     }
 
     #[test]

@@ -238,8 +238,8 @@ fn poison(ctx: &Ctx) -> Result<Findings> {
 
 fn restart(ctx: &Ctx) -> Result<Findings> {
     // Both sides on one CPU: the workers and their replacements inherit the mask. Left free,
-    // a new worker lands on the idle CPU, and how long a halted vCPU takes to wake (this VM's
-    // guest has no cpuidle driver) moved the process side's median by 15 % from run to run.
+    // a new worker lands on the idle CPU, and how long a halted vCPU takes to wake (a VM guest
+    // with no cpuidle driver, 2026-11-29) moved the process side's median by 15 % from run to run.
     let place = match Placement::same_cpu()? {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
