@@ -59,6 +59,11 @@ fn the_cross_cpu_experiment_runs_exactly_when_two_cpus_are_allowed() {
         assert!(pinned.iter().all(|&c| allowed.contains(&(c as usize))), "{side}: {pinned:?} not in {allowed:?}");
         assert!(f["voluntary_switch_ratio"].as_f64().unwrap() >= 0.9, "{side}: nobody preempts across CPUs");
     }
+    // The check beside the process side: the same ping-pong between two multi-threaded
+    // processes, timed and set against the thread side.
+    let f = &e["process"]["facts"];
+    assert!(f["ns_with_an_idle_second_thread"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(f["ratio_with_an_idle_second_thread"].as_f64().unwrap() > 0.0, "{f}");
 }
 
 #[test]

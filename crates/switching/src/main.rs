@@ -161,7 +161,7 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
-    let (process, thread) = pingpong_sides(
+    let (process, thread, _) = pingpong_sides(
         ctx,
         ctx.plan(),
         1,
@@ -184,9 +184,44 @@ const CROSS_CPU_WARMUP: usize = 10;
 const CROSS_CPU_CALIBRATIONS: usize = 5;
 
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
+    let place = match Placement::cross_cpu()? {
+        Ok(p) => p,
+        Err(why) => return Ok(Findings::skipped(why)),
+    };
     let plan = Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan() };
-    Ok(pipe_by(ctx, plan, CROSS_CPU_CALIBRATIONS, Placement::cross_cpu()?, &WorkingSets::NONE)?
-        .with_note("every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs"))
+    let none = &WorkingSets::NONE;
+    let thread_run = |size| thread::pipe_pingpong(ctx, place, none, size);
+    let (process, thread, size) = pingpong_sides(
+        ctx,
+        plan,
+        CROSS_CPU_CALIBRATIONS,
+        |size| process::pipe_pingpong(ctx, place, none, size),
+        thread_run,
+    )?;
+    // What the gap across CPUs comes with: the process side again, each of its two processes
+    // with a second thread that only waits, against the thread side again (the fewest runs a
+    // number may have, in turns). Not judged: a fact.
+    let process = match (process, ctx.thread()) {
+        (Some(side), true) => {
+            let with_idle_threads = || process::pipe_pingpong_beside_idle_threads(ctx, place, size);
+            let in_threads = || Ok(thread_run(size)?.run.ns_per_switch);
+            match ctx.interleave_by(Plan::fixed(stats::MIN_RUNS), with_idle_threads, in_threads)? {
+                (Some(p2), Some(t2)) => Some(
+                    side.fact("ns_with_an_idle_second_thread", p2.median.round())
+                        .fact("ratio_with_an_idle_second_thread", (p2.median / t2.median * 1000.0).round() / 1000.0),
+                ),
+                _ => Some(side),
+            }
+        }
+        (side, _) => side,
+    };
+    Ok(Findings { process, thread, ..Findings::default() }.with_note(
+        "every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs. \
+         ns_with_an_idle_second_thread is the process side again with each of its two processes first \
+         starting a second thread that only waits (multi-threaded processes, each with its own address space), \
+         and ratio_with_an_idle_second_thread is that against the thread side again: near 1 when being a \
+         multi-threaded process is the whole difference.",
+    ))
 }
 
 /// The pipe ping-pong where `placement` puts the two tasks; skipped with the reason when the
@@ -208,7 +243,7 @@ fn pipe_by(
         Ok(p) => p,
         Err(why) => return Ok(Findings::skipped(why)),
     };
-    let (process, thread) = pingpong_sides(
+    let (process, thread, _) = pingpong_sides(
         ctx,
         plan,
         calibrations,
@@ -346,7 +381,7 @@ fn pingpong_sides(
     calibrations: usize,
     process: impl Fn(Size) -> Result<Outcome>,
     thread: impl Fn(Size) -> Result<Outcome>,
-) -> Result<(Option<Side>, Option<Side>)> {
+) -> Result<(Option<Side>, Option<Side>, Size)> {
     // The last of `calibrations` calibration runs sizes the loop: where the first runs are slow
     // (across CPUs), the first would size it for a path not yet warm.
     let mut count = 0;
@@ -360,7 +395,7 @@ fn pingpong_sides(
         || Ok(keep(&mut ps, process(size)?).run.ns_per_switch),
         || Ok(keep(&mut ts, thread(size)?).run.ns_per_switch),
     )?;
-    Ok((p.map(|s| pingpong_side(&s, &ps)), t.map(|s| pingpong_side(&s, &ts))))
+    Ok((p.map(|s| pingpong_side(&s, &ps)), t.map(|s| pingpong_side(&s, &ts)), size))
 }
 
 /// The loop size that fills one run's time budget, found by a run of whichever side is asked

@@ -28,6 +28,33 @@ use crate::pingpong::{
 /// One run of a ping-pong over two pipes with a forked child, each task touching
 /// its own buffer of `sets` between passes.
 pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size) -> Result<Outcome> {
+    pipe_pingpong_of(ctx, place, sets, size, false)
+}
+
+/// The same with no buffers, but the driver and its partner are each a process that also has
+/// a second thread that only waits: two address spaces, two multi-threaded processes. The
+/// check of how much of a gap between the sides comes with being a multi-threaded process at
+/// all (thread.rs has no counterpart). ns per switch.
+pub fn pipe_pingpong_beside_idle_threads(ctx: &Ctx, place: Placement, size: Size) -> Result<f64> {
+    // The driver moves into a child of its own, so that this process stays single-threaded
+    // for its later forks; that child forks the partner before it starts its second thread.
+    let driver = fork_child(|| {
+        let outcome = pipe_pingpong_of(ctx, place, &WorkingSets::NONE, size, true)?;
+        deliver("ns_per_switch", &outcome.run.ns_per_switch);
+        Ok(())
+    })?;
+    let exit = driver.wait(ctx.deadline())?;
+    exit.check("the driving process")?;
+    exit.received_one("ns_per_switch")
+}
+
+fn pipe_pingpong_of(
+    ctx: &Ctx,
+    place: Placement,
+    sets: &WorkingSets,
+    size: Size,
+    idle_threads: bool,
+) -> Result<Outcome> {
     let _pinned = Pinned::to(place.driver)?;
     let (ping_rx, ping_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let (pong_rx, pong_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
@@ -38,16 +65,28 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size
     // same pages as the thread side's partner touches, read only, so none is copied.
     let child = fork_child_keeping(&child_ends, move || {
         let _pinned = Pinned::to(place.partner)?;
+        let _idle = idle_threads.then(idle_thread);
         let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
         let evidence = pingpong::serve(&mut link, place.partner, &sets.partner)?;
         deliver("partner", &evidence);
         Ok(())
     })?;
+    // Only once the partner is forked: this process must not fork with a second thread.
+    let _idle = idle_threads.then(idle_thread);
     let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
     let run =
         link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &sets.driver));
     drop(link);
     finish(child, ctx, run)
+}
+
+/// A second thread that only waits. It never wakes: the process's _exit ends it with the rest.
+fn idle_thread() -> std::thread::JoinHandle<()> {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::park()
+        }
+    })
 }
 
 /// One run of a ping-pong through a futex word with a forked child.
@@ -94,14 +133,7 @@ fn alone_in_child(ctx: &Ctx, cpu: usize, what: Baseline, size: Size, idle_siblin
     // process: the lone task is a process of its own.
     let child = fork_child(|| {
         let _pinned = Pinned::to(cpu)?;
-        // It never wakes: the child's _exit ends it with the rest of the process.
-        let _sibling = idle_sibling.then(|| {
-            std::thread::spawn(|| {
-                loop {
-                    std::thread::park()
-                }
-            })
-        });
+        let _sibling = idle_sibling.then(idle_thread);
         deliver("alone", &pingpong::alone(size, cpu, what)?);
         Ok(())
     })?;
