@@ -286,6 +286,19 @@ pub fn catches_signal(pid: u32, signal: i32) -> bool {
 }
 
 /// Segments of this project in /dev/shm owned by `pid`.
+/// The memory row held in the middle of an experiment: the other program of shared-segment
+/// hangs (`PVT_HANG`) until `deadline_ms`, so the row waits with its named segment created.
+/// Returns once the segment is there; `more` adds arguments (other experiments to run).
+pub fn memory_row_mid_experiment(deadline_ms: u64, more: &[&str]) -> std::process::Child {
+    let mut args = vec!["--quick", "--json", "--only", "shared-segment"];
+    args.extend_from_slice(more);
+    let deadline = deadline_ms.to_string();
+    let child = spawn_in_own_group("memory", &args, &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", &deadline)]);
+    let pid = child.id();
+    assert!(wait_until(10, || !segments_of(pid).is_empty()), "the segment never appeared");
+    child
+}
+
 pub fn segments_of(pid: u32) -> Vec<String> {
     std::fs::read_dir("/dev/shm")
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())

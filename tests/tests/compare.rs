@@ -202,14 +202,8 @@ fn rows_say_whether_they_kept_idle_cpus_awake() {
 #[test]
 fn a_row_holds_the_request_while_it_measures() {
     let may = may_keep_cpus_awake() && std::env::var_os("PVT_LET_CPUS_IDLE").is_none();
-    // A row in the middle of an experiment: its child hangs until its deadline.
-    let child = tests::spawn_in_own_group(
-        "memory",
-        &["--quick", "--json", "--only", "shared-segment"],
-        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "1500")],
-    );
+    let child = tests::memory_row_mid_experiment(1500, &[]);
     let pid = child.id();
-    assert!(tests::wait_until(5, || !tests::segments_of(pid).is_empty()), "the experiment never started");
     let request = std::path::Path::new("/dev/cpu_dma_latency");
     let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

@@ -10,13 +10,8 @@ use tests::finish;
 fn a_row_killed_outright_leaves_its_segment_and_the_next_run_removes_it() {
     // The memory row's shared-segment experiment holds a named segment until the other
     // program has mapped it; PVT_HANG makes that program hang first, so the segment lives.
-    let child = tests::spawn_in_own_group(
-        "memory",
-        &["--quick", "--json", "--only", "shared-segment"],
-        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "60000")],
-    );
+    let child = tests::memory_row_mid_experiment(60000, &[]);
     let row = child.id();
-    assert!(tests::wait_until(10, || !tests::segments_of(row).is_empty()), "the segment never appeared");
     let held = tests::segments_of(row);
     // SIGKILL, as `kill -9` does: no handler runs, nothing is cleaned up.
     // Safety: kill(2) on our own child.

@@ -169,14 +169,9 @@ fn human_output_matches_the_snapshot() {
 
 #[test]
 fn a_hung_child_keeps_the_segment_until_its_deadline_then_nothing_is_left() {
-    let child = tests::spawn_in_own_group(
-        "memory",
-        &["--quick", "--json", "--only", "shared-segment", "--only", "private-write"],
-        &[("PVT_HANG", "shared-segment"), ("PVT_DEADLINE_MS", "1500")],
-    );
-    let pid = child.id();
     // While the child hangs before mapping it, the segment must still be there.
-    assert!(tests::wait_until(5, || !tests::segments_of(pid).is_empty()), "the segment never appeared");
+    let child = tests::memory_row_mid_experiment(1500, &["--only", "private-write"]);
+    let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
