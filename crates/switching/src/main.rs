@@ -218,7 +218,8 @@ fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
     Ok(Findings { process, thread, ..Findings::default() }.with_note(
         "every wake-up crosses CPUs: compare with pipe-same-cpu to see what placement costs. \
          ns_with_an_idle_second_thread is the process side again with each of its two processes first \
-         starting a second thread that only waits (multi-threaded processes, each with its own address space), \
+         starting a second thread that only waits (multi-threaded processes, each with its own address space; \
+         the driver in a child of its own, so that the row forks only while single-threaded), \
          and ratio_with_an_idle_second_thread is that against the thread side again: near 1 when being a \
          multi-threaded process is the whole difference.",
     ))
