@@ -152,9 +152,11 @@ pub fn interleave(
 /// A timed run that first makes an untimed run of the same side (a settle run) and returns
 /// the second run's value, so that no timed run starts from what the other side's run left
 /// behind. Sides take turns, so without it every run of a side follows one of the other;
-/// where that was measured to matter (docs/report.md), the experiment wraps both sides:
-/// after a process side's fork the row's own pages are write-protected, and the thread
-/// side's next run, in the same process, pays a fault for each page it then writes.
+/// where that was measured to matter (docs/report.md), the experiment wraps the side that
+/// pays: after a process side's fork the row's own pages are write-protected, and the thread
+/// side's next run, in the same process, pays a fault for each page it then writes. Nothing
+/// was seen to carry over the other way, so the process side is not wrapped: on a slow-fault
+/// host its settle runs (a fork of a 1 GiB parent, 64 MiB of copies) took a third of a row.
 pub fn settled(mut run: impl FnMut() -> Result<f64>) -> impl FnMut() -> Result<f64> {
     move || {
         run()?;
