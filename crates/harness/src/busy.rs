@@ -16,27 +16,61 @@ pub const BUSY_LIMIT: f64 = 0.25;
 /// /proc/stat counts in clock ticks of 10 ms, so a share needs a window of this much at least.
 const MIN_WINDOW: Duration = Duration::from_millis(150);
 
-/// Readings taken as a run goes on, so that a short experiment can be judged over a window
-/// long enough for /proc/stat's resolution: its own time plus what came just before it.
+/// Readings taken as a run goes on, at the start and the end of each experiment, so that a
+/// short experiment can be judged over a window long enough for /proc/stat's resolution: its
+/// own time plus what came just before it, or, near the start of the run where nothing came
+/// before, just after it. The windows are chosen once the experiments have run
+/// ([`Monitor::others_share`]), so that no experiment waits for its window to fill: a row
+/// whose first experiment took 50 ms used to sleep 100 ms before the next one could start.
 #[derive(Default)]
 pub struct Monitor {
     readings: Vec<Reading>,
 }
 
+/// Where a reading sits among a [`Monitor`]'s readings.
+pub type Mark = usize;
+
 impl Monitor {
-    /// Takes a reading now (as an experiment starts).
-    pub fn mark(&mut self) {
-        self.readings.extend(Reading::now());
+    /// Takes a reading now (as an experiment starts or ends), at a moment when no child of an
+    /// experiment is alive (its CPU time would not count as ours yet), and says where it sits.
+    pub fn mark(&mut self) -> Option<Mark> {
+        let r = Reading::now()?;
+        self.readings.push(r);
+        Some(self.readings.len() - 1)
     }
 
-    /// The share of all CPU time other programs used over the last `MIN_WINDOW` or more,
-    /// ending now, and a lower bound of it (see [`Share`]): from the latest reading old
-    /// enough, waiting a little when there is none.
-    pub fn others_share(&self) -> Option<Share> {
-        let oldest = self.readings.first()?;
-        std::thread::sleep(MIN_WINDOW.saturating_sub(oldest.at.elapsed()));
-        let from = self.readings.iter().rev().find(|r| r.at.elapsed() >= MIN_WINDOW).unwrap_or(oldest);
-        from.others_share()
+    /// The window of an experiment that ran from reading `start` to reading `end`: the latest
+    /// reading at or before `start` that lies `MIN_WINDOW` or more before `end`, up to `end`;
+    /// where there is none (near the start of the run), from the first reading up to the
+    /// first one at or after `end` that lies `MIN_WINDOW` or more after it. `None` when no
+    /// reading is late enough yet (see [`Monitor::settle`]).
+    pub fn window(&self, start: Mark, end: Mark) -> Option<(Mark, Mark)> {
+        let long_enough =
+            |from: Mark, to: Mark| self.readings[to].at.duration_since(self.readings[from].at) >= MIN_WINDOW;
+        if let Some(from) = (0..=start).rev().find(|&from| long_enough(from, end)) {
+            return Some((from, end));
+        }
+        (end..self.readings.len()).find(|&to| long_enough(0, to)).map(|to| (0, to))
+    }
+
+    /// Makes sure every window can be chosen: when the last reading lies less than
+    /// `MIN_WINDOW` after the first (a run shorter than that), waits out the rest and takes
+    /// one more.
+    pub fn settle(&mut self) {
+        let Some(first) = self.readings.first() else { return };
+        let last = self.readings.last().map_or(first.at, |r| r.at);
+        if last.duration_since(first.at) < MIN_WINDOW {
+            std::thread::sleep(MIN_WINDOW.saturating_sub(first.at.elapsed()));
+            self.mark();
+        }
+    }
+
+    /// The share of all CPU time other programs used while the experiment between readings
+    /// `start` and `end` ran (over its [`Monitor::window`]), and a lower bound of it (see
+    /// [`Share`]). Call [`Monitor::settle`] first.
+    pub fn others_share(&self, start: Mark, end: Mark) -> Option<Share> {
+        let (from, to) = self.window(start, end)?;
+        Some(self.readings[from].others_share_until(&self.readings[to]))
     }
 }
 
@@ -60,7 +94,7 @@ pub fn lower_bound(others_us: f64, busy_ticks: f64, tick_us: f64, window_us: f64
     (low / window_us).clamp(0.0, 1.0)
 }
 
-/// A reading taken as an experiment starts.
+/// A reading taken as an experiment starts or ends.
 pub struct Reading {
     busy_us: f64,
     own_us: f64,
@@ -75,19 +109,19 @@ impl Reading {
         Some(Reading { busy_us, own_us: own_cpu_us(), at: Instant::now(), cpus })
     }
 
-    /// The share (0 to 1) of all CPUs' time since the reading that went to other programs.
-    pub fn others_share(&self) -> Option<Share> {
-        let (busy_us, _) = machine_busy_us()?;
-        let elapsed_us = self.at.elapsed().as_secs_f64() * 1e6;
-        let busy = busy_us - self.busy_us;
-        let others = busy - (own_cpu_us() - self.own_us);
-        let window_us = elapsed_us * self.cpus as f64;
+    /// The share (0 to 1) of all CPUs' time from this reading to a `later` one that went to
+    /// other programs.
+    pub fn others_share_until(&self, later: &Reading) -> Share {
+        let elapsed_us = later.at.duration_since(self.at).as_secs_f64() * 1e6;
+        let busy = later.busy_us - self.busy_us;
+        let others = busy - (later.own_us - self.own_us);
+        let window_us = (elapsed_us * self.cpus as f64).max(1.0);
         let share = others / window_us;
         // /proc/stat counts in clock ticks (10 ms): a short experiment gets a coarse answer.
         let tick_us = 1e6 / procfs::ticks_per_second() as f64;
         let low = lower_bound(others, busy / tick_us, tick_us, window_us);
         let round = |x: f64| (x.clamp(0.0, 1.0) * 100.0).round() / 100.0;
-        Some(Share { share: round(share), low: round(low) })
+        Share { share: round(share), low: round(low) }
     }
 }
 
@@ -121,8 +155,34 @@ mod tests {
     fn a_reading_gives_a_share_between_0_and_1() {
         let r = Reading::now().expect("/proc/stat");
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let s = r.others_share().unwrap();
+        let s = r.others_share_until(&Reading::now().unwrap());
         assert!((0.0..=1.0).contains(&s.share) && s.low <= s.share, "{s:?}");
+    }
+
+    /// A monitor with readings at these milliseconds after the first.
+    fn readings_at(ms: &[u64]) -> Monitor {
+        let first = Reading::now().expect("/proc/stat");
+        let readings = ms
+            .iter()
+            .map(|&m| Reading { at: first.at + Duration::from_millis(m), busy_us: 0.0, own_us: 0.0, cpus: 1 })
+            .collect();
+        Monitor { readings }
+    }
+
+    #[test]
+    fn a_window_reaches_back_or_near_the_start_forward_to_150_ms() {
+        // Readings at the run's start, then at each experiment's start and end.
+        let m = readings_at(&[0, 0, 40, 40, 90, 90, 400, 400, 420]);
+        // A long experiment is its own window.
+        assert_eq!(m.window(5, 6), Some((5, 6)));
+        // A short one after it reaches back to the latest reading 150 ms or more before its end.
+        assert_eq!(m.window(7, 8), Some((5, 8)));
+        // The first experiments have nothing 150 ms before their end: from the run's start to
+        // the first reading 150 ms after it, whatever ran there, without waiting for it.
+        assert_eq!(m.window(1, 2), Some((0, 6)));
+        assert_eq!(m.window(3, 4), Some((0, 6)));
+        // A run that ended before 150 ms has no window until `settle` adds a reading.
+        assert_eq!(readings_at(&[0, 0, 40]).window(1, 2), None);
     }
 
     #[test]

@@ -276,6 +276,8 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
     // Was the machine ours? Read how busy others kept it, from the start of the run on.
     let mut machine = crate::busy::Monitor::default();
     machine.mark();
+    // Each measured experiment's readings at its start and end, judged once all have run.
+    let mut spans = Vec::new();
     for spec in row.experiments {
         if !only.is_empty() && !only.iter().any(|o| o == spec.id) {
             continue;
@@ -285,7 +287,7 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         }
         announce(spec.id);
         faults::enter_experiment(spec.id);
-        machine.mark();
+        let start = machine.mark();
         // Refuse, with the limit named, rather than run into it half-way.
         let outcome = match Room::probe() {
             Ok(room) => match room.refuse(spec.needs) {
@@ -300,13 +302,19 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         // Every child of the experiment has been reaped by now; orphans it left (the workers of
         // a host killed at its deadline) came back to us, the subreaper: collect them too.
         cleanup::reap_orphans(Duration::ZERO);
-        let mut e = conclude(spec, ctx, outcome);
+        let end = machine.mark();
+        let e = conclude(spec, ctx, outcome);
         if e.kind == Kind::Measure && e.process.is_some() && e.thread.is_some() {
-            let used = machine.others_share();
-            e.others_cpu = used.map(|u| u.share);
-            withhold_if_busy(&mut e, used.map(|u| u.low));
+            spans.push((experiments.len(), start.zip(end)));
         }
         experiments.push(e);
+    }
+    machine.settle();
+    for (i, span) in spans {
+        let used = span.and_then(|(start, end)| machine.others_share(start, end));
+        let e = &mut experiments[i];
+        e.others_cpu = used.map(|u| u.share);
+        withhold_if_busy(e, used.map(|u| u.low));
     }
     Report {
         row: row.name.to_string(),
