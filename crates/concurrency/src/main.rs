@@ -133,7 +133,7 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
         || {
-            // The settle run (stats::settled, spelled out so that only the timed starts count).
+            // The settle run (stats::settled, spelled out so that its starts are not recorded).
             thread::spawn_and_wait(n, deadline)?;
             let s = thread::spawn_and_wait(n, deadline)?;
             s.first_run_ns.iter().for_each(|&ns| t_first.record(Duration::from_nanos(ns)));

@@ -309,7 +309,9 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
         }
         experiments.push(e);
     }
-    machine.settle();
+    if !spans.is_empty() {
+        machine.settle();
+    }
     for (i, span) in spans {
         let used = span.and_then(|(start, end)| machine.others_share(start, end));
         let e = &mut experiments[i];

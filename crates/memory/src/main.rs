@@ -262,7 +262,7 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let process = p.zip(process_buffer).map(|(summary, buffer)| {
         // process: every child started from the parent's copy, so each pass was the first.
         let ok = ps.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages(), 1));
-        cow_side(&summary, &buffer, &ps, PROCESS_PASSES_PER_RUN, ok)
+        cow_side(&summary, &buffer, &ps, PROCESS_CALLS_PER_RUN, ok)
     });
     let thread = t.zip(thread_buffer).map(|(summary, buffer)| {
         // thread: every pass wrote the one shared buffer, so each run found all passes before it.
@@ -271,7 +271,7 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
             done += p.passes;
             p.checksum == pages::expected_checksum(buffer.pages(), done)
         });
-        cow_side(&summary, &buffer, &ts, THREAD_PASSES_PER_RUN, ok)
+        cow_side(&summary, &buffer, &ts, THREAD_CALLS_PER_RUN, ok)
     });
     Ok(Findings {
         process,
@@ -303,13 +303,15 @@ fn per_page_written(pages: usize, pass: &Pass) -> f64 {
     pass.took_ns as f64 / (pages as u64 * pass.passes) as f64
 }
 
-/// How many passes a side makes for each of its timed runs: the thread side's are settled
-/// (`stats::settled`: an untimed run, then the timed one), the process side's are not.
-const PROCESS_PASSES_PER_RUN: usize = 1;
-const THREAD_PASSES_PER_RUN: usize = 2;
+/// How many calls of `cow_copy_pass` a side makes for each of its runs (each call is one
+/// `Pass` record, of `passes` passes): the thread side's runs are settled (`stats::settled`
+/// in `cow_copy`: an untimed call, then the timed one), the process side's are not. Keep in
+/// step with `cow_copy`.
+const PROCESS_CALLS_PER_RUN: usize = 1;
+const THREAD_CALLS_PER_RUN: usize = 2;
 
 /// The timed runs among all of a side's `runs`, oldest first, where the side makes `per_run`
-/// passes for each run and the timed one last: the thread side's sizing runs come first, then
+/// calls for each run and the timed one last: the thread side's sizing runs come first, then
 /// its pairs of an untimed settle run and a timed run, the warm-up before the timed ones; so
 /// the timed runs are every `per_run`-th run from the last.
 fn timed_runs(runs: &[Pass], timed: usize, per_run: usize) -> Vec<&Pass> {
@@ -445,11 +447,11 @@ mod tests {
         let runs: Vec<Pass> = [(1, 1), (4, 2), (9, 3), (9, 4), (9, 5), (9, 6), (9, 7), (9, 8), (9, 9), (9, 10)]
             .map(|(p, t)| run(p, t))
             .to_vec();
-        let took: Vec<u64> = timed_runs(&runs, 3, THREAD_PASSES_PER_RUN).iter().map(|p| p.took_ns).collect();
+        let took: Vec<u64> = timed_runs(&runs, 3, THREAD_CALLS_PER_RUN).iter().map(|p| p.took_ns).collect();
         assert_eq!(took, [6, 8, 10]);
         // Process: a warm-up run, then three timed runs, one pass each.
         let runs: Vec<Pass> = [(1, 1), (1, 2), (1, 3), (1, 4)].map(|(p, t)| run(p, t)).to_vec();
-        let took: Vec<u64> = timed_runs(&runs, 3, PROCESS_PASSES_PER_RUN).iter().map(|p| p.took_ns).collect();
+        let took: Vec<u64> = timed_runs(&runs, 3, PROCESS_CALLS_PER_RUN).iter().map(|p| p.took_ns).collect();
         assert_eq!(took, [2, 3, 4]);
     }
 }
