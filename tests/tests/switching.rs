@@ -128,8 +128,10 @@ fn once_ready_no_task_faults_and_the_child_copies_no_page_of_its_buffer() {
     for (id, side, s) in sides(quick_report()) {
         let Some(faults) = s["facts"]["minor_faults_once_ready"].as_i64() else { continue };
         let runs = s["runs"].as_i64().unwrap();
-        // A fresh child takes a fault or two of its own (a page of its stack, say): a few a run.
-        assert!(faults <= 4 * runs, "{id} {side}: {faults} page faults in {runs} timed runs");
+        // A fresh child takes a few faults of its own: the first write to each page it shares
+        // with its parent (a page of its stack, libc's data) copies that page. 1-3 a run, 4.1 a
+        // run in one invocation on an AMD guest: far below a buffer's 512.
+        assert!(faults <= 8 * runs, "{id} {side}: {faults} page faults in {runs} timed runs");
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} ping-pong sides reported their faults");
