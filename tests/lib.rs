@@ -285,7 +285,6 @@ pub fn catches_signal(pid: u32, signal: i32) -> bool {
     u64::from_str_radix(mask, 16).map(|m| m & (1 << (signal - 1)) != 0).unwrap_or(false)
 }
 
-/// Segments of this project in /dev/shm owned by `pid`.
 /// The memory row held in the middle of an experiment: the other program of shared-segment
 /// hangs (`PVT_HANG`) until `deadline_ms`, so the row waits with its named segment created.
 /// Returns once the segment is there; `more` adds arguments (other experiments to run).
@@ -299,6 +298,7 @@ pub fn memory_row_mid_experiment(deadline_ms: u64, more: &[&str]) -> std::proces
     child
 }
 
+/// Segments of this project in /dev/shm owned by `pid`.
 pub fn segments_of(pid: u32) -> Vec<String> {
     std::fs::read_dir("/dev/shm")
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
