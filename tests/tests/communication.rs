@@ -93,10 +93,10 @@ fn every_byte_sent_arrived_and_its_checksum_matched() {
             let received = f["bytes_received_timed_runs"].as_u64().unwrap();
             assert!(received > 0 && received <= sent, "{id} {side}: {received} of {sent}");
             assert_eq!(received % f["message_bytes"].as_u64().unwrap(), 0, "{id} {side}: whole messages");
-            // Every timed run moves its bytes, quick or not: 16 MiB through the ring, 8 through
+            // Every timed run moves its bytes, quick or not: 16 MiB through the ring, 32 through
             // the pipe.
             let runs = e[side]["runs"].as_u64().unwrap();
-            let per_run = if id == "throughput-shm" { 16 << 20 } else { 8 << 20 };
+            let per_run = if id == "throughput-shm" { 16 << 20 } else { 32 << 20 };
             assert_eq!(received, runs * per_run, "{id} {side}: {per_run} bytes in each of {runs} runs");
             // The sender counted every run: the warm-up run and the timed ones, each after its
             // settle run.

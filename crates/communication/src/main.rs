@@ -167,9 +167,12 @@ fn trip_budget(ctx: &Ctx) -> Duration {
 /// come as the plan allows (`Ctx::plan`): more of them where they are quick.
 const RING_RUN_BYTES: usize = 16 << 20;
 
-/// Bytes one run of the pipe control moves: the pipe switches once per MiB however long the
-/// run, and at about 340 µs/MiB 8 MiB (2.7 ms) keeps the control within the row's time.
-const PIPE_RUN_BYTES: usize = 8 << 20;
+/// Bytes one run of the pipe control moves, quick or not: the pipe switches once per MiB
+/// however long the run. At 8 MiB (about 2.2 ms a run) the runs sat on levels about 4 % apart
+/// (261, 271, 281 µs/MiB) and the ratio of medians went 0.97-1.03 from one invocation to the
+/// next, with intervals 3-10 % wide (`tie` one run in two with `--quick`); at 32 MiB six full
+/// runs gave 1.01-1.03 with intervals 1-3.5 % wide, for about 0.2 s more a row.
+const PIPE_RUN_BYTES: usize = 32 << 20;
 
 /// Bytes each mechanism moves per message size in the matrix, at least.
 fn matrix_total(ctx: &Ctx) -> usize {
