@@ -17,7 +17,7 @@
 //! | communication | latency-pipe, cpu-cost, throughput-shm | `perf bench sched pipe`, `sched messaging`, `mem memcpy` |
 //! | stability | restart | `stress-ng --fork`, `stress-ng --pthread` |
 //! | concurrency | spawn | `stress-ng --fork`, `stress-ng --pthread` |
-//! | use-cases | web-server's load generator | `wrk -t1` |
+//! | use-cases | web-server's load generator | `wrk`, a thread per CPU |
 
 mod communication;
 mod concurrency;

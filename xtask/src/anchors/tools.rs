@@ -155,10 +155,10 @@ pub fn hackbench_s(cpu: usize, threads: bool) -> Result<f64> {
     parse_prefixed(&text, "Time:").with_context(|| format!("no \"Time:\" in hackbench's output:\n{text}"))
 }
 
-/// `wrk -t1 -cC -dSs URL`: requests/s, every answer a 200.
-pub fn wrk_per_second(url: &str, connections: usize, seconds: u64) -> Result<f64> {
+/// `wrk -tT -cC -dSs URL`: requests/s, every answer a 200.
+pub fn wrk_per_second(url: &str, threads: usize, connections: usize, seconds: u64) -> Result<f64> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), url]);
+    cmd.args([&format!("-t{threads}"), &format!("-c{connections}"), &format!("-d{seconds}s"), url]);
     let text = output(cmd)?;
     ensure!(!text.contains("Non-2xx"), "wrk saw answers other than 200:\n{text}");
     parse_prefixed(&text, "Requests/sec:").with_context(|| format!("no \"Requests/sec\" in wrk's output:\n{text}"))

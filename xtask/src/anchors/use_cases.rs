@@ -1,12 +1,17 @@
 //! use-cases: our load generator beside wrk(1), against the same server in the same run, at 1,
 //! 8 and 64 connections. The question is whether our generator is the bottleneck of the
-//! web-server experiment: if it were, its requests/s would fall below wrk's. Agreement means
-//! a ratio ours/wrk within 0.8–1.25.
+//! web-server experiment: if it were, its requests/s would fall below wrk's. So the check is
+//! one-sided: ours at least 0.8 of wrk's. Above 1, wrk ran out first, which answers the
+//! question too (every response of ours is checked and counted by the server, so a higher
+//! figure is not a miscount).
 //!
 //! Both models are loaded: `use-cases __child serve prefork|threads 64` serves on 127.0.0.1
-//! until its stdin closes; `use-cases __child load ADDR C MS` is our generator; wrk runs with
-//! one thread (`-t1`), as an event loop, for the same time. The two take turns, round after
-//! round, so that a drift of the machine falls on both.
+//! until its stdin closes; `use-cases __child load ADDR C MS` is our generator, a blocking
+//! thread per connection; wrk runs its event loops on as many threads as this run may use
+//! CPUs (no more than the connections), as its README advises, for the same time. With one
+//! thread (`-t1`) its loop was the bottleneck at 8 connections on a 2-CPU guest: ours pushed
+//! 1.5-1.8 times its requests. The two take turns, round after round, so that a drift of the
+//! machine falls on both.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -19,7 +24,7 @@ use super::{Anchor, Ctx, Line};
 
 pub const ANCHOR: Anchor = Anchor {
     row: "use-cases",
-    title: "web-server: our load generator beside wrk -t1 on the same servers, 1 s each",
+    title: "web-server: our load generator beside wrk (a thread per CPU) on the same servers, 1 s each",
     tools: &[&WRK],
     run,
 };
@@ -28,21 +33,24 @@ const LEVELS: [usize; 3] = [1, 8, 64];
 const SECONDS: u64 = 1;
 
 fn run(ctx: &Ctx) -> Result<Vec<Line>> {
+    let cpus = harness::cpu::allowed()?.len();
     let mut lines = Vec::new();
     for model in ["threads", "prefork"] {
         let server = Server::start(&ctx.binary, model)?;
         let url = format!("http://127.0.0.1:{}/n/0", server.port);
         for c in LEVELS {
+            let threads = cpus.min(c).max(1);
             let mut line =
-                Line::new(format!("{model} server, {c} connection(s)"), "req/s", "req/s (wrk)").band(0.8, 1.25, "");
+                Line::new(format!("{model} server, {c} connection(s)"), "req/s", &format!("req/s (wrk -t{threads})"))
+                    .band(0.8, f64::INFINITY, "");
             for round in 1..=ctx.rounds {
                 eprintln!("use-cases anchors, {model}, {c} connection(s), round {round}/{}: ours, wrk", ctx.rounds);
                 // Odd rounds start with ours, even rounds with wrk.
                 let (o, w) = if round % 2 == 1 {
                     let o = ours_per_second(&ctx.binary, server.port, c)?;
-                    (o, wrk_per_second(&url, c, SECONDS)?)
+                    (o, wrk_per_second(&url, threads, c, SECONDS)?)
                 } else {
-                    let w = wrk_per_second(&url, c, SECONDS)?;
+                    let w = wrk_per_second(&url, threads, c, SECONDS)?;
                     (ours_per_second(&ctx.binary, server.port, c)?, w)
                 };
                 line.push(o, w);
@@ -52,7 +60,9 @@ fn run(ctx: &Ctx) -> Result<Vec<Line>> {
         server.stop()?;
     }
     if let Some(first) = lines.first_mut() {
-        first.why = "if our generator were the bottleneck, ours would fall below wrk's".to_string();
+        first.why =
+            "if our generator were the bottleneck, ours would fall below wrk's; above 1, wrk's loops ran out first"
+                .to_string();
     }
     Ok(lines)
 }
