@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use harness::Ctx;
 use harness::cpu;
-use harness::mem::{Mapping, Sharing};
+use harness::mem::{Mapping, PageBuf, Sharing};
 use harness::stats;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -58,20 +58,41 @@ pub trait Partner {
 
 /// Two pipes, one each way, one byte per message.
 pub struct Pipes {
-    pub rx: File,
-    pub tx: File,
+    rx: File,
+    tx: File,
+    /// The byte each message is written from and read into: at the start of a page of its
+    /// own, not on the stack (see [`token_byte`]).
+    byte: PageBuf,
+}
+
+/// A one-byte buffer at the start of a page, for the pipe loops' `write(2)` and `read(2)`.
+/// A byte on the stack sits where the task's stack happens to put it: a forked child runs on
+/// its parent's stack, whose place within its page ASLR draws anew at every exec, while a
+/// new thread's stack is a fresh mapping, at the same place within its page every time. So
+/// the process side's byte moved from one invocation of the row to the next and the thread
+/// side's did not. With the byte on the stack, `baseline-pipe`'s process side lost its 6 %
+/// lead in some invocations: ratios 0.93-0.99 in 20 invocations, 0.939-0.951 in 20 more
+/// without ASLR (`setarch -R`); in 50 alternated invocations 0.930-0.991 on the stack (3
+/// above 0.955) against 0.921-0.962 here (1 above), and pipe-same-cpu 1.079-1.132 against
+/// 1.100-1.146 in 25.
+pub fn token_byte() -> PageBuf {
+    PageBuf::zeroed(1)
 }
 
 impl Pipes {
+    pub fn new(rx: File, tx: File) -> Pipes {
+        Pipes { rx, tx, byte: token_byte() }
+    }
+
     fn send(&mut self, token: u32) -> Result<()> {
-        self.tx.write_all(&[token as u8]).context("write(2) to the pipe")
+        self.byte[0] = token as u8;
+        self.tx.write_all(&self.byte).context("write(2) to the pipe")
     }
 
     fn receive(&mut self) -> Result<u32> {
-        let mut byte = [0u8];
-        match self.rx.read(&mut byte).context("read(2) from the pipe")? {
+        match self.rx.read(&mut self.byte).context("read(2) from the pipe")? {
             0 => bail!("the other task closed its pipe"),
-            _ => Ok(u32::from(byte[0])),
+            _ => Ok(u32::from(self.byte[0])),
         }
     }
 }
@@ -483,7 +504,7 @@ pub fn alone(size: Size, pinned: usize, what: Baseline) -> Result<Alone> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
     let (mut rx, mut tx) = (File::from(rx), File::from(tx));
     let mut timed = |n: u64| -> Result<Duration> {
-        let mut byte = [0u8];
+        let mut byte = token_byte();
         let start = Instant::now();
         for _ in 0..n {
             match what {

@@ -66,14 +66,14 @@ fn pipe_pingpong_of(
     let child = fork_child_keeping(&child_ends, move || {
         let _pinned = Pinned::to(place.partner)?;
         let _idle = idle_threads.then(idle_thread);
-        let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
+        let mut link = Pipes::new(File::from(ping_rx), File::from(pong_tx));
         let evidence = pingpong::serve(&mut link, place.partner, &sets.partner)?;
         deliver("partner", &evidence);
         Ok(())
     })?;
     // Only once the partner is forked: this process must not fork with a second thread.
     let _idle = idle_threads.then(idle_thread);
-    let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
+    let mut link = Pipes::new(File::from(pong_rx), File::from(ping_tx));
     let run =
         link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &sets.driver));
     drop(link);

@@ -38,10 +38,10 @@ pub fn pipe_pingpong(ctx: &Ctx, place: Placement, sets: &WorkingSets, size: Size
         let partner = s.spawn(move || {
             let _pinned = Pinned::to(place.partner)?;
             // thread: descriptors belong to the process, so the thread just takes its ends.
-            let mut link = Pipes { rx: File::from(ping_rx), tx: File::from(pong_tx) };
+            let mut link = Pipes::new(File::from(ping_rx), File::from(pong_tx));
             pingpong::serve(&mut link, place.partner, &sets.partner)
         });
-        let mut link = Pipes { rx: File::from(pong_rx), tx: File::from(ping_tx) };
+        let mut link = Pipes::new(File::from(pong_rx), File::from(ping_tx));
         let run =
             link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &sets.driver));
         drop(link);
