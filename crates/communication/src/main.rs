@@ -170,7 +170,7 @@ const RING_RUN_BYTES: usize = 16 << 20;
 /// Bytes one run of the pipe control moves, quick or not: the pipe switches once per MiB
 /// however long the run. At 8 MiB (about 2.2 ms a run) the runs sat on levels about 4 % apart
 /// (261, 271, 281 µs/MiB) and the ratio of medians went 0.97-1.03 from one invocation to the
-/// next, with intervals 3-10 % wide (`tie` one run in two with `--quick`); at 32 MiB six full
+/// next, with intervals 3-10 % wide (`tie` in 4 of 5 `--quick` invocations); at 32 MiB six full
 /// runs gave 1.01-1.03 with intervals 1-3.5 % wide, for about 0.2 s more a row.
 const PIPE_RUN_BYTES: usize = 32 << 20;
 

@@ -73,7 +73,8 @@ pub struct Pipes {
 /// side's did not. With the byte on the stack, `baseline-pipe`'s process side lost its 6 %
 /// lead in some invocations: ratios 0.93-0.99 in 20 invocations, 0.939-0.951 in 20 more
 /// without ASLR (`setarch -R`); in 50 alternated invocations 0.930-0.991 on the stack (3
-/// above 0.955) against 0.921-0.962 here (1 above), and pipe-same-cpu 1.079-1.132 against
+/// above 0.955) against 0.921-0.962 here (1 above): consistent with the byte's place as a
+/// cause, not a proof, and still wider than without ASLR. pipe-same-cpu: 1.079-1.132 against
 /// 1.100-1.146 in 25.
 pub fn token_byte() -> PageBuf {
     PageBuf::zeroed(1)

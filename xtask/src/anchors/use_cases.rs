@@ -8,7 +8,7 @@
 //! Both models are loaded: `use-cases __child serve prefork|threads 64` serves on 127.0.0.1
 //! until its stdin closes; `use-cases __child load ADDR C MS` is our generator, a blocking
 //! thread per connection; wrk runs its event loops on as many threads as this run may use
-//! CPUs (no more than the connections), as its README advises, for the same time. With one
+//! CPUs (no more than the connections), for the same time. With one
 //! thread (`-t1`) its loop was the bottleneck at 8 connections on a 2-CPU guest: ours pushed
 //! 1.5-1.8 times its requests. The two take turns, round after round, so that a drift of the
 //! machine falls on both.
@@ -39,7 +39,7 @@ fn run(ctx: &Ctx) -> Result<Vec<Line>> {
         let server = Server::start(&ctx.binary, model)?;
         let url = format!("http://127.0.0.1:{}/n/0", server.port);
         for c in LEVELS {
-            let threads = cpus.min(c).max(1);
+            let threads = cpus.min(c);
             let mut line =
                 Line::new(format!("{model} server, {c} connection(s)"), "req/s", &format!("req/s (wrk -t{threads})"))
                     .band(0.8, f64::INFINITY, "");
