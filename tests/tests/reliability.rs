@@ -42,14 +42,24 @@ fn a_hung_sacrificial_child_hosting_threads_is_killed_at_its_deadline() {
     assert!(tests::group_members(pgid).is_empty());
 }
 
-/// Interrupts a run at a point, then checks the one line, the exit code, and that nothing
-/// of the run is left. `hang` holds the run at a known point with live children.
+/// Interrupts a stability run at a point (see [`interrupt_row`]).
 fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
-    let mut envs = vec![("PVT_DEADLINE_MS", "20000")];
+    interrupt_row("stability", signal, args, hang)
+}
+
+/// Interrupts a run of `row` at a point, then checks the one line, the exit code, and that
+/// nothing of the run is left: no process, no segment, nothing in its temporary directory
+/// (a TMPDIR of its own, hidden files included). `hang` holds the run at a known point with
+/// live children.
+fn interrupt_row(row: &str, signal: i32, args: &[&str], hang: Option<&str>) -> String {
+    let tmp = std::env::temp_dir().join(format!("pvt-test-tmpdir-{}-{row}-{}", std::process::id(), args.join("")));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp_str = tmp.to_str().unwrap().to_string();
+    let mut envs = vec![("PVT_DEADLINE_MS", "20000"), ("TMPDIR", tmp_str.as_str())];
     if let Some(id) = hang {
         envs.push(("PVT_HANG", id));
     }
-    let child = tests::spawn_in_own_group("stability", args, &envs);
+    let child = tests::spawn_in_own_group(row, args, &envs);
     let pid = child.id();
     assert!(tests::wait_until(10, || tests::catches_signal(pid, signal)), "the row never installed its handler");
     if hang.is_some() {
@@ -78,6 +88,9 @@ fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
     assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
     assert!(tests::wait_until(2, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "segments left: {:?}", tests::segments_of(pid));
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name()).collect();
+    std::fs::remove_dir_all(&tmp).unwrap();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
     lines[0].to_string()
 }
 
@@ -105,6 +118,16 @@ fn ctrl_c_during_a_crash_experiment_kills_and_reaps_every_child() {
 fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
     let line = interrupt(libc::SIGINT, &["--json", "--side", "thread", "--only", "abort"], Some("abort"));
     assert!(line.contains("killed and reaped 1 children"), "{line}");
+}
+
+/// ipc-channel's rendezvous is a socket in a directory of its own under $TMPDIR: an
+/// interrupt while the partner is to connect removes both.
+#[test]
+fn ctrl_c_while_the_ipc_channel_partner_is_to_connect_leaves_no_temporary_directory() {
+    let args = ["--quick", "--json", "--only", "latency-channel"];
+    let line = interrupt_row("communication", libc::SIGINT, &args, Some("latency-channel"));
+    assert!(line.contains("killed and reaped 1 children"), "{line}");
+    assert!(line.ends_with("and removed 1 temporary directories"), "{line}");
 }
 
 /// Malformed invocations across the rows and the xtask: exit code 2, a short clear message

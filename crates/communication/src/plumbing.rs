@@ -1,5 +1,6 @@
-//! Plumbing only this row needs: a cheap "is the partner still alive?" check, and POSIX
-//! message queues with the naming, cleanup and stale-removal rules of `harness::shm::Segment`.
+//! Plumbing only this row needs: a cheap "is the partner still alive?" check, POSIX message
+//! queues with the naming, cleanup and stale-removal rules of `harness::shm::Segment`, and
+//! ipc-channel's rendezvous registered for the interrupt cleanup.
 
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use harness::cleanup::MQUEUE_DIR;
+use ipc_channel::ipc::IpcOneShotServer;
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_open, mq_unlink};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
@@ -157,6 +159,47 @@ fn random_u64() -> u64 {
     // Safety: getrandom(2) fills our buffer of the given length.
     unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     u64::from_ne_bytes(buf)
+}
+
+/// ipc-channel's one-shot server. Its rendezvous, a socket alone in a new directory under
+/// $TMPDIR, is registered with the harness's interrupt cleanup from before it exists until the
+/// server is gone: the server removes both when it is dropped, but an interrupt ends the row
+/// without running destructors, and the directory would stay behind.
+pub struct Rendezvous<T> {
+    server: Option<IpcOneShotServer<T>>,
+    name: String,
+}
+
+impl<T> Rendezvous<T>
+where
+    T: for<'de> serde::Deserialize<'de> + serde::Serialize,
+{
+    pub fn new() -> Result<Rendezvous<T>> {
+        harness::cleanup::with_signals_blocked(|| {
+            let (server, name) = IpcOneShotServer::<T>::new().context("IpcOneShotServer::new")?;
+            // On an error the server goes here, and its socket and directory with it.
+            harness::cleanup::register_temp_socket(&name)?;
+            Ok(Rendezvous { server: Some(server), name })
+        })
+    }
+
+    /// The name the other program connects to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server, to accept one connection; dropped, it removes the socket and directory.
+    pub fn take(&mut self) -> Result<IpcOneShotServer<T>> {
+        self.server.take().context("the rendezvous was already used")
+    }
+}
+
+impl<T> Drop for Rendezvous<T> {
+    fn drop(&mut self) {
+        // The server first, which removes the socket and its directory; then the registration.
+        drop(self.server.take());
+        harness::cleanup::forget_temp_socket(&self.name);
+    }
 }
 
 #[cfg(test)]

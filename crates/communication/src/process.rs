@@ -103,11 +103,11 @@ pub fn channel(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     // effort: ipc-channel begin
     // process: a named rendezvous (a Unix socket in a temporary directory) that the other
     // program connects to; it then sends us the sender for its commands.
-    let (server, name) = IpcOneShotServer::<IpcMessage>::new().context("IpcOneShotServer::new")?;
-    let args = [name.clone(), place.partner.to_string(), deadline.as_millis().to_string()];
+    let mut rendezvous = plumbing::Rendezvous::<IpcMessage>::new()?;
+    let args = [rendezvous.name().to_string(), place.partner.to_string(), deadline.as_millis().to_string()];
     let child = spawn_sacrificial("ipc-partner", &args)?;
     let peer = Peer::process(child.pid())?;
-    let (rx, hello) = accept(server, &name, &peer, deadline)?;
+    let (rx, hello) = accept(rendezvous.take()?, rendezvous.name(), &peer, deadline)?;
     let IpcMessage::Hello(tx) = hello else { bail!("the ipc-channel partner did not say hello first") };
     let link = IpcChannel { tx, rx, peer };
     // effort: end

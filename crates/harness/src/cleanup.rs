@@ -1,5 +1,7 @@
 //! Nothing left behind: every child is known, every segment is known, and Ctrl-C or SIGTERM
-//! kills and reaps the children and unlinks the segments before the program exits.
+//! kills and reaps the children and unlinks the segments before the program exits. The same
+//! goes for the one temporary file the suite makes: ipc-channel's rendezvous socket, in a
+//! directory of its own under $TMPDIR ([`register_temp_socket`]).
 //!
 //! A row is also a child subreaper (PR_SET_CHILD_SUBREAPER, prctl(2)): a grandchild orphaned
 //! when its parent dies (the workers of a sacrificial host killed at its deadline or by an
@@ -11,7 +13,7 @@
 //! The registries are fixed arrays of atomics so that the signal handler can read them
 //! without taking a lock or allocating: a handler may interrupt any code, including code that
 //! holds a lock or is inside the allocator. Everything the handler calls is on the list of
-//! async-signal-safe functions in signal-safety(7): kill, waitpid, unlink, write, _exit.
+//! async-signal-safe functions in signal-safety(7): kill, waitpid, unlink, rmdir, write, _exit.
 
 use std::cell::UnsafeCell;
 use std::sync::Once;
@@ -40,6 +42,7 @@ pub fn mqueue_mounted() -> bool {
 
 const CHILD_SLOTS: usize = 1024;
 const SEGMENT_SLOTS: usize = 64;
+const DIR_SLOTS: usize = 8;
 const NAME_LEN: usize = 128;
 
 /// The process that installed the handlers; a forked child that still has the inherited
@@ -59,8 +62,15 @@ unsafe impl Sync for SegmentSlot {}
 const FREE: u8 = 0;
 const WRITING: u8 = 1;
 const READY: u8 = 2;
-static SEGMENTS: [SegmentSlot; SEGMENT_SLOTS] =
-    [const { SegmentSlot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; NAME_LEN]) } }; SEGMENT_SLOTS];
+const fn empty() -> SegmentSlot {
+    SegmentSlot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; NAME_LEN]) }
+}
+/// Shared-memory segments and message queues, to unlink.
+static SEGMENTS: [SegmentSlot; SEGMENT_SLOTS] = [const { empty() }; SEGMENT_SLOTS];
+/// Temporary files (sockets), each alone in a directory of [`DIRS`], to unlink before it.
+static TEMP_FILES: [SegmentSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
+/// The temporary directories, to remove once their file is gone.
+static DIRS: [SegmentSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
 
 /// Installs the SIGINT and SIGTERM handlers, once per process.
 pub fn install() {
@@ -124,11 +134,40 @@ pub fn live_children() -> usize {
 
 /// Remembers a segment (its /dev/shm path) so that an interrupt unlinks it.
 pub fn register_segment(path: &str) -> Result<()> {
+    register_in(&SEGMENTS, path, "segment")
+}
+
+/// Forgets a segment once it has been unlinked.
+pub fn forget_segment(path: &str) {
+    forget_in(&SEGMENTS, path);
+}
+
+/// Remembers a socket alone in a temporary directory of its own (ipc-channel's one-shot
+/// server makes `$TMPDIR/.tmpXXXXXX/socket` and removes both when it is dropped) so that an
+/// interrupt unlinks the socket and removes the directory. Call it with SIGINT and SIGTERM
+/// blocked from before the socket is made ([`with_signals_blocked`]), or an interrupt in
+/// between would leave both.
+pub fn register_temp_socket(socket: &str) -> Result<()> {
+    let dir = std::path::Path::new(socket).parent().and_then(|d| d.to_str()).filter(|d| !d.is_empty());
+    let Some(dir) = dir else { bail!("the socket {socket} is not in a directory of its own") };
+    register_in(&TEMP_FILES, socket, "temporary socket")?;
+    register_in(&DIRS, dir, "temporary directory").inspect_err(|_| forget_in(&TEMP_FILES, socket))
+}
+
+/// Forgets a socket and its directory once its owner has removed them.
+pub fn forget_temp_socket(socket: &str) {
+    forget_in(&TEMP_FILES, socket);
+    if let Some(dir) = std::path::Path::new(socket).parent().and_then(|d| d.to_str()) {
+        forget_in(&DIRS, dir);
+    }
+}
+
+fn register_in(slots: &[SegmentSlot], path: &str, what: &str) -> Result<()> {
     let bytes = path.as_bytes();
     if bytes.len() >= NAME_LEN {
-        bail!("segment path {path} is too long");
+        bail!("{what} path {path} is too long");
     }
-    for slot in &SEGMENTS {
+    for slot in slots {
         if slot.state.compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             // Safety: this thread owns the slot while its state is WRITING.
             let buf = unsafe { &mut *slot.path.get() };
@@ -138,12 +177,11 @@ pub fn register_segment(path: &str) -> Result<()> {
             return Ok(());
         }
     }
-    bail!("more than {SEGMENT_SLOTS} live segments: refusing to create another")
+    bail!("more than {} live {what}s: refusing to create another", slots.len())
 }
 
-/// Forgets a segment once it has been unlinked.
-pub fn forget_segment(path: &str) {
-    for slot in &SEGMENTS {
+fn forget_in(slots: &[SegmentSlot], path: &str) {
+    for slot in slots {
         if slot.state.load(Ordering::Acquire) != READY {
             continue;
         }
@@ -222,13 +260,31 @@ extern "C" fn on_signal(sig: libc::c_int) {
                 }
             }
         }
+        // A registered directory holds only its registered file: that first, then the directory.
+        for slot in &TEMP_FILES {
+            if slot.state.load(Ordering::Acquire) == READY {
+                libc::unlink(slot.path.get() as *const libc::c_char);
+            }
+        }
+        let mut dirs = 0u64;
+        for slot in &DIRS {
+            if slot.state.load(Ordering::Acquire) == READY && libc::rmdir(slot.path.get() as *const libc::c_char) == 0 {
+                dirs += 1;
+            }
+        }
         let mut line = LineBuf::new();
         line.push(if sig == libc::SIGINT { b"interrupted (SIGINT)" } else { b"terminated (SIGTERM)" });
         line.push(b": killed and reaped ");
         line.push_num(killed);
         line.push(b" children, unlinked ");
         line.push_num(removed);
-        line.push(b" shared-memory segments\n");
+        line.push(b" shared-memory segments");
+        if dirs > 0 {
+            line.push(b" and removed ");
+            line.push_num(dirs);
+            line.push(b" temporary directories");
+        }
+        line.push(b"\n");
         libc::write(2, line.buf.as_ptr().cast(), line.len);
         libc::_exit(128 + sig);
     }
@@ -292,5 +348,10 @@ mod tests {
         register_segment("/dev/shm/pvt-test-slot").unwrap();
         forget_segment("/dev/shm/pvt-test-slot");
         assert!(SEGMENTS.iter().all(|s| s.state.load(Ordering::SeqCst) != READY));
+        register_temp_socket("/tmp/.tmpTEST/socket").unwrap();
+        assert_eq!(DIRS.iter().filter(|s| s.state.load(Ordering::SeqCst) == READY).count(), 1);
+        forget_temp_socket("/tmp/.tmpTEST/socket");
+        assert!(TEMP_FILES.iter().chain(&DIRS).all(|s| s.state.load(Ordering::SeqCst) != READY));
+        assert!(register_temp_socket("socket").is_err(), "no directory of its own");
     }
 }
