@@ -88,7 +88,8 @@ pub fn main(argv: &[String]) -> Result<bool> {
     Ok(ok)
 }
 
-/// The rows named (each must exist; exit 2 otherwise), or every row that exists.
+/// The rows named (each must exist; exit 2 otherwise), each once in the order first named, as
+/// a row's repeated `--only` is; or every row that exists.
 pub fn chosen_rows(named: &[String]) -> Vec<String> {
     let existing = existing_rows();
     if named.is_empty() {
@@ -100,7 +101,13 @@ pub fn chosen_rows(named: &[String]) -> Vec<String> {
             std::process::exit(2);
         }
     }
-    named.to_vec()
+    once_each(named)
+}
+
+/// `names` without repeats, each where it first appears.
+fn once_each(names: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names.iter().filter(|n| seen.insert(n.as_str())).cloned().collect()
 }
 
 /// Builds the rows once with `--release` and runs the whole suite `rounds` times, each row as
@@ -263,5 +270,18 @@ fn mark(v: Verdict) -> &'static str {
         Verdict::Contradicted | Verdict::Reversed => "✗",
         Verdict::Skipped => "-",
         Verdict::Error => "!",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_named_twice_runs_once_in_the_order_first_named() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(once_each(&names(&["memory", "stability", "memory"])), names(&["memory", "stability"]));
+        assert_eq!(once_each(&names(&["stability", "memory"])), names(&["stability", "memory"]));
+        assert!(once_each(&[]).is_empty());
     }
 }
