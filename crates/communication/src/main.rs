@@ -174,6 +174,13 @@ const RING_RUN_BYTES: usize = 16 << 20;
 /// runs gave 1.01-1.03 with intervals 1-3.5 % wide, for about 0.2 s more a row.
 const PIPE_RUN_BYTES: usize = 32 << 20;
 
+/// The pipe control's timed runs a side in a full run. A run takes about 25 ms, so the plan's
+/// budget never adds to its 12. With 12, eight invocations alone on the Intel guest
+/// (2026-12-02) gave ratios of 0.985-1.022 (sd 0.014) and `tie` twice, the interval reaching
+/// past 1.05; with 24, 1.004-1.009 (sd 0.0016) and `tie` once, for 0.6 s more. `--quick`
+/// keeps its 8: the quick suite has no time to spare.
+const PIPE_FULL_RUNS: usize = 24;
+
 /// Bytes each mechanism moves per message size in the matrix, at least.
 fn matrix_total(ctx: &Ctx) -> usize {
     if ctx.quick { 4 << 20 } else { 16 << 20 }
@@ -589,7 +596,14 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
 }
 
 fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
-    let Some([p, t]) = throughput_experiment(ctx, ctx.plan(), &PIPE, links::PIPE_BYTES, PIPE_RUN_BYTES)? else {
+    let Some([p, t]) = throughput_experiment(
+        ctx,
+        ctx.plan_in_full_at_least(PIPE_FULL_RUNS),
+        &PIPE,
+        links::PIPE_BYTES,
+        PIPE_RUN_BYTES,
+    )?
+    else {
         return Ok(Findings::skipped("pinning to a CPU was refused here"));
     };
     // What a pipe made as the sessions make theirs holds here: the sessions' own are gone.

@@ -118,6 +118,14 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::plan`] with at least `runs` timed runs a side in a full run; `--quick` keeps its
+    /// own plan, because the quick suite has no time to spare (under 5 s in all). For an
+    /// experiment whose runs take too long for the plan's budget to add any, and whose full
+    /// interval was still too wide for a steady verdict (each use says why).
+    pub fn plan_in_full_at_least(&self, runs: usize) -> Plan {
+        if self.quick { self.plan() } else { self.plan().at_least(runs) }
+    }
+
     /// The timed runs of both sides, in turns (see [`crate::stats::interleave`]); each closure
     /// times one run of its side and returns its value. Only the sides asked for run.
     pub fn interleave(
