@@ -52,10 +52,8 @@ fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
 /// (a TMPDIR of its own, hidden files included). `hang` holds the run at a known point with
 /// live children.
 fn interrupt_row(row: &str, signal: i32, args: &[&str], hang: Option<&str>) -> String {
-    let tmp = std::env::temp_dir().join(format!("pvt-test-tmpdir-{}-{row}-{}", std::process::id(), args.join("")));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let tmp_str = tmp.to_str().unwrap().to_string();
-    let mut envs = vec![("PVT_DEADLINE_MS", "20000"), ("TMPDIR", tmp_str.as_str())];
+    let tmp = TempDir::new();
+    let mut envs = vec![("PVT_DEADLINE_MS", "20000"), ("TMPDIR", tmp.path.to_str().unwrap())];
     if let Some(id) = hang {
         envs.push(("PVT_HANG", id));
     }
@@ -88,10 +86,31 @@ fn interrupt_row(row: &str, signal: i32, args: &[&str], hang: Option<&str>) -> S
     assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
     assert!(tests::wait_until(2, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "segments left: {:?}", tests::segments_of(pid));
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name()).collect();
-    std::fs::remove_dir_all(&tmp).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&tmp.path).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
     lines[0].to_string()
+}
+
+/// A TMPDIR of one run's own, removed when dropped (a failed assertion included). Its name is
+/// short: a Unix socket's path (ipc-channel's rendezvous is made in it) holds at most 107 bytes.
+struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("pvt-t{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 #[test]

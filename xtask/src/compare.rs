@@ -88,8 +88,8 @@ pub fn main(argv: &[String]) -> Result<bool> {
     Ok(ok)
 }
 
-/// The rows named (each must exist; exit 2 otherwise), each once in the order first named, as
-/// a row's repeated `--only` is; or every row that exists.
+/// The rows named (each must exist; exit 2 otherwise), each once (as a row's repeated
+/// `--only` is), in the order first named; or every row that exists.
 pub fn chosen_rows(named: &[String]) -> Vec<String> {
     let existing = existing_rows();
     if named.is_empty() {

@@ -175,10 +175,11 @@ const RING_RUN_BYTES: usize = 16 << 20;
 const PIPE_RUN_BYTES: usize = 32 << 20;
 
 /// The pipe control's timed runs a side in a full run. A run takes about 25 ms, so the plan's
-/// budget never adds to its 12. With 12, eight invocations alone on the Intel guest
-/// (2026-12-02) gave ratios of 0.985-1.022 (sd 0.014) and `tie` twice, the interval reaching
-/// past 1.05; with 24, 1.004-1.009 (sd 0.0016) and `tie` once, for 0.6 s more. `--quick`
-/// keeps its 8: the quick suite has no time to spare.
+/// budget never adds to its 12. Eight invocations alone of each, in turns, on the Intel guest
+/// (2026-12-02): with 12, ratios 0.985-1.022 (sd 0.014), `tie` in 2 of 8 (the interval
+/// reaching past 1.05); with 24, 1.004-1.009 (sd 0.0016; more than the √2 that twice the runs
+/// alone would give, and eight invocations are few), `tie` in 1 of 8, for 0.6 s more.
+/// `--quick` keeps its 8: the quick suite has no time to spare.
 const PIPE_FULL_RUNS: usize = 24;
 
 /// Bytes each mechanism moves per message size in the matrix, at least.
@@ -779,7 +780,8 @@ fn effort_lines(source: &str, name: &str) -> usize {
 /// Each mechanism's setup region (process.rs or thread.rs) and the link it sends with (links.rs).
 /// Several regions are separated by commas. The helpers that start a partner are not counted
 /// on either side: harness::fork_child for processes, `spawn` (std's thread::Builder) for
-/// threads; neither are the liveness checks (plumbing.rs).
+/// threads; nor is plumbing.rs (the liveness checks, the message queues' names and cleanup,
+/// and the ipc-channel rendezvous's cleanup, which the thread side has no counterpart of).
 const EFFORT: [(&str, &str, &str, &str); 5] = [
     ("pipe", "stream", "pipe", "stream"),
     ("socket", "stream", "socket", "stream"),

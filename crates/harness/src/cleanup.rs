@@ -50,27 +50,28 @@ const NAME_LEN: usize = 128;
 static OWNER: AtomicI32 = AtomicI32::new(0);
 static CHILDREN: [AtomicI32; CHILD_SLOTS] = [const { AtomicI32::new(0) }; CHILD_SLOTS];
 
-/// A segment's /dev/shm path, written once before it is marked ready.
-struct SegmentSlot {
+/// A path to remove (a segment's, a queue's, a temporary socket's or directory's), written
+/// once before it is marked ready.
+struct PathSlot {
     state: AtomicU8,
     path: UnsafeCell<[u8; NAME_LEN]>,
 }
 // Safety: `path` is written only by the thread that moved `state` from FREE to WRITING, and
 // read only after `state` is READY (Release/Acquire), so no two parties touch it at once.
-unsafe impl Sync for SegmentSlot {}
+unsafe impl Sync for PathSlot {}
 
 const FREE: u8 = 0;
 const WRITING: u8 = 1;
 const READY: u8 = 2;
-const fn empty() -> SegmentSlot {
-    SegmentSlot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; NAME_LEN]) }
+const fn empty() -> PathSlot {
+    PathSlot { state: AtomicU8::new(FREE), path: UnsafeCell::new([0; NAME_LEN]) }
 }
 /// Shared-memory segments and message queues, to unlink.
-static SEGMENTS: [SegmentSlot; SEGMENT_SLOTS] = [const { empty() }; SEGMENT_SLOTS];
+static SEGMENTS: [PathSlot; SEGMENT_SLOTS] = [const { empty() }; SEGMENT_SLOTS];
 /// Temporary files (sockets), each alone in a directory of [`DIRS`], to unlink before it.
-static TEMP_FILES: [SegmentSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
+static TEMP_FILES: [PathSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
 /// The temporary directories, to remove once their file is gone.
-static DIRS: [SegmentSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
+static DIRS: [PathSlot; DIR_SLOTS] = [const { empty() }; DIR_SLOTS];
 
 /// Installs the SIGINT and SIGTERM handlers, once per process.
 pub fn install() {
@@ -146,7 +147,9 @@ pub fn forget_segment(path: &str) {
 /// server makes `$TMPDIR/.tmpXXXXXX/socket` and removes both when it is dropped) so that an
 /// interrupt unlinks the socket and removes the directory. Call it with SIGINT and SIGTERM
 /// blocked from before the socket is made ([`with_signals_blocked`]), or an interrupt in
-/// between would leave both.
+/// between would leave both; blocking them covers the calling thread only, which is enough
+/// while no other thread of the process could take the signal (the process side of an
+/// experiment is set up while the row is single-threaded).
 pub fn register_temp_socket(socket: &str) -> Result<()> {
     let dir = std::path::Path::new(socket).parent().and_then(|d| d.to_str()).filter(|d| !d.is_empty());
     let Some(dir) = dir else { bail!("the socket {socket} is not in a directory of its own") };
@@ -162,7 +165,7 @@ pub fn forget_temp_socket(socket: &str) {
     }
 }
 
-fn register_in(slots: &[SegmentSlot], path: &str, what: &str) -> Result<()> {
+fn register_in(slots: &[PathSlot], path: &str, what: &str) -> Result<()> {
     let bytes = path.as_bytes();
     if bytes.len() >= NAME_LEN {
         bail!("{what} path {path} is too long");
@@ -180,7 +183,7 @@ fn register_in(slots: &[SegmentSlot], path: &str, what: &str) -> Result<()> {
     bail!("more than {} live {what}s: refusing to create another", slots.len())
 }
 
-fn forget_in(slots: &[SegmentSlot], path: &str) {
+fn forget_in(slots: &[PathSlot], path: &str) {
     for slot in slots {
         if slot.state.load(Ordering::Acquire) != READY {
             continue;

@@ -645,8 +645,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     // The warm-up goes once through the whole clip: the first filtering of each frame after
     // the fill was slower than every later one (on the segment about 7 ms a frame against 5.5,
     // in the buffer 3.7 against 3.4: the Intel guest, 2026-12-02), and with 2 warm-up runs the
-    // first pass's 6 slow frames fell among a full run's timed runs, a second level that
-    // stretched the interval's upper end to 1.9-2.1 on a ratio of 1.6-1.7.
+    // first pass's 6 slow frames fell among a full run's timed runs, a second level: the
+    // interval's upper end was 1.95-2.10 in 9 of 10 invocations, on ratios of 1.5-1.7.
     let plan = Plan { warmup: ctx.warmup().max(frames), ..ctx.plan() };
     let clip = |f| Clip::new(f, frame::FRAME_BYTES, plan.warmup);
     let (mut p, mut t) = (p_frames.map(clip), t_frames.map(clip));
