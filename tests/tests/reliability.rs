@@ -185,6 +185,37 @@ fn bad_input_is_refused_with_exit_code_2_everywhere() {
     }
 }
 
+/// A variable the rows read, set to a value they would not understand: refused with exit 2
+/// before anything runs, not ignored.
+#[test]
+fn a_bad_value_of_a_row_variable_is_refused_with_exit_code_2() {
+    let cases = [
+        ("PVT_DEADLINE_MS", "abc", "PVT_DEADLINE_MS=\"abc\": expected a whole number of milliseconds"),
+        ("PVT_DEADLINE_MS", "0", "PVT_DEADLINE_MS=\"0\""),
+        ("PVT_DEADLINE_MS", "-1", "PVT_DEADLINE_MS=\"-1\""),
+        ("PVT_ORDER", "ABBA", "PVT_ORDER=\"ABBA\": the only order besides the default is abba"),
+    ];
+    for (name, value, expected) in cases {
+        let out = std::process::Command::new(tests::binary("stability"))
+            .arg("--list")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(stderr.contains(expected), "{name}={value}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}={value}: nothing runs, not even --list");
+    }
+    // The values the tests and docs use are accepted.
+    let out = std::process::Command::new(tests::binary("stability"))
+        .args(["--quick", "--json", "--only", "panic"])
+        .env("PVT_DEADLINE_MS", "20000")
+        .env("PVT_ORDER", "abba")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Runs a row with `--quick --json` under a shell limit (`ulimit -u 1`, say) and returns
 /// its exit code and report.
 fn under_limit(row: &str, limit: &str) -> (Option<i32>, serde_json::Value) {

@@ -156,7 +156,7 @@ impl Ctx {
     /// How long any child may take before it is killed and the experiment fails.
     /// `PVT_DEADLINE_MS` shortens it for the reliability tests.
     pub fn deadline(&self) -> Duration {
-        std::env::var("PVT_DEADLINE_MS")
+        std::env::var(DEADLINE_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
@@ -223,12 +223,38 @@ pub fn optimized() -> bool {
     !matches!(env!("PVT_OPT_LEVEL"), "0" | "1")
 }
 
+/// The variables that change how a row measures (docs/report.md), checked before anything
+/// runs: a value the row would not understand is refused, exit 2, instead of being ignored
+/// while the run goes on with the default. `PVT_DEADLINE_MS` is a whole number of ms above 0;
+/// `PVT_ORDER` is `abba`, the one order besides the default.
+fn check_variables() -> std::result::Result<(), String> {
+    let var = |name: &str| std::env::var_os(name).map(|v| (name.to_string(), v.to_string_lossy().into_owned()));
+    if let Some((name, v)) = var(DEADLINE_ENV)
+        && !v.parse::<u64>().is_ok_and(|ms| ms > 0)
+    {
+        return Err(format!("{name}={v:?}: expected a whole number of milliseconds above 0"));
+    }
+    if let Some((name, v)) = var(crate::stats::ORDER_ENV)
+        && v != "abba"
+    {
+        return Err(format!("{name}={v:?}: the only order besides the default is abba"));
+    }
+    Ok(())
+}
+
+/// The variable that shortens every child's deadline, for the reliability tests.
+const DEADLINE_ENV: &str = "PVT_DEADLINE_MS";
+
 /// The whole of a row binary: parses the CLI, runs the experiments, prints the report.
 /// Exit codes: 0, 1 when an experiment failed to run, 2 for bad input.
 pub fn main(row: &Row) -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(child::CHILD_SUBCOMMAND) {
         return run_child(row, &argv[2..]);
+    }
+    if let Err(why) = check_variables() {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
     }
     cleanup::install();
     if let Err(e) = crate::shm::remove_stale() {
