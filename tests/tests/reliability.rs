@@ -196,11 +196,8 @@ fn a_bad_value_of_a_row_variable_is_refused_with_exit_code_2() {
         ("PVT_ORDER", "ABBA", "PVT_ORDER=\"ABBA\": the only order besides the default is abba"),
     ];
     for (name, value, expected) in cases {
-        let out = std::process::Command::new(tests::binary("stability"))
-            .arg("--list")
-            .env(name, value)
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new(tests::binary("stability")).arg("--list").env(name, value).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
         assert!(stderr.contains(expected), "{name}={value}: {stderr}");
