@@ -192,6 +192,41 @@ pub struct Churn {
     pub end_ns: u64,
     pub minor_faults: i64,
     pub cpus: u64,
+    /// Ops whose mapping the kernel put at the address asked for ([`Places`]).
+    pub where_asked: u64,
+}
+
+/// Where the contention workers map: worker i's `bytes` right after worker i-1's, side by
+/// side, as mmap(2) places mappings made one after another when nothing lies between them.
+/// Left to the kernel, where they went depended on what the process had mapped before: 74 MiB
+/// of something (not checked) sometimes lay between the two workers' mappings, and in those
+/// invocations the thread side was about 10 % faster (docs/concurrency.md). The same places serve both sides; in a process each
+/// worker's mapping is alone in its address space wherever it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Places {
+    first: usize,
+    bytes: usize,
+}
+
+impl Places {
+    /// Room for `workers` mappings of `bytes`, 2 MiB-aligned, in the middle of a range that
+    /// was free when asked and is four times as large (the kernel puts other mappings at the
+    /// top of a free range first).
+    pub fn side_by_side(workers: usize, bytes: usize) -> Result<Places> {
+        const ALIGN: usize = 2 << 20;
+        let len = (4 * workers * bytes).max(1 << 30);
+        let free = harness::mem::free_range(len)?;
+        Ok(Places { first: (free + len / 4).next_multiple_of(ALIGN), bytes })
+    }
+
+    /// The address worker `i` maps at.
+    pub fn of(&self, i: usize) -> usize {
+        self.first + i * self.bytes
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl Churn {
@@ -216,11 +251,14 @@ impl Churn {
 /// writes one byte to every page (one page fault each) and unmaps it. Every mmap, fault and
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
-pub fn churn(bytes: usize, ops: u64) -> Result<Churn> {
+/// `at` is where this worker asks for its mapping ([`Places::of`]).
+pub fn churn(at: usize, bytes: usize, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
     let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Churn::default() };
     for _ in 0..ops {
-        drop(touched(bytes)?);
+        let m = touched(Some(at), bytes)?;
+        c.where_asked += u64::from(m.as_ptr() as usize == at);
+        drop(m);
         c.cpus |= cpu_bit(cpu::current()?);
         c.ops += 1;
     }
@@ -233,9 +271,9 @@ pub fn churn(bytes: usize, ops: u64) -> Result<Churn> {
 /// page. Transparent huge pages are turned off (MADV_NOHUGEPAGE) before the first write, or a
 /// 2 MiB-aligned stretch could come as one huge page in one fault and "a fault per page" would
 /// not hold; [`huge_kib_of_one_op`] checks that none came.
-fn touched(bytes: usize) -> Result<Mapping> {
+fn touched(at: Option<usize>, bytes: usize) -> Result<Mapping> {
     let page = harness::mem::page_size();
-    let m = Mapping::anonymous(bytes, Sharing::Private)?;
+    let m = Mapping::anonymous_at(at, bytes, Sharing::Private)?;
     m.no_huge_pages()?;
     for at in (0..m.len()).step_by(page) {
         // Safety: `at` is inside the mapping, which the caller unmaps when it drops it.
@@ -247,7 +285,7 @@ fn touched(bytes: usize) -> Result<Mapping> {
 /// KiB of one churn op's mapping that huge pages backed (AnonHugePages in smaps), observed on
 /// one op outside every timed run: reading smaps takes the mmap lock the churn contends on.
 pub fn huge_kib_of_one_op(bytes: usize) -> Result<u64> {
-    touched(bytes)?.huge_kib()
+    touched(None, bytes)?.huge_kib()
 }
 
 #[cfg(test)]
@@ -279,8 +317,12 @@ mod tests {
     }
 
     #[test]
-    fn churn_faults_once_per_page() {
-        let c = churn(1 << 20, 3).unwrap();
+    fn churn_faults_once_per_page_where_asked() {
+        let places = Places::side_by_side(2, 1 << 20).unwrap();
+        assert_eq!(places.of(1) - places.of(0), 1 << 20, "side by side");
+        assert_eq!(places.of(0) % (2 << 20), 0, "2 MiB-aligned");
+        let c = churn(places.of(1), 1 << 20, 3).unwrap();
+        assert_eq!(c.where_asked, 3, "every op's mapping at its place");
         let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
         assert_eq!(c.ops, 3);
         assert!(c.minor_faults >= pages, "{} faults for {pages} pages", c.minor_faults);

@@ -20,7 +20,7 @@ use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
 use harness::{Better, Ctx, Expected, Findings, Needs, Room, Row, Side, Spec};
 
-use jobs::{Churn, Report, Tasks, Together};
+use jobs::{Churn, Places, Report, Tasks, Together};
 
 const fn measure(
     id: &'static str,
@@ -551,8 +551,10 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     let counts = worker_counts(cpus, most);
     let at = counts.len() - 1;
     let deadline = ctx.deadline();
+    // Every worker of either side maps at its own place, side by side (jobs::Places).
+    let places = Places::side_by_side(most as usize, bytes)?;
     let ops = stats::iterations_for(budget(ctx, 60, 12), |n| {
-        let c = jobs::churn(bytes, n)?;
+        let c = jobs::churn(places.of(0), bytes, n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
     .max(1);
@@ -562,9 +564,9 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // below 0.91 (`reversed`), for 0.23 s more. A full run's 60 ms runs spread less.
     let plan = if ctx.quick { ctx.plan().at_least(stats::NOISY_MIN_RUNS) } else { ctx.plan() };
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
-    type Churning = fn(u64, usize, u64, Duration) -> Result<Vec<Churn>>;
+    type Churning = fn(u64, Places, u64, Duration) -> Result<Vec<Churn>>;
     let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {
-        let all = churn(w, bytes, ops, deadline)?;
+        let all = churn(w, places, ops, deadline)?;
         ensure!(all.iter().all(|c| c.ops == ops), "a worker did not do all its operations");
         let us = us_per_op(&all);
         seen.push(all);
@@ -593,6 +595,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         };
         let faults = sw.all().flatten().map(|c| c.minor_faults).sum::<i64>();
         let done = sw.all().flatten().map(|c| c.ops).sum::<u64>();
+        let where_asked = sw.all().flatten().map(|c| c.where_asked).sum::<u64>();
         Some(
             Side::measured(judged, "µs/op")
                 .fact("cpus_allowed", cpus)
@@ -602,14 +605,20 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
                 .fact("most_cpus_seen", sw.most(|all| u64::from(Churn::cpus_seen(all))))
                 .fact("ops_per_worker", ops)
                 .fact("huge_page_kib_per_op", huge_kib)
-                .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64)),
+                .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64))
+                .fact("mapped_side_by_side", where_asked == done),
         )
     };
     let mut note = format!(
         "will-it-scale's page_fault1: each operation is mmap of {} MiB with huge pages off (MADV_NOHUGEPAGE), one \
          write per page (a page fault each: as many per op as the mapping over the page size), munmap; huge_page_kib_per_op is \
          AnonHugePages of one such mapping in smaps, read once outside the timed runs. Workers start together \
-         from one pipe; the ratio is at as many workers as CPUs this run may use. Threads share one address \
+         from one pipe; the ratio is at as many workers as CPUs this run may use. Each worker asks for its \
+         mapping at an address of its own, right after the previous worker's (mapped_side_by_side: every op's \
+         mapping was there), as mmap places mappings made one after another with nothing between them: \
+         between threads, mappings side by side made the thread side about 10 % slower than with something \
+         between them, and left to the kernel which of the two happened depended on what the process had \
+         mapped before (docs/concurrency.md). Threads share one address \
          space: its lock (mmap_lock) serialises their mmap and munmap and each munmap must flush the TLB of \
          the other threads' CPUs; processes have one each.",
         bytes >> 20,

@@ -26,7 +26,7 @@ use harness::{Child, deliver, fork_child_keeping, wait_all};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::jobs::{self, Churn, Report, Tasks};
+use crate::jobs::{self, Churn, Places, Report, Tasks};
 use crate::plumbing::{self, Bare, Program, SharedStamp, Slots, wait_for_go};
 use crate::{Spawned, Started};
 
@@ -111,16 +111,18 @@ pub fn pool(tasks: Tasks, workers: u64, deadline: Duration) -> Result<(Duration,
     Ok((start.elapsed(), reports))
 }
 
-/// `workers` workers each map, touch and unmap `bytes`, `ops` times, all starting together.
-pub fn churn(workers: u64, bytes: usize, ops: u64, deadline: Duration) -> Result<Vec<Churn>> {
+/// `workers` workers each map, touch and unmap their place's bytes, `ops` times, all
+/// starting together.
+pub fn churn(workers: u64, places: Places, ops: u64, deadline: Duration) -> Result<Vec<Churn>> {
     // Closing the write end is the start signal: every reader sees end of file at once.
     let (go_rx, go_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-    let children = (0..workers)
-        .map(|_| {
-            // process: each worker maps and faults in an address space of its own.
+    let children = (0..workers as usize)
+        .map(|i| {
+            // process: each worker maps and faults in an address space of its own, where its
+            // mapping is alone.
             fork_child_keeping(&[go_rx.as_raw_fd()], || {
                 wait_for_go(&go_rx)?;
-                deliver("churn", &jobs::churn(bytes, ops)?);
+                deliver("churn", &jobs::churn(places.of(i), places.bytes(), ops)?);
                 Ok(())
             })
         })

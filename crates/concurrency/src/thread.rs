@@ -30,7 +30,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::Spawned;
-use crate::jobs::{self, Churn, Report, Tasks};
+use crate::jobs::{self, Churn, Places, Report, Tasks};
 use crate::plumbing::wait_for_go;
 
 /// Starts `n` empty workers one after the other and waits for each: a thread that returns at
@@ -94,17 +94,20 @@ pub fn pool(tasks: Tasks, workers: u64, _deadline: Duration) -> Result<(Duration
     Ok((start.elapsed(), reports))
 }
 
-/// `workers` workers each map, touch and unmap `bytes`, `ops` times, all starting together.
-pub fn churn(workers: u64, bytes: usize, ops: u64, _deadline: Duration) -> Result<Vec<Churn>> {
+/// `workers` workers each map, touch and unmap their place's bytes, `ops` times, all
+/// starting together.
+pub fn churn(workers: u64, places: Places, ops: u64, _deadline: Duration) -> Result<Vec<Churn>> {
     // Closing the write end is the start signal: every reader sees end of file at once.
     let (go_rx, go_tx) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            // thread: every worker maps and faults in the one address space of this process.
-            .map(|_| {
-                s.spawn(|| {
-                    wait_for_go(&go_rx)?;
-                    jobs::churn(bytes, ops)
+        let handles: Vec<_> = (0..workers as usize)
+            // thread: every worker maps and faults in the one address space of this process,
+            // its mapping right beside the next worker's.
+            .map(|i| {
+                let go_rx = &go_rx;
+                s.spawn(move || {
+                    wait_for_go(go_rx)?;
+                    jobs::churn(places.of(i), places.bytes(), ops)
                 })
             })
             .collect();

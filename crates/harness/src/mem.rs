@@ -113,9 +113,30 @@ pub fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize)
 }
 
+/// The start of a range of `len` bytes of this address space that is free now (an mmap(2) of
+/// it with no access and no memory reserved, unmapped at once): where the kernel puts a
+/// mapping that large, for [`Mapping::anonymous_at`] hints. Nothing holds it afterwards.
+pub fn free_range(len: usize) -> Result<usize> {
+    let length = NonZeroUsize::new(len).context("an empty range")?;
+    let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE;
+    // Safety: a fresh mapping at an address the kernel picks, unmapped right away; no
+    // existing memory is affected.
+    let start = unsafe { mmap_anonymous(None, length, ProtFlags::PROT_NONE, flags) }
+        .with_context(|| format!("mmap PROT_NONE of {len} bytes"))?;
+    // Safety: exactly the range mapped just above.
+    unsafe { munmap(start, len) }.context("munmap")?;
+    Ok(start.as_ptr() as usize)
+}
+
 impl Mapping {
     /// Maps at least `bytes`, rounded up to whole pages (at least one), zero-filled.
     pub fn anonymous(bytes: usize, sharing: Sharing) -> Result<Mapping> {
+        Mapping::anonymous_at(None, bytes, sharing)
+    }
+
+    /// [`Mapping::anonymous`] at `hint` if that range is free (mmap(2)'s hint, not
+    /// MAP_FIXED: elsewhere if it is not; [`Mapping::as_ptr`] says where it went).
+    pub fn anonymous_at(hint: Option<usize>, bytes: usize, sharing: Sharing) -> Result<Mapping> {
         let page = page_size();
         let len = bytes.div_ceil(page).max(1) * page;
         let flags = match sharing {
@@ -125,7 +146,8 @@ impl Mapping {
         let length = NonZeroUsize::new(len).context("an empty mapping")?;
         // Safety: a fresh anonymous mapping at an address the kernel picks (mmap(2)); no
         // existing memory is affected.
-        let start = unsafe { mmap_anonymous(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
+        let at = hint.and_then(NonZeroUsize::new);
+        let start = unsafe { mmap_anonymous(at, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
             .with_context(|| format!("mmap {flags:?}|MAP_ANONYMOUS of {len} bytes"))?;
         Ok(Mapping { start, len })
     }
@@ -254,6 +276,18 @@ mod tests {
         // Safety: our own mapping; `vec` has a byte per page of it.
         assert_eq!(unsafe { libc::mincore(m.as_ptr().cast(), m.len(), vec.as_mut_ptr()) }, 0);
         vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_mapping_asked_for_at_a_free_range_lands_there() {
+        // The middle of a large free range: other tests' mappings, made meanwhile on other
+        // threads, go to the top of the highest free range that fits them.
+        let at = free_range(1 << 30).unwrap() + (512 << 20);
+        let m = Mapping::anonymous_at(Some(at), 4 << 20, Sharing::Private).unwrap();
+        assert_eq!(m.as_ptr() as usize, at);
+        // A hint where something already is: the kernel puts the mapping elsewhere.
+        let elsewhere = Mapping::anonymous_at(Some(at), 4096, Sharing::Private).unwrap();
+        assert_ne!(elsewhere.as_ptr() as usize, at);
     }
 
     #[test]
