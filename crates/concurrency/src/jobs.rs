@@ -200,28 +200,40 @@ pub struct Churn {
 /// side, as mmap(2) places mappings made one after another when nothing lies between them.
 /// Left to the kernel, where they went depended on what the process had mapped before: 74 MiB
 /// of something (not checked) sometimes lay between the two workers' mappings, and in those
-/// invocations the thread side was about 10 % faster (docs/concurrency.md). The same places serve both sides; in a process each
-/// worker's mapping is alone in its address space wherever it is.
+/// invocations the thread side was about 9 % faster (docs/concurrency.md). The same places
+/// serve both sides; in a process each worker's mapping is alone in its address space.
 #[derive(Debug, Clone, Copy)]
 pub struct Places {
-    first: usize,
+    first: Option<usize>,
     bytes: usize,
 }
 
 impl Places {
-    /// Room for `workers` mappings of `bytes`, 2 MiB-aligned, in the middle of a range that
-    /// was free when asked and is four times as large (the kernel puts other mappings at the
-    /// top of a free range first).
-    pub fn side_by_side(workers: usize, bytes: usize) -> Result<Places> {
+    /// Room for `workers` mappings of `bytes`, side by side from the bottom (2 MiB-aligned) of a
+    /// range that was free when asked, with room above them for what the workers map of their
+    /// own (a thread's first malloc reserves an arena of up to 128 MiB). With the usual
+    /// top-down layout the kernel puts a new mapping at the top of the highest free range it
+    /// fits in, which is this one (the probe was put there), so it lands far above the places.
+    /// The probe counts against `ulimit -v`: where it is refused, half as much is tried, down to
+    /// the places alone; where even that is refused, the kernel chooses ([`Places::of`] is
+    /// `None`), as it does for anything that takes a place first (`mapped_where_asked`).
+    pub fn side_by_side(workers: usize, bytes: usize) -> Places {
         const ALIGN: usize = 2 << 20;
-        let len = (4 * workers * bytes).max(1 << 30);
-        let free = harness::mem::free_range(len)?;
-        Ok(Places { first: (free + len / 4).next_multiple_of(ALIGN), bytes })
+        const ROOM_PER_WORKER: usize = 128 << 20;
+        let needed = workers * bytes + ALIGN;
+        let mut len = needed + workers * ROOM_PER_WORKER + (1 << 30);
+        while len >= needed {
+            if let Ok(free) = harness::mem::free_range(len) {
+                return Places { first: Some(free.next_multiple_of(ALIGN)), bytes };
+            }
+            len /= 2;
+        }
+        Places { first: None, bytes }
     }
 
-    /// The address worker `i` maps at.
-    pub fn of(&self, i: usize) -> usize {
-        self.first + i * self.bytes
+    /// The address worker `i` asks for, if any.
+    pub fn of(&self, i: usize) -> Option<usize> {
+        self.first.map(|f| f + i * self.bytes)
     }
 
     pub fn bytes(&self) -> usize {
@@ -251,13 +263,13 @@ impl Churn {
 /// writes one byte to every page (one page fault each) and unmaps it. Every mmap, fault and
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
-/// `at` is where this worker asks for its mapping ([`Places::of`]).
-pub fn churn(at: usize, bytes: usize, ops: u64) -> Result<Churn> {
+/// `at` is where this worker asks for its mapping, if anywhere ([`Places::of`]).
+pub fn churn(at: Option<usize>, bytes: usize, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
     let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Churn::default() };
     for _ in 0..ops {
-        let m = touched(Some(at), bytes)?;
-        c.where_asked += u64::from(m.as_ptr() as usize == at);
+        let m = touched(at, bytes)?;
+        c.where_asked += u64::from(Some(m.as_ptr() as usize) == at);
         drop(m);
         c.cpus |= cpu_bit(cpu::current()?);
         c.ops += 1;
@@ -284,8 +296,8 @@ fn touched(at: Option<usize>, bytes: usize) -> Result<Mapping> {
 
 /// KiB of one churn op's mapping that huge pages backed (AnonHugePages in smaps), observed on
 /// one op outside every timed run: reading smaps takes the mmap lock the churn contends on.
-pub fn huge_kib_of_one_op(bytes: usize) -> Result<u64> {
-    touched(None, bytes)?.huge_kib()
+pub fn huge_kib_of_one_op(at: Option<usize>, bytes: usize) -> Result<u64> {
+    touched(at, bytes)?.huge_kib()
 }
 
 #[cfg(test)]
@@ -318,17 +330,29 @@ mod tests {
 
     #[test]
     fn churn_faults_once_per_page_where_asked() {
-        let places = Places::side_by_side(2, 1 << 20).unwrap();
-        assert_eq!(places.of(1) - places.of(0), 1 << 20, "side by side");
-        assert_eq!(places.of(0) % (2 << 20), 0, "2 MiB-aligned");
-        let c = churn(places.of(1), 1 << 20, 3).unwrap();
+        let places = Places::side_by_side(2, 1 << 20);
+        let (first, second) = (places.of(0).unwrap(), places.of(1).unwrap());
+        assert_eq!(second - first, 1 << 20, "side by side");
+        assert_eq!(first % (2 << 20), 0, "2 MiB-aligned");
+        let c = churn(Some(second), 1 << 20, 3).unwrap();
         assert_eq!(c.where_asked, 3, "every op's mapping at its place");
         let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
         assert_eq!(c.ops, 3);
         assert!(c.minor_faults >= pages, "{} faults for {pages} pages", c.minor_faults);
         // Huge pages are off: no op is served by a few 2 MiB faults.
         assert!(c.minor_faults <= pages + pages / 10, "{} faults for {pages} pages", c.minor_faults);
-        assert_eq!(huge_kib_of_one_op(4 << 20).unwrap(), 0);
+        assert_eq!(huge_kib_of_one_op(None, 4 << 20).unwrap(), 0);
+    }
+
+    /// Each thread's first malloc reserves an arena; placed in the middle of a free range,
+    /// the places were taken by those arenas from about 12 threads on.
+    #[test]
+    fn sixteen_threads_each_map_where_asked() {
+        let places = Places::side_by_side(16, 16 << 20);
+        let all = crate::thread::churn(16, places, 2, Duration::from_secs(30)).unwrap();
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!((c.ops, c.where_asked), (2, 2), "worker {i}");
+        }
     }
 
     #[test]
