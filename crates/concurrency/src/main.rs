@@ -594,8 +594,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
             round1(stats::median(&each))
         };
         let faults = sw.all().flatten().map(|c| c.minor_faults).sum::<i64>();
-        let done = sw.all().flatten().map(|c| c.ops).sum::<u64>();
-        let (where_asked, _) = placed(sw);
+        let (where_asked, done) = placed(sw);
         Some(
             Side::measured(judged, "µs/op")
                 .fact("cpus_allowed", cpus)
