@@ -100,7 +100,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     let before = Usage::of_self()?;
     let gate = Gate::new()?;
     let me = procfs::process::Process::myself().context("opening /proc/self")?;
-    let kernel_before = Kernel::now()?;
+    let (kernel_before, kernel_settled) = Kernel::settled()?;
     let measured = thread::scope(|s| {
         let mut children = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -129,7 +129,13 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
             // thread: the workers' memory is this process's memory.
             let after = Usage::of(&me)?;
             let kernel = Kernel::now()? - kernel_before;
-            Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before, kernel })
+            Ok(Added {
+                workers: workers as u64,
+                idle_when_measured: idle()?,
+                usage: after - before,
+                kernel,
+                kernel_settled,
+            })
         });
         gate.release();
         for h in children {
