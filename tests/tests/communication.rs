@@ -156,7 +156,11 @@ fn round_trips_happened_where_the_tasks_were_pinned() {
             assert_eq!(f["ran_on_pinned_cpus"], true, "{id} {side}");
             assert_eq!(f["pinned_cpus"], f["ran_on_cpus"], "{id} {side}");
             assert_eq!(f["message_bytes"], 64, "{id} {side}");
-            assert!(f["round_trips"].as_u64().unwrap() >= 7, "{id} {side}");
+            // At least 16 round trips in every timed run: a run of one measured the partner's
+            // reports around it more than the mechanism.
+            let runs = e[side]["runs"].as_u64().unwrap();
+            assert!(runs >= 7, "{id} {side}: {runs} runs");
+            assert!(f["round_trips"].as_u64().unwrap() >= 16 * runs, "{id} {side}: {f}");
             assert!(f["p50_us"].as_f64().unwrap() <= f["p99_us"].as_f64().unwrap(), "{id} {side}");
             assert!(f["cpu_us_per_round_trip"].as_f64().unwrap() > 0.0, "{id} {side}: CPU was used");
         }

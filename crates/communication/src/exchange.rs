@@ -179,15 +179,31 @@ pub struct Trips {
     pub ran_on: [usize; 2],
 }
 
-/// How many round trips fill one run's time budget on this link.
+/// Round trips made on a new link before it is sized. The first ones fault in code and stacks
+/// and wake a partner that has not run yet: on an AMD EPYC guest, with nothing run before in the
+/// row (`--only cpu-cost`), they took over a millisecond each, the link was sized at one round
+/// trip a run, and the CPU figure was then mostly the two reports around each run (a `reversed`
+/// at 0.4-0.6 where the whole row gave 4-6).
+const WARM_TRIPS: u64 = 64;
+
+/// The fewest round trips in a run, so that the partner's two reports around it (one message
+/// each way) weigh a few per cent at most in the run's CPU time.
+const MIN_TRIPS: u64 = 16;
+
+/// How many round trips fill one run's time budget on this link, at least [`MIN_TRIPS`],
+/// sized after [`WARM_TRIPS`] untimed ones.
 pub fn size_trips(link: &mut dyn Link, budget: Duration, deadline: Duration) -> Result<u64> {
-    stats::iterations_for(budget, |n| {
+    for _ in 0..WARM_TRIPS {
+        round_trip(link, deadline)?;
+    }
+    let n = stats::iterations_for(budget, |n| {
         let start = Instant::now();
         for _ in 0..n {
             round_trip(link, deadline)?;
         }
         Ok(start.elapsed())
-    })
+    })?;
+    Ok(n.max(MIN_TRIPS))
 }
 
 fn round_trip(link: &mut dyn Link, deadline: Duration) -> Result<()> {

@@ -420,7 +420,7 @@ fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> 
 
 /// Said by every experiment whose runs are sized by round trips.
 const SIZED: &str = "Both sides make the same number of round trips per run, sized once on each link (the \
-                     smaller count) before any run.";
+                     smaller count) before any run, after 64 untimed ones, and at least 16.";
 
 fn latency_channel(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(
