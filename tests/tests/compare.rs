@@ -65,7 +65,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
         experiments.iter().map(|e| format!("{}/{}", e["row"].as_str().unwrap(), e["id"].as_str().unwrap())).collect();
     assert_eq!(seen, listed(), "every listed experiment, once");
     let (mut flipped, mut measured, mut changed, mut sides, mut within) = (0, 0u64, 0u64, 0u64, 0u64);
-    let mut near_line = 0u64;
+    let (mut near_line, mut ratios_seen, mut ratios_within) = (0u64, 0u64, 0u64);
     for e in experiments {
         let id = format!("{}/{}", e["row"], e["id"]);
         let verdicts = e["verdicts"].as_object().unwrap();
@@ -126,8 +126,17 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
                 let [r, low, high] = [0, 1, 2].map(|i| r[i].as_f64().unwrap());
                 assert!(low <= r && r <= high && low > 0.0, "{id}: {r} outside ({low}, {high})");
             }
+            // The ratio's stray, from the ratios themselves: with two runs their median is
+            // their mean, so each lies |r1 - r2| / (r1 + r2) from it.
+            let [r1, r2] = [0, 1].map(|i| ratios[i][0].as_f64().unwrap());
+            let expected = (r1 - r2).abs() / (r1 + r2);
+            let stray = e["ratio_stray"].as_f64().unwrap_or_else(|| panic!("{id}: no ratio_stray"));
+            assert!((stray - expected).abs() < 1e-9, "{id}: ratio_stray {stray}, ratios {r1} and {r2}");
+            ratios_seen += 1;
+            ratios_within += (stray <= 0.10) as u64;
         } else {
             assert!(e.get("process_stray").is_none(), "{id}: a stray of what?");
+            assert!(e.get("ratio_stray").is_none(), "{id}: a ratio stray of what?");
             if e["kind"] == "observe" {
                 assert!(e.get("ratios").is_none(), "{id}: a ratio of what?");
             }
@@ -138,6 +147,10 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     assert_eq!((doc["measured"].as_u64(), doc["measured_changed"].as_u64()), (Some(measured), Some(changed)));
     assert_eq!(doc["measured_changed_near_line"].as_u64(), Some(near_line));
     assert_eq!((doc["sides"].as_u64(), doc["sides_within_10_percent"].as_u64()), (Some(sides), Some(within)));
+    assert_eq!(
+        (doc["ratios"].as_u64(), doc["ratios_within_10_percent"].as_u64()),
+        (Some(ratios_seen), Some(ratios_within))
+    );
     // A pace for every row that ran, once each, one per run. With two runs a side's median of
     // medians is their mean, so its two distances are d and -d, and the median over a row's
     // sides is too: a pace with the wrong sign or centre breaks the sum.

@@ -35,6 +35,12 @@ pub struct Stability {
     pub process_stray: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_stray: Option<f64>,
+    /// The same for the ratio: the largest distance of any run's ratio from the median of the
+    /// runs' ratios (`measure` only, and only when every run had one). The two sides of a
+    /// pair run in turns, so a machine that is slower for a while moves both medians and not
+    /// their ratio: side strays well above the ratio's were the machine's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_stray: Option<f64>,
     /// Each run's ratio with its 95 % interval, `[ratio, low, high]` (`measure` only), so that
     /// a verdict that changed shows whether its ratio sat at an edge of the band or moved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -94,6 +100,10 @@ struct Summary<'a> {
     /// Measured sides whose every median stayed within ±10 % of their median of medians.
     sides_within_10_percent: usize,
     sides: usize,
+    /// Measured experiments whose every ratio stayed within ±10 % of the median of their
+    /// ratios, of those with a ratio in every run.
+    ratios_within_10_percent: usize,
+    ratios: usize,
     /// Each row's pace in each run (see [`pace`]), rows in the order they ran.
     pace: Vec<RowPace>,
     /// Rows that failed in some run.
@@ -190,6 +200,7 @@ pub fn stability(docs: &[Document]) -> Vec<Stability> {
                 verdicts: counts,
                 process_stray: stray(&medians[0]),
                 thread_stray: stray(&medians[1]),
+                ratio_stray: stray(&ratios.iter().map(|r| r.map(|r| r[0])).collect()),
                 ratios: if measured { ratios.clone() } else { Vec::new() },
                 process_medians: if measured { medians[0].clone() } else { Vec::new() },
                 thread_medians: if measured { medians[1].clone() } else { Vec::new() },
@@ -232,6 +243,7 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
     let experiments = stability(docs);
     let measured: Vec<&Stability> = experiments.iter().filter(|s| s.kind == Kind::Measure).collect();
     let strays: Vec<f64> = measured.iter().flat_map(|s| [s.process_stray, s.thread_stray]).flatten().collect();
+    let ratio_strays: Vec<f64> = measured.iter().filter_map(|s| s.ratio_stray).collect();
     // Each failed row once, in the order of its first failure.
     let mut failures: Vec<String> = Vec::new();
     for row in docs.iter().flat_map(|d| d.failures.iter().map(|f| &f.row)) {
@@ -248,6 +260,8 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
         flipped: experiments.iter().filter(|s| s.flipped).count(),
         sides_within_10_percent: strays.iter().filter(|&&s| s <= 0.10).count(),
         sides: strays.len(),
+        ratios_within_10_percent: ratio_strays.iter().filter(|&&s| s <= 0.10).count(),
+        ratios: ratio_strays.len(),
         failures,
         pace: pace(&experiments, docs.len()),
         experiments,
@@ -266,7 +280,7 @@ fn human(s: &Summary) -> String {
     out.push('\n');
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(100);
-    t.set_header(vec!["Experiment", "Verdicts seen", "Ratios seen", "Process stray", "Thread stray"]);
+    t.set_header(vec!["Experiment", "Verdicts seen", "Ratios seen", "Process stray", "Thread stray", "Ratio stray"]);
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("±{:.1}%", x * 100.0));
     for e in &s.experiments {
         let seen: Vec<String> = e.verdicts.iter().map(|(v, n)| format!("{v}×{n}")).collect();
@@ -278,6 +292,7 @@ fn human(s: &Summary) -> String {
             ratio_range(&e.ratios),
             pct(e.process_stray),
             pct(e.thread_stray),
+            pct(e.ratio_stray),
         ]);
     }
     out.push_str(&format!("{t}\n"));
@@ -286,8 +301,9 @@ fn human(s: &Summary) -> String {
         s.runs, s.runs
     ));
     out.push_str(&format!(
-        "{} of {} measured sides stayed within ±10%; {} experiments went between holds and reversed.\n",
-        s.sides_within_10_percent, s.sides, s.flipped
+        "{} of {} measured sides stayed within ±10%, and {} of {} ratios: the sides of a pair run in turns,\n\
+         so a stray both sides share was the machine's. {} experiments went between holds and reversed.\n",
+        s.sides_within_10_percent, s.sides, s.ratios_within_10_percent, s.ratios, s.flipped
     ));
     out.push_str("Pace: each row's median side, as a distance from its median of medians, run by run\n");
     out.push_str("(a whole row off at once was the machine while it ran, not a side):\n");
@@ -330,6 +346,7 @@ mod tests {
             flipped: false,
             process_stray: None,
             thread_stray: None,
+            ratio_stray: None,
             ratios: Vec::new(),
             process_medians: process.iter().map(|&m| Some(m)).collect(),
             thread_medians: thread.iter().map(|&m| Some(m)).collect(),
@@ -372,6 +389,21 @@ mod tests {
         let near = |x: Option<f64>, y: f64| (x.unwrap() - y).abs() < 1e-9;
         assert!(near(p[0].runs[0], 0.0) && near(p[0].runs[1], 0.2) && near(p[0].runs[2], 0.0), "{p:?}");
         assert!(p[1].runs.iter().all(|&r| near(r, 0.0)), "{p:?}");
+    }
+
+    #[test]
+    fn the_ratio_strays_only_when_the_sides_move_apart() {
+        // Both sides 20 % slower in run 2: each side strays by 20 %, their ratio not at all.
+        let docs_like = |p: [f64; 3], t: [f64; 3]| {
+            let ratios: Vec<Option<[f64; 3]>> = p.iter().zip(t).map(|(p, t)| Some([p / t, p / t, p / t])).collect();
+            let rs: Vec<Option<f64>> = ratios.iter().map(|r| r.map(|r| r[0])).collect();
+            (distances(&rs).map(|d| stray(&d)), distances(&p.map(Some)).map(|d| stray(&d)))
+        };
+        let (ratio, side) = docs_like([10.0, 12.0, 10.0], [5.0, 6.0, 5.0]);
+        assert!(ratio.unwrap() < 1e-12 && (side.unwrap() - 0.2).abs() < 1e-12);
+        // Only the process side 20 % slower: the ratio strays with it.
+        let (ratio, _) = docs_like([10.0, 12.0, 10.0], [5.0, 5.0, 5.0]);
+        assert!((ratio.unwrap() - 0.2).abs() < 1e-12);
     }
 
     #[test]
