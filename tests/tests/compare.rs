@@ -171,6 +171,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     assert!(doc["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));
     assert_eq!(doc["machine"]["optimized"], true);
     assert!(doc["machine"]["cpu_idle"].as_str().is_some_and(|s| !s.is_empty()), "{}", doc["machine"]);
+    assert!(doc["machine"]["free_page_reporting"].is_boolean(), "{}", doc["machine"]);
 }
 
 #[test]
