@@ -148,7 +148,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     assert_eq!(doc["measured_changed_near_line"].as_u64(), Some(near_line));
     assert_eq!((doc["sides"].as_u64(), doc["sides_within_10_percent"].as_u64()), (Some(sides), Some(within)));
     assert_eq!(
-        (doc["ratios"].as_u64(), doc["ratios_within_10_percent"].as_u64()),
+        (doc["ratios_counted"].as_u64(), doc["ratios_within_10_percent"].as_u64()),
         (Some(ratios_seen), Some(ratios_within))
     );
     // A pace for every row that ran, once each, one per run. With two runs a side's median of

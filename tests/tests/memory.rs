@@ -50,6 +50,15 @@ fn json_report_matches_the_snapshot() {
     let mut report = quick_report().clone();
     tests::redact_numbers(&mut report, KEEP);
     redact_addresses(&mut report);
+    // Whether PageTables had stopped falling is a condition of the machine (another program's
+    // exits keep it falling), like the timings, not a claim.
+    for e in report["experiments"].as_array_mut().unwrap() {
+        for side in ["process", "thread"] {
+            if let Some(f) = e[side]["facts"].get_mut("page_tables_steady_before_every_run") {
+                *f = Value::String("[whether the machine was steady]".into());
+            }
+        }
+    }
     insta::assert_json_snapshot!("memory_quick_json", report);
 }
 

@@ -46,7 +46,7 @@ struct Args {
     /// Print all reports as one JSON document instead of tables.
     #[arg(long)]
     json: bool,
-    /// Run the whole suite N times (2 to 20) and report how stable each verdict and median was.
+    /// Run the whole suite N times (2 to 20) and report how stable each verdict, median and ratio was.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20))]
     repeat: Option<u32>,
     /// Rows to run (default: every row that exists).

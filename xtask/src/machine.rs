@@ -34,6 +34,10 @@ pub struct Machine {
     /// when the host took back what they use next.
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// The smallest free block reported, as an order (2^order pages; 9 is 2 MiB), where the
+    /// kernel says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_page_reporting_order: Option<u32>,
     /// What an idle CPU does (the cpuidle driver and governor; for a guest's haltpoll, how
     /// long it polls before it halts): it decides what a wake-up from another CPU costs.
     pub cpu_idle: String,
@@ -82,6 +86,7 @@ impl Machine {
             mitigation_details: mitigations,
             transparent_hugepages: transparent_hugepages(),
             free_page_reporting: free_page_reporting(),
+            free_page_reporting_order: free_page_reporting_order(),
             cpu_idle: cpu_idle(),
             idle_cpus: Default::default(),
             cgroup_cpu: cgroup_cpu(),
@@ -119,7 +124,12 @@ impl Machine {
             if self.idle_cpus.how.is_empty() { String::new() } else { format!(", {}", self.idle_cpus.how) },
             if self.mitigations.is_empty() { "none active".to_string() } else { self.mitigations.join(", ") },
             self.transparent_hugepages,
-            if self.free_page_reporting { "on (the host takes back freed memory)" } else { "off" },
+            match (self.free_page_reporting, self.free_page_reporting_order) {
+                (true, Some(order)) =>
+                    format!("on (free blocks of order {order} and up: the host takes back freed memory)"),
+                (true, None) => "on (the host takes back freed memory)".to_string(),
+                (false, _) => "off".to_string(),
+            },
             if limits.is_empty() { "none".to_string() } else { limits.join(", ") },
             self.rustc,
             if self.optimized { "optimised build" } else { "UNOPTIMISED build" },
@@ -184,7 +194,6 @@ fn mitigations() -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// "madvise (defrag madvise)": the bracketed choice of each file.
 /// Whether some virtio balloon on this machine negotiated free page reporting.
 fn free_page_reporting() -> bool {
     let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else { return false };
@@ -200,6 +209,13 @@ fn reports_free_pages(device: &str, features: &str) -> bool {
     device.trim() == "0x0005" && features.trim().as_bytes().get(5) == Some(&b'1')
 }
 
+/// The smallest block of free pages the kernel reports, as an order (2^order pages), where
+/// the page_reporting module says (`page_reporting_order`): a larger order reports less.
+fn free_page_reporting_order() -> Option<u32> {
+    std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order").ok()?.trim().parse().ok()
+}
+
+/// "madvise (defrag madvise)": the bracketed choice of each file.
 fn transparent_hugepages() -> String {
     let selected = |file: &str| {
         let text = std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{file}")).ok()?;

@@ -182,12 +182,12 @@ pub struct Trips {
 /// Round trips made on a new link before it is sized. The first ones fault in code and stacks
 /// and wake a partner that has not run yet: on an AMD EPYC guest, with nothing run before in the
 /// row (`--only cpu-cost`), they took over a millisecond each, the link was sized at one round
-/// trip a run, and the CPU figure was then mostly the two reports around each run (a `reversed`
-/// at 0.4-0.6 where the whole row gave 4-6).
+/// trip a run, and the CPU figure was then mostly the two reports around each run (`reversed`
+/// at 0.32-0.73 where the whole row gave `holds` at 4-7: docs/communication.md).
 const WARM_TRIPS: u64 = 64;
 
-/// The fewest round trips in a run, so that the partner's two reports around it (one message
-/// each way) weigh a few per cent at most in the run's CPU time.
+/// The fewest round trips in a run, so that the partner's two reports around it (about one
+/// round trip's work) weigh about 6 % at most in the run's CPU time.
 const MIN_TRIPS: u64 = 16;
 
 /// How many round trips fill one run's time budget on this link, at least [`MIN_TRIPS`],

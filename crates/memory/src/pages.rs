@@ -301,36 +301,59 @@ impl Kernel {
     }
 }
 
-/// How long [`Kernel::settled`] waits between two readings.
-const SETTLE_STEP: Duration = Duration::from_millis(2);
-/// The fall of PageTables between two readings below which the machine counts as settled:
-/// four page-table pages.
-const SETTLE_FALL: i64 = 16 << 10;
-/// The longest [`Kernel::settled`] waits.
-const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
+/// How long [`Kernel::steady`] waits between two readings.
+const STEADY_STEP: Duration = Duration::from_millis(2);
+/// The fall of PageTables between two readings that counts as still falling: four
+/// page-table pages.
+const STEADY_FALL: i64 = 16 << 10;
+/// How many steps in a row without such a fall make the machine steady: 8 ms.
+const STEADY_STEPS: u32 = 4;
+/// The longest [`Kernel::steady`] waits.
+const STEADY_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Watches PageTables reading after reading, for [`Kernel::steady`].
+#[derive(Debug)]
+struct Steadiness {
+    last: i64,
+    quiet: u32,
+}
+
+impl Steadiness {
+    fn new(first: i64) -> Steadiness {
+        Steadiness { last: first, quiet: 0 }
+    }
+
+    /// Takes the next reading; true once PageTables has fallen by less than [`STEADY_FALL`]
+    /// at each of the last [`STEADY_STEPS`] readings (a rise counts as no fall).
+    fn next(&mut self, page_tables: i64) -> bool {
+        self.quiet = if self.last - page_tables < STEADY_FALL { self.quiet + 1 } else { 0 };
+        self.last = page_tables;
+        self.quiet >= STEADY_STEPS
+    }
+}
 
 impl Kernel {
-    /// Reads /proc/meminfo once the machine has stopped freeing what earlier tasks left: their
-    /// page tables and task structures are freed after an RCU grace period, which can end after
-    /// they were reaped. A host that read its "before" at once, right after the previous run's
-    /// 128 worker processes were reaped, saw PageTables fall by 5 MiB while its own workers
-    /// started (-42 KiB of page tables per thread, on an AMD EPYC guest). Settled means
-    /// PageTables fell by less than four pages over each of two steps of 2 ms; the second value
-    /// says whether that happened within a second.
-    pub fn settled() -> Result<(Kernel, bool)> {
+    /// Reads /proc/meminfo once PageTables has stopped falling. The previous run's tasks free
+    /// their page tables (and, in the same RCU grace periods, their task structures) after
+    /// they were reaped: a host that read its "before" at once, right after the previous
+    /// run's 128 worker processes were reaped, saw PageTables fall by 5 MiB while its own
+    /// workers started (-42 KiB of page tables per thread, on an AMD EPYC guest). Steady means
+    /// no fall of four pages or more over 8 ms, in steps of 2 ms (slab is not watched); the
+    /// second value says whether that came within a second.
+    pub fn steady() -> Result<(Kernel, bool)> {
         let start = Instant::now();
         let mut last = Kernel::now()?;
-        let mut quiet_steps = 0;
-        while quiet_steps < 2 {
-            if start.elapsed() >= SETTLE_AT_MOST {
+        let mut watch = Steadiness::new(last.page_tables);
+        loop {
+            if start.elapsed() >= STEADY_AT_MOST {
                 return Ok((last, false));
             }
-            std::thread::sleep(SETTLE_STEP);
-            let now = Kernel::now()?;
-            quiet_steps = if last.page_tables - now.page_tables < SETTLE_FALL { quiet_steps + 1 } else { 0 };
-            last = now;
+            std::thread::sleep(STEADY_STEP);
+            last = Kernel::now()?;
+            if watch.next(last.page_tables) {
+                return Ok((last, true));
+            }
         }
-        Ok((last, true))
     }
 }
 
@@ -358,8 +381,8 @@ pub struct Added {
     /// What the machine's kernel memory grew by, from right before the first worker started
     /// to when all were idle.
     pub kernel: Kernel,
-    /// Whether the machine had settled ([`Kernel::settled`]) when the "before" was read.
-    pub kernel_settled: bool,
+    /// Whether PageTables had stopped falling ([`Kernel::steady`]) when the "before" was read.
+    pub kernel_steady: bool,
 }
 
 impl Added {
@@ -501,11 +524,30 @@ mod tests {
     }
 
     #[test]
-    fn a_settled_reading_waits_for_two_quiet_steps_at_least() {
+    fn steady_means_no_fall_of_four_pages_over_four_readings() {
+        let kib = |k: i64| k << 10;
+        // Still falling by 5 MiB in steps: never steady.
+        let mut w = Steadiness::new(kib(8000));
+        assert!(!(1..=20).any(|i| w.next(kib(8000 - 250 * i))));
+        // A fall, then flat: steady at the fourth flat reading, not before.
+        let mut w = Steadiness::new(kib(8000));
+        assert!(!w.next(kib(3000)));
+        assert_eq!([kib(3000); 4].map(|r| w.next(r)), [false, false, false, true]);
+        // A fall of three pages is no fall; a rise is none either; a fall of four starts over.
+        let mut w = Steadiness::new(kib(100));
+        assert_eq!(
+            [kib(88), kib(400), kib(400), kib(384), kib(384)].map(|r| w.next(r)),
+            [false, false, false, false, false]
+        );
+        assert!([kib(384); 3].map(|r| w.next(r))[2]);
+    }
+
+    #[test]
+    fn a_steady_reading_comes_within_its_limit() {
         let start = Instant::now();
-        let (k, _) = Kernel::settled().unwrap();
-        assert!(start.elapsed() >= 2 * SETTLE_STEP, "it read before the machine could show a fall");
-        assert!(start.elapsed() < SETTLE_AT_MOST + Duration::from_millis(500), "it waited past its limit");
+        let (k, _) = Kernel::steady().unwrap();
+        assert!(start.elapsed() >= STEADY_STEP * STEADY_STEPS, "it read before four steps");
+        assert!(start.elapsed() < STEADY_AT_MOST + Duration::from_millis(500), "it waited past its limit");
         assert!(k.page_tables > 0, "{k:?}");
     }
 

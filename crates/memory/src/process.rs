@@ -191,7 +191,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     Usage::of_self()?; // the first read allocates what later reads reuse
     let before = Usage::of_self()?;
     let gate = Gate::new()?;
-    let (kernel_before, kernel_settled) = Kernel::settled()?;
+    let (kernel_before, kernel_steady) = Kernel::steady()?;
     let mut children = Vec::with_capacity(workers);
     for _ in 0..workers {
         // process: each worker is a copy of this process; it shares our pages until it writes
@@ -215,13 +215,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
             after = after + Usage::of(p)?;
         }
         let kernel = Kernel::now()? - kernel_before;
-        Ok(Added {
-            workers: workers as u64,
-            idle_when_measured: idle()?,
-            usage: after - before,
-            kernel,
-            kernel_settled,
-        })
+        Ok(Added { workers: workers as u64, idle_when_measured: idle()?, usage: after - before, kernel, kernel_steady })
     });
     gate.release();
     for exit in wait_all(children, deadline)? {

@@ -100,7 +100,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
     let before = Usage::of_self()?;
     let gate = Gate::new()?;
     let me = procfs::process::Process::myself().context("opening /proc/self")?;
-    let (kernel_before, kernel_settled) = Kernel::settled()?;
+    let (kernel_before, kernel_steady) = Kernel::steady()?;
     let measured = thread::scope(|s| {
         let mut children = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -134,7 +134,7 @@ pub fn footprint_child(args: &[String]) -> Result<()> {
                 idle_when_measured: idle()?,
                 usage: after - before,
                 kernel,
-                kernel_settled,
+                kernel_steady,
             })
         });
         gate.release();
