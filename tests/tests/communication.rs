@@ -177,6 +177,20 @@ fn round_trips_happened_where_the_tasks_were_pinned() {
     assert!(same("latency-shm") && same("latency-pipe"), "the latency pairs run on one CPU");
 }
 
+#[test]
+fn cpu_cost_alone_is_sized_on_a_warm_link() {
+    // First in its row, on a link nothing has used yet: the first round trips are the slowest
+    // (they fault in code and wake a partner that has not run), and sized on those a run was
+    // one round trip, whose CPU figure was the partner's reports more than the channel.
+    let report = tests::report("communication", &["--quick", "--only", "cpu-cost"]);
+    let e = experiment(&report, "cpu-cost");
+    for side in ["process", "thread"] {
+        let runs = e[side]["runs"].as_u64().unwrap();
+        let trips = e[side]["facts"]["round_trips"].as_u64().unwrap();
+        assert!(trips >= 16 * runs, "{side}: {trips} round trips in {runs} runs");
+    }
+}
+
 /// Code lines (not blank, not only a comment) inside every `// effort: NAME begin` ..
 /// `// effort: end` region of a source, counted here, independently of the row's counter.
 fn marked_lines(source: &str, name: &str) -> u64 {
