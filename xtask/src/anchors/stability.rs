@@ -3,8 +3,9 @@
 //! for the process side and `--pthread` (start of a pthread) for the thread side.
 //!
 //! A restart also includes noticing the crash (waitpid through a pidfd, or a join) and the
-//! supervisor's bookkeeping, while stress-ng's larger process forks more slowly than our small
-//! row: the ratios are scales, not bands. The restarts share one CPU, and stress-ng's forks
+//! supervisor's bookkeeping, while stress-ng's fork op does more than a bare fork (its child
+//! makes five more calls before it exits: anchors/concurrency.rs): the ratios are scales, not
+//! bands. The restarts share one CPU, and stress-ng's forks
 //! run there too.
 
 use anyhow::Result;
@@ -20,7 +21,7 @@ pub const ANCHOR: Anchor = Anchor {
 };
 
 fn run(ctx: &Ctx) -> Result<Vec<Line>> {
-    const WHY: &str = "a restart is noticing the crash, then a start (stress-ng's larger process forks more slowly)";
+    const WHY: &str = "a restart is noticing the crash, then a start (stress-ng's fork op does more than a bare fork)";
     let mut lines = [
         Line::new("restart, process  vs  stress-ng --fork bogo op", "µs", "µs").scale(WHY),
         Line::new("restart, thread  vs  stress-ng --pthread start", "µs", "µs").scale(WHY),
