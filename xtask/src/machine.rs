@@ -29,9 +29,9 @@ pub struct Machine {
     /// the host then takes back memory the guest freed, and the guest's next use of such a
     /// page faults in the host too. On an AMD EPYC guest, writing 1 GiB of fresh pages took
     /// 1.11 s eight seconds after 8 GiB had been freed (2.1 GiB of it reported), against
-    /// 0.39-0.49 s with reporting held off (docs/report.md): the rows that free and take
-    /// large amounts (spawn-vs-size, shared-frame) pay it in their set-up, and in their runs
-    /// when the host took back what they use next.
+    /// 0.39-0.49 s with reporting held off (docs/report.md): the rows that take large amounts
+    /// (spawn-vs-size, shared-frame) pay it in their set-up; whether it reaches their timed runs
+    /// was not measured (cow-copy's runs did not move with it).
     #[serde(default)]
     pub free_page_reporting: bool,
     /// The smallest free block reported, as an order (2^order pages; 9 is 2 MiB), where the

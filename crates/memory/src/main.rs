@@ -373,9 +373,10 @@ fn footprint(ctx: &Ctx) -> Result<Findings> {
              Pss_Anon + VmPTE, after minus before: of the host and every worker for processes (Pss splits a \
              shared page among the processes that map it, so the sum counts every page once), of the host \
              alone for threads. File-backed pages (the program, libc) are in the page cache once whoever maps \
-             them and are not counted. The kernel's share comes from /proc/meminfo, read once PageTables has \
-             stopped falling (the previous run's tasks free theirs after an RCU grace period: \
-             page_tables_steady_before_every_run), right before the first worker starts, and again once all are idle: kernel_stack (KernelStack), slab_unreclaimable \
+             them and are not counted. The kernel's share comes from /proc/meminfo, read once PageTables \
+             has stopped falling (the previous run's tasks free theirs after an RCU grace period: \
+             page_tables_steady_before_every_run), right before the first worker starts, and again once \
+             all are idle: kernel_stack (KernelStack), slab_unreclaimable \
              (SUnreclaim: task, mm and VMA structures) and machine_page_tables (PageTables, which VmPTE already \
              counts); with_kernel_kib_per_worker is the measured figure plus kernel stack and slab. These \
              counters are machine-wide and include other programs' noise: each is the median over the timed \

@@ -12,13 +12,14 @@
 //!   the same CPU (at least 0.4). The ring makes two passes over every byte where memcpy makes
 //!   one (the writer's copy in, the reader's checksum where it lies), so a ring that adds
 //!   nothing of its own reaches about half memcpy's GB/s where a read costs what a copy does
-//!   (0.50 on an AMD EPYC guest whose 4 MB copy runs from L3 at 36 GB/s; 0.88 on the Intel
-//!   guest, whose copy went to memory at 13 GB/s); the band was 0.5, with no room for the
-//!   two switches per ring-full, and read `NO` at 0.497 there. An extra copy on the way (three
-//!   passes) would give about a third where reads cost what copies do, and so fail; where the
-//!   copy goes to memory and the reader's pass stays in cache (the Intel guest), it would
-//!   still pass: the floor catches it only on the first kind of machine. 4 MB is the ring's size (four 1 MiB slots, `Shape::slots`):
-//!   a copy of that much goes through the caches as the ring's messages do. It was `-s 1MB`,
+//!   (0.45-0.55 on an AMD EPYC guest whose 4 MB copy runs from L3 at 35-39 GB/s; 0.88 on the
+//!   Intel guest, whose copy went to memory at 13 GB/s); the band was 0.5, with no room for
+//!   the two switches per ring-full, and read `NO` at 0.497 there. An extra copy on the way
+//!   (three passes) would give about a third where reads cost what copies do, and so fail;
+//!   where the copy goes to memory and the reader's pass stays in cache (the Intel guest), it
+//!   would still pass: the floor catches it only on the first kind of machine.
+//!
+//!   4 MB is the ring's size (four 1 MiB slots, `Shape::slots`): a copy of that much goes through the caches as the ring's messages do. It was `-s 1MB`,
 //!   which stays in a core's L2 where L2 holds 2 MiB (29 GB/s on the Intel guest, against
 //!   13.4 at 4 MB and 12.8 at 16 MB), so the line said more about the L2's size than about
 //!   the ring: 0.38-0.39 there, 0.79 on an AMD guest whose 1 MB copy already left L2.

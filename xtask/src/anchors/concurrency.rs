@@ -11,8 +11,8 @@
 //! setpgid four times an op (`strace -f -c stress-ng --fork 1 --fork-ops 200`: 800 setpgid,
 //! 200 each of the others). Its page tables are not what differs: its worker had 80 KiB of
 //! VmPTE against about 60 for the concurrency row (`parent_vm_pte_kib` at size 0), on an AMD
-//! EPYC guest. So ours should come out faster, and did: 0.51 on the Intel guest, 0.475-0.507
-//! on the AMD one, at the band's floor of 0.5 (0.5–2 ×), which was set before this was known
+//! EPYC guest. So ours should come out faster, and did: 0.51 on the Intel guest, 0.447-0.507
+//! on the AMD one (three runs), at the band's floor of 0.5 (0.5–2 ×), which was set before this was known
 //! and is left as it is, a `NO` below it included.
 
 use anyhow::Result;

@@ -5,8 +5,7 @@
 //! A restart also includes noticing the crash (waitpid through a pidfd, or a join) and the
 //! supervisor's bookkeeping, while stress-ng's fork op does more than a bare fork (its child
 //! makes five more calls before it exits: anchors/concurrency.rs): the ratios are scales, not
-//! bands. The restarts share one CPU, and stress-ng's forks
-//! run there too.
+//! bands. The restarts share one CPU, and stress-ng's forks run there too.
 
 use anyhow::Result;
 
