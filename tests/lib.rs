@@ -68,17 +68,72 @@ pub fn assert_bad_input(bin: &str, args: &[&str], expected: &str) {
 }
 
 /// Runs a row with `--json` and parses the one document it must print.
+/// Every report is checked against the row's run log (`PVT_RUN_LOG`, harness::runlog): each
+/// judged number came from runs taken in turns ([`assert_runs_taken_in_turns`]).
 pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(name, &all);
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log_path = std::env::temp_dir().join(format!("pvt-test-runlog-{}-{n}", std::process::id()));
+    let out = Command::new(binary(name))
+        .arg("--json")
+        .args(args)
+        .env("PVT_RUN_LOG", &log_path)
+        .output()
+        .expect("running the row binary");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
             "{name} --json did not print one JSON document ({e}):\n{stdout}\nstderr:\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    });
+    assert_runs_taken_in_turns(&report, &log);
+    report
+}
+
+/// Checks a report against its run's log (harness::runlog): for every measured experiment
+/// that ran, the log names it, every call of `stats::interleave` in it took its runs in strict
+/// turns (warm-up pairs `pt`, then timed pairs `PT`; one letter throughout where one side
+/// ran), and one call took exactly the runs each side reports. A row that timed a side in a
+/// loop of its own, or a harness that took one side's runs as a block, fails here.
+pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
+    let mut calls: Vec<(String, Vec<String>)> = Vec::new();
+    for line in log.lines() {
+        if let Some(id) = line.strip_prefix("experiment ") {
+            calls.push((id.to_string(), Vec::new()));
+        } else if let Some(order) = line.strip_prefix("interleave ") {
+            let last = calls.last_mut().unwrap_or_else(|| panic!("runs before any experiment: {line}"));
+            last.1.push(order.to_string());
+        }
+    }
+    for e in report["experiments"].as_array().unwrap() {
+        if e["kind"] != "measure" || e["verdict"] == "skipped" || e["verdict"] == "error" {
+            continue;
+        }
+        let id = e["id"].as_str().unwrap();
+        let runs = |side: &str| e.get(side).and_then(|s| s["runs"].as_u64());
+        let (p, t) = (runs("process"), runs("thread"));
+        let orders = &calls.iter().find(|(x, _)| x == id).unwrap_or_else(|| panic!("{id}: not in the run log")).1;
+        for order in orders {
+            let warm = order.chars().take_while(char::is_ascii_lowercase).count();
+            let (warmup, timed) = order.split_at(warm);
+            for (part, pair) in [(warmup, "pt"), (timed, "PT")] {
+                let (a, b) = (&pair[..1], &pair[1..]);
+                let turns = part.is_empty()
+                    || part == a.repeat(part.len())
+                    || part == b.repeat(part.len())
+                    || (part.len() % 2 == 0 && part == pair.repeat(part.len() / 2));
+                assert!(turns, "{id}: runs not in turns: {order}");
+            }
+        }
+        let count = |order: &str, c: char| Some(order.chars().filter(|&x| x == c).count() as u64).filter(|&n| n > 0);
+        assert!(
+            orders.iter().any(|o| count(o, 'P') == p && count(o, 'T') == t),
+            "{id}: no call of interleave took the runs reported ({p:?} process, {t:?} thread): {orders:?}"
+        );
+    }
 }
 
 /// Replaces every measured number in a report with "[number]" so that a snapshot keeps the
@@ -334,7 +389,8 @@ pub fn headlines(report: &serde_json::Value) -> Vec<&str> {
 /// Checks every measured experiment of a report against its own samples: both sides took the
 /// same number of runs (they take turns), at least 7; each median is the median of the
 /// side's samples; the ratio is of the two medians and lies inside its interval. A row that
-/// summarised the wrong runs, or judged one side's block, fails here.
+/// summarised the wrong runs fails here; the order the runs were taken in is checked against
+/// the run's log by [`report`].
 pub fn assert_measures_are_sound(report: &serde_json::Value) {
     for e in report["experiments"].as_array().unwrap() {
         let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };
@@ -357,5 +413,46 @@ pub fn assert_measures_are_sound(report: &serde_json::Value) {
         assert!((ratio - e["ratio"].as_f64().unwrap()).abs() < 0.001, "{id}: ratio {ratio} vs {}", e["ratio"]);
         let (lo, hi) = (e["ratio_low"].as_f64().unwrap(), e["ratio_high"].as_f64().unwrap());
         assert!(lo <= ratio + 0.001 && ratio <= hi + 0.001 && lo < hi + 1e-9, "{id}: {lo}..{hi} around {ratio}");
+    }
+}
+
+#[cfg(test)]
+mod run_log_checks {
+    use super::assert_runs_taken_in_turns;
+
+    fn report(process_runs: u64, thread_runs: u64) -> serde_json::Value {
+        serde_json::json!({ "experiments": [{
+            "id": "x", "kind": "measure", "verdict": "holds",
+            "process": { "runs": process_runs }, "thread": { "runs": thread_runs },
+        }]})
+    }
+
+    #[test]
+    fn runs_in_turns_pass() {
+        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPTPTPT\n");
+        // A sweep: another point's call beside the judged one.
+        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPTPT\ninterleave ptPTPTPT\n");
+        // One side asked for (--side): one letter throughout.
+        let one = serde_json::json!({ "experiments": [{
+            "id": "x", "kind": "measure", "verdict": "holds", "process": { "runs": 2 } }]});
+        assert_runs_taken_in_turns(&one, "experiment x\ninterleave pPP\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "runs not in turns")]
+    fn one_sides_block_fails() {
+        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPPPTTT\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "not in the run log")]
+    fn runs_outside_the_harness_fail() {
+        assert_runs_taken_in_turns(&report(3, 3), "experiment y\ninterleave ptPTPTPT\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "no call of interleave took the runs reported")]
+    fn a_number_from_other_runs_fails() {
+        assert_runs_taken_in_turns(&report(4, 4), "experiment x\ninterleave ptPTPTPT\n");
     }
 }

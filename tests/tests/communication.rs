@@ -178,10 +178,13 @@ fn round_trips_happened_where_the_tasks_were_pinned() {
 }
 
 #[test]
-fn cpu_cost_alone_is_sized_on_a_warm_link() {
+fn cpu_cost_alone_has_at_least_16_round_trips_a_run() {
     // First in its row, on a link nothing has used yet: the first round trips are the slowest
     // (they fault in code and wake a partner that has not run), and sized on those a run was
-    // one round trip, whose CPU figure was the partner's reports more than the channel.
+    // one round trip, whose CPU figure was the partner's reports more than the channel. The
+    // row now warms the link before sizing and never takes fewer than 16 a run; this test
+    // holds the floor: a run of fewer round trips fails it. The warm-up itself is method:
+    // what it buys is a timing, which no test asserts.
     let report = tests::report("communication", &["--quick", "--only", "cpu-cost"]);
     let e = experiment(&report, "cpu-cost");
     for side in ["process", "thread"] {
@@ -321,9 +324,8 @@ fn sigkill_in_the_middle_of_a_shared_memory_exchange_leaves_nothing_behind() {
     // as both had it mapped, so no file is left in /dev/shm.
     assert!(tests::wait_until(5, || tests::gone(pid)), "left: {:?}", tests::group_members(pid));
     assert!(tests::segments_of(pid).is_empty(), "left: {:?}", tests::segments_of(pid));
-    // And the next run removes whatever a killed run of ours could have left.
-    assert!(tests::run("communication", &["--list"]).status.success());
-    assert!(tests::segments_of(pid).is_empty());
+    // What a killed run could still leave, the next run removes: reliability.rs,
+    // a_run_removes_stale_segments_of_dead_owners_and_keeps_live_ones.
 }
 
 #[test]

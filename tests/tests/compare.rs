@@ -66,6 +66,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     assert_eq!(seen, listed(), "every listed experiment, once");
     let (mut flipped, mut measured, mut changed, mut sides, mut within) = (0, 0u64, 0u64, 0u64, 0u64);
     let (mut near_line, mut ratios_seen, mut ratios_within) = (0u64, 0u64, 0u64);
+    let (mut observed, mut observed_changed) = (0u64, 0u64);
     for e in experiments {
         let id = format!("{}/{}", e["row"], e["id"]);
         let verdicts = e["verdicts"].as_object().unwrap();
@@ -99,6 +100,10 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
             assert_eq!(line, None, "{id}: a line for a verdict that did not change");
         }
         near_line += line.is_some() as u64;
+        if e["kind"] == "observe" {
+            observed += 1;
+            observed_changed += (verdicts.len() > 1) as u64;
+        }
         if e["kind"] == "measure" {
             measured += 1;
             changed += (verdicts.len() > 1) as u64;
@@ -146,6 +151,7 @@ fn repeat_accounts_for_every_experiment_and_its_stability() {
     // The summary's counts are the per-experiment entries counted again.
     assert_eq!((doc["measured"].as_u64(), doc["measured_changed"].as_u64()), (Some(measured), Some(changed)));
     assert_eq!(doc["measured_changed_near_line"].as_u64(), Some(near_line));
+    assert_eq!((doc["observed"].as_u64(), doc["observed_changed"].as_u64()), (Some(observed), Some(observed_changed)));
     assert_eq!((doc["sides"].as_u64(), doc["sides_within_10_percent"].as_u64()), (Some(sides), Some(within)));
     assert_eq!(
         (doc["ratios_counted"].as_u64(), doc["ratios_within_10_percent"].as_u64()),

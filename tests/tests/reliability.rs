@@ -185,6 +185,43 @@ fn bad_input_is_refused_with_exit_code_2_everywhere() {
     }
 }
 
+/// An argument that is not UTF-8 is bad input like any other: exit 2 and a short message
+/// (std::env::args would panic on it).
+#[test]
+fn an_argument_that_is_not_utf8_is_refused_with_exit_code_2() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"\xff");
+    for (bin, before) in [("stability", "--only"), ("stability", "--side"), ("xtask", "compare"), ("xtask", "anchors")]
+    {
+        let out = std::process::Command::new(tests::binary(bin)).arg(before).arg(bad).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin} {before}: {stderr}");
+        assert!(stderr.contains("UTF-8") || stderr.contains("invalid value"), "{bin} {before}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bin} {before}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bin} {before}: nothing on stdout");
+    }
+}
+
+/// A reader that stopped reading (`stability --json | head -1`) ends the output quietly: no
+/// panic, the run's own exit code. The pipe's read end is closed before the row starts, so
+/// every write meets EPIPE.
+#[test]
+fn a_closed_stdout_ends_the_output_without_a_panic() {
+    for (bin, args) in [
+        ("stability", &["--list"][..]),
+        ("stability", &["--quick", "--json", "--only", "segfault"][..]),
+        ("stability", &["--quick", "--only", "segfault"][..]),
+        ("xtask", &["--help"][..]),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(tests::binary(bin)).args(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{bin} {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+    }
+}
+
 /// A variable the rows read, set to a value they would not understand: refused with exit 2
 /// before anything runs, not ignored.
 #[test]

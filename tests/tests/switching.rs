@@ -63,7 +63,15 @@ fn the_cross_cpu_experiment_runs_exactly_when_two_cpus_are_allowed() {
     // processes, timed and set against the thread side.
     let f = &e["process"]["facts"];
     assert!(f["ns_with_an_idle_second_thread"].as_f64().unwrap() > 0.0, "{f}");
-    assert!(f["ratio_with_an_idle_second_thread"].as_f64().unwrap() > 0.0, "{f}");
+    assert_ratio_with_its_interval(f);
+}
+
+/// A ratio shown as a fact has its interval beside it and lies inside it.
+fn assert_ratio_with_its_interval(f: &serde_json::Value) {
+    let ratio = f["ratio_with_an_idle_second_thread"].as_f64().unwrap_or_else(|| panic!("no ratio: {f}"));
+    let interval = &f["ratio_with_an_idle_second_thread_interval"];
+    let [low, high] = [0, 1].map(|i| interval[i].as_f64().unwrap_or_else(|| panic!("no interval: {f}")));
+    assert!(0.0 < low && low <= ratio && ratio <= high, "{ratio} outside [{low}, {high}]");
 }
 
 #[test]
@@ -146,6 +154,13 @@ fn the_baselines_do_not_switch() {
             assert!(v <= 2, "{id} {side}: {v} voluntary switches in a loop that never blocks");
         }
     }
+}
+
+#[test]
+fn the_pipe_baselines_cause_is_checked_beside_it_with_an_interval() {
+    // The same loop in a process with a second, idle thread, against the thread (the shared
+    // descriptor table): shown as a ratio with its interval.
+    assert_ratio_with_its_interval(&experiment(quick_report(), "baseline-pipe")["process"]["facts"]);
 }
 
 #[test]

@@ -79,12 +79,12 @@ pub fn main(argv: &[String]) -> Result<bool> {
         return repeat::report(&docs, args.json);
     }
     let doc = docs.remove(0);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc).context("serializing the reports")?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&doc).context("serializing the reports")? + "\n"
     } else {
-        print!("{}", human(&doc));
-    }
-    let ok = doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors);
+        human(&doc)
+    };
+    let ok = harness::row::print_out(&text) && doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors);
     Ok(ok)
 }
 

@@ -348,4 +348,45 @@ mod tests {
         );
         assert!(m.logical_cpus >= 1 && !m.allowed_cpus.is_empty());
     }
+
+    /// Each field against the same thing read here another way: the kernel's own text files.
+    #[test]
+    fn the_machine_is_what_the_kernel_says() {
+        let m = Machine::here(true);
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let cpuinfo = read("/proc/cpuinfo");
+        let field = |line: &str| line.split_once(':').map(|(_, v)| v.trim().to_string());
+        let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(field);
+        assert_eq!(Some(m.cpu_model.clone()), model.or(Some("unknown".into())));
+        assert_eq!(m.logical_cpus, cpuinfo.lines().filter(|l| l.starts_with("processor")).count());
+        let status = read("/proc/self/status");
+        let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list")).and_then(field);
+        assert_eq!(Some(m.allowed_cpus.clone()), allowed);
+        assert_eq!(m.kernel, read("/proc/sys/kernel/osrelease").trim());
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).and_then(field).unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        assert_eq!((m.pcid, m.invpcid), (has("pcid"), has("invpcid")));
+        // Every vulnerability file that names a mitigation, and no other.
+        let mut mitigated: Vec<String> = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities")
+            .map(|d| d.flatten().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with("Mitigation")))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        mitigated.sort();
+        assert_eq!(m.mitigations, mitigated);
+        // THP's selected mode is the bracketed word.
+        if let Ok(enabled) = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") {
+            let mode = enabled.split_whitespace().find(|w| w.starts_with('[')).unwrap().trim_matches(['[', ']']);
+            assert!(m.transparent_hugepages.starts_with(mode), "{} against {enabled}", m.transparent_hugepages);
+        }
+        let h = m.header();
+        for part in [&m.cpu_model, &m.kernel, &m.allowed_cpus, &m.rustc] {
+            assert!(h.contains(part.as_str()), "{part:?} not in {h}");
+        }
+        for name in &m.mitigations {
+            assert!(h.contains(name.as_str()), "{name} not in {h}");
+        }
+    }
 }

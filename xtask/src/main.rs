@@ -21,7 +21,11 @@ const USAGE: &str = "usage: cargo xtask compare [--quick] [--json] [--repeat N] 
        cargo xtask snapshots [--review] [ROW...]";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: std::env::args panics on an argument that is not UTF-8.
+    let Some(args) = std::env::args_os().skip(1).map(|a| a.into_string().ok()).collect::<Option<Vec<String>>>() else {
+        eprintln!("error: an argument is not UTF-8\n\n{USAGE}");
+        return ExitCode::from(2);
+    };
     if let Err(e) = run::forward_interrupts() {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -32,7 +36,7 @@ fn main() -> ExitCode {
         Some("anchors") => anchors::main(&args[1..]),
         Some("snapshots") => snapshots::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            harness::row::print_out(&format!("{USAGE}\n"));
             return ExitCode::SUCCESS;
         }
         Some(other) => {

@@ -95,6 +95,10 @@ struct Summary<'a> {
     /// Of those that changed, how many had their ratios' median near a band line (`near_line`).
     measured_changed_near_line: usize,
     measured: usize,
+    /// The same for the observed experiments (a crash that once took the process down and
+    /// once did not, say, or one that ended in `error`): `observed_changed` of `observed`.
+    observed_changed: usize,
+    observed: usize,
     /// Experiments that went between `holds` and `reversed`.
     flipped: usize,
     /// Measured sides whose every median stayed within ±10 % of their median of medians.
@@ -257,6 +261,8 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
         measured_changed: measured.iter().filter(|s| s.changed).count(),
         measured_changed_near_line: measured.iter().filter(|s| s.near_line.is_some()).count(),
         measured: measured.len(),
+        observed_changed: experiments.iter().filter(|s| s.kind == Kind::Observe && s.changed).count(),
+        observed: experiments.iter().filter(|s| s.kind == Kind::Observe).count(),
         flipped: experiments.iter().filter(|s| s.flipped).count(),
         sides_within_10_percent: strays.iter().filter(|&&s| s <= 0.10).count(),
         sides: strays.len(),
@@ -266,13 +272,11 @@ pub fn report(docs: &[Document], json: bool) -> Result<bool> {
         pace: pace(&experiments, docs.len()),
         experiments,
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary).context("serializing")?);
-    } else {
-        print!("{}", human(&summary));
-    }
+    let text =
+        if json { serde_json::to_string_pretty(&summary).context("serializing")? + "\n" } else { human(&summary) };
+    let written = harness::row::print_out(&text);
     let errors = docs.iter().any(|d| d.reports.iter().any(harness::report::Report::has_errors));
-    Ok(summary.flipped == 0 && summary.failures.is_empty() && !errors)
+    Ok(written && summary.flipped == 0 && summary.failures.is_empty() && !errors)
 }
 
 fn human(s: &Summary) -> String {
@@ -321,11 +325,14 @@ fn human(s: &Summary) -> String {
     }
     out.push_str(&format!(
         "{} of {} measured experiments changed verdict; {} of them had the median of their ratios within {:.0}% \
-         of a line of the band (\"at ...\"): an effect that sits on the rule's edge.\n",
+         of a line of the band (\"at ...\"): an effect that sits on the rule's edge. {} of {} observed experiments \
+         changed verdict.\n",
         s.measured_changed,
         s.measured,
         s.measured_changed_near_line,
-        NEAR_LINE * 100.0
+        NEAR_LINE * 100.0,
+        s.observed_changed,
+        s.observed
     ));
     out
 }

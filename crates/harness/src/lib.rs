@@ -17,6 +17,7 @@ pub mod poll;
 pub mod render;
 pub mod report;
 pub mod row;
+pub mod runlog;
 pub mod shm;
 pub mod stats;
 

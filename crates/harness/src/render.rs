@@ -12,6 +12,9 @@ pub fn row(report: &Report) -> String {
     out.push_str(&experiments_table(&report.experiments));
     out.push('\n');
     out.push_str(&format!("verdicts: {}\n", report.tally()));
+    if !report.optimized {
+        out.push_str("build: without optimisations, so its timings mean little (cargo run --release)\n");
+    }
     if !report.idle_cpus.how.is_empty() {
         out.push_str(&format!("idle CPUs: {}\n", report.idle_cpus.how));
     }
@@ -74,5 +77,26 @@ fn show(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map(fmt_num).unwrap_or_else(|| n.to_string()),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unoptimised_build_says_so_in_one_line_and_an_optimised_one_does_not() {
+        let mut report = Report {
+            row: "row".into(),
+            claim: "claim".into(),
+            optimized: true,
+            idle_cpus: Default::default(),
+            experiments: Vec::new(),
+        };
+        assert!(!row(&report).contains("without optimisations"));
+        report.optimized = false;
+        let text = row(&report);
+        let said: Vec<&str> = text.lines().filter(|l| l.contains("without optimisations")).collect();
+        assert_eq!(said.len(), 1, "{said:?}");
     }
 }

@@ -248,9 +248,14 @@ const DEADLINE_ENV: &str = "PVT_DEADLINE_MS";
 /// The whole of a row binary: parses the CLI, runs the experiments, prints the report.
 /// Exit codes: 0, 1 when an experiment failed to run, 2 for bad input.
 pub fn main(row: &Row) -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(child::CHILD_SUBCOMMAND) {
-        return run_child(row, &argv[2..]);
+    // args_os: std::env::args panics on an argument that is not UTF-8; clap reports those.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == child::CHILD_SUBCOMMAND) {
+        let Some(rest) = argv[2..].iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<_>>>() else {
+            eprintln!("error: an argument of {} is not UTF-8", child::CHILD_SUBCOMMAND);
+            return ExitCode::from(2);
+        };
+        return run_child(row, &rest);
     }
     if let Err(why) = check_variables() {
         eprintln!("error: {why}");
@@ -272,13 +277,11 @@ pub fn main(row: &Row) -> ExitCode {
         Err(e) => e.exit(),
     };
     if args.list {
-        for s in row.experiments {
-            println!("{:<18} {}", s.id, s.title);
-        }
-        return ExitCode::SUCCESS;
+        let list: String = row.experiments.iter().map(|s| format!("{:<18} {}\n", s.id, s.title)).collect();
+        return if print_out(&list) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
-    if !optimized() {
-        // Once, on stderr, and only when true: the report's "optimized" says it too.
+    if !optimized() && args.json {
+        // The human output says it in a line of its own (render::row); JSON has "optimized".
         eprintln!("note: {} was built without optimisations; its timings mean little", row.name);
     }
     let ctx = Ctx { quick: args.quick, side: args.side };
@@ -290,18 +293,37 @@ pub fn main(row: &Row) -> ExitCode {
     // Orphans still dying (their parent was killed just now) are collected before we exit:
     // nothing of this run is left, not even a zombie.
     cleanup::reap_orphans(Duration::from_millis(500));
-    if args.json {
+    let text = if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("error: serializing the report: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", render::row(&report));
+        render::row(&report)
+    };
+    if !print_out(&text) {
+        return ExitCode::FAILURE;
     }
     if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Writes `text` to stdout; false, with the error on stderr, when it could not. A reader that
+/// stopped reading (`switching --json | head -1`) is no error: what it did not read is
+/// dropped. Rust ignores SIGPIPE, so `print!` would panic there instead of ending quietly.
+pub fn print_out(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            false
+        }
+    }
 }
 
 /// Runs the selected experiments in the row's order and builds the report.
@@ -364,7 +386,9 @@ pub fn run(row: &Row, ctx: &Ctx, only: &[String], progress: bool) -> Report {
 /// The progress hook: when `PVT_PROGRESS_FD` names a descriptor (`cargo xtask compare` and
 /// `report` pass the write end of a pipe), one line with the experiment's id is written to it
 /// as the experiment starts, so that the parent's spinner can name it. stdout is never used.
+/// The run log (crate::runlog), when there is one, gets the id too.
 fn announce(id: &str) {
+    crate::runlog::append(&format!("experiment {id}"));
     let Some(fd) = std::env::var("PVT_PROGRESS_FD").ok().and_then(|v| v.parse::<i32>().ok()) else { return };
     let line = format!("{id}\n");
     // Safety: fcntl(2) and write(2) on the descriptor the parent handed us, with our own

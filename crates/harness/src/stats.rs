@@ -118,6 +118,8 @@ pub fn interleave(
     // PVT_ORDER=abba brings back the old order, to measure what one side's run leaves to the
     // next (docs/report.md): pair i runs the thread side first when i is odd.
     let abba = std::env::var(ORDER_ENV).is_ok_and(|v| v == "abba");
+    // The order taken, for the run log (crate::runlog), kept only when there is one.
+    let mut order_taken = crate::runlog::wanted().then(|| String::with_capacity(2 * (plan.warmup + plan.max_runs)));
     let mut pairs = 0;
     let mut one_pair = |keep: bool, samples: &mut [Vec<f64>; 2]| -> Result<()> {
         let order = if abba && pairs % 2 == 1 { [1, 0] } else { [0, 1] };
@@ -127,10 +129,18 @@ pub fn interleave(
                 0 => process.as_mut().map(|run| run()),
                 _ => thread.as_mut().map(|run| run()),
             };
-            if let Some(value) = value.transpose()?
-                && keep
-            {
-                samples[side].push(value);
+            if let Some(value) = value.transpose()? {
+                if let Some(log) = order_taken.as_mut() {
+                    log.push(match (side, keep) {
+                        (0, true) => 'P',
+                        (0, false) => 'p',
+                        (_, true) => 'T',
+                        (_, false) => 't',
+                    });
+                }
+                if keep {
+                    samples[side].push(value);
+                }
             }
         }
         Ok(())
@@ -143,6 +153,9 @@ pub fn interleave(
     while i < plan.max_runs && (i < plan.min_runs || start.elapsed() < plan.budget) {
         one_pair(true, &mut samples)?;
         i += 1;
+    }
+    if let Some(log) = order_taken {
+        crate::runlog::append(&format!("interleave {log}"));
     }
     let [p, t] = samples;
     let summary = |v: Vec<f64>| if v.is_empty() { None } else { Some(summarize(&v)) };
@@ -225,6 +238,14 @@ pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
     let ratio = ma / mb;
     let (low, high) = (quantile_of_sorted(&ratios, 0.025), quantile_of_sorted(&ratios, 0.975));
     Some(Interval { ratio, low: low.min(ratio), high: high.max(ratio) })
+}
+
+/// A ratio of two sides' medians shown as a fact beside the judged one (a control's cause, a
+/// variant): `[ratio, low, high]`, with the 95 % interval of [`ratio_interval`], each rounded
+/// to three decimals, so that a reader can tell a difference from the runs' spread.
+pub fn ratio_fact(a: &Summary, b: &Summary) -> Option<[f64; 3]> {
+    let i = ratio_interval(&a.samples, &b.samples)?;
+    Some([i.ratio, i.low, i.high].map(|x| (x * 1000.0).round() / 1000.0))
 }
 
 /// The median of `values` at `indices` (a resample), sorted in `scratch`.

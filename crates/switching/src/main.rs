@@ -190,6 +190,18 @@ const CROSS_CPU_CALIBRATIONS: usize = 5;
 /// quarter narrower, for about 0.25 s more (the Intel guest, 2026-12-02).
 const CROSS_CPU_FULL_RUNS: usize = 20;
 
+/// The process side run again with a second, idle thread in each process (`p2`) against the
+/// thread side run again (`t2`): its median, and the ratio with its 95 % interval.
+fn with_an_idle_second_thread(side: Side, p2: &Summary, t2: &Summary) -> Side {
+    let side = side.fact("ns_with_an_idle_second_thread", p2.median.round());
+    match stats::ratio_fact(p2, t2) {
+        Some([ratio, low, high]) => side
+            .fact("ratio_with_an_idle_second_thread", ratio)
+            .fact("ratio_with_an_idle_second_thread_interval", [low, high]),
+        None => side,
+    }
+}
+
 fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
     let place = match Placement::cross_cpu()? {
         Ok(p) => p,
@@ -213,10 +225,7 @@ fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
             let with_idle_threads = || process::pipe_pingpong_beside_idle_threads(ctx, place, size);
             let in_threads = || Ok(thread_run(size)?.run.ns_per_switch);
             match ctx.interleave_by(Plan::fixed(stats::MIN_RUNS), with_idle_threads, in_threads)? {
-                (Some(p2), Some(t2)) => Some(
-                    side.fact("ns_with_an_idle_second_thread", p2.median.round())
-                        .fact("ratio_with_an_idle_second_thread", (p2.median / t2.median * 1000.0).round() / 1000.0),
-                ),
+                (Some(p2), Some(t2)) => Some(with_an_idle_second_thread(side, &p2, &t2)),
                 _ => Some(side),
             }
         }
@@ -227,8 +236,9 @@ fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
          ns_with_an_idle_second_thread is the process side again with each of its two processes first \
          starting a second thread that only waits (multi-threaded processes, each with its own address space; \
          the driver in a child of its own, so that the row forks only while single-threaded), \
-         and ratio_with_an_idle_second_thread is that against the thread side again: near 1 when being a \
-         multi-threaded process is the whole difference.",
+         and ratio_with_an_idle_second_thread is that against the thread side again (with its 95 % interval, \
+         ratio_with_an_idle_second_thread_interval): near 1 when being a multi-threaded process is the whole \
+         difference.",
     ))
 }
 
@@ -346,7 +356,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
             let with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
             let in_thread = || Ok(thread::alone(ctx, cpu, what, size)?.ns);
             match ctx.interleave_by(Plan::fixed(stats::MIN_RUNS), with_sibling, in_thread)? {
-                (Some(p2), Some(t2)) => Some((p2.median, p2.median / t2.median)),
+                (Some(p2), Some(t2)) => Some((p2, t2)),
                 _ => None,
             }
         }
@@ -364,18 +374,17 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
             .fact("ran_on_cpus", cpus_seen(&tasks))
             .fact("ran_on_pinned_cpu", tasks.iter().all(TaskEvidence::ran_where_pinned))
     };
-    let process = p.map(|s| match sibling {
-        Some((ns, ratio)) => side(s, &ps)
-            .fact("ns_with_an_idle_second_thread", ns.round())
-            .fact("ratio_with_an_idle_second_thread", (ratio * 1000.0).round() / 1000.0),
+    let process = p.map(|s| match &sibling {
+        Some((p2, t2)) => with_an_idle_second_thread(side(s, &ps), p2, t2),
         None => side(s, &ps),
     });
     let note = (what == Baseline::Pipe).then(|| {
         "A thread looks up each descriptor in the table it shares with the other threads, so read(2) and \
          write(2) take and drop a reference on the file (fdget); a single-threaded process skips that. \
          ns_with_an_idle_second_thread is the process side again, in a child that first starts a second \
-         thread that only waits, and ratio_with_an_idle_second_thread is that against the thread: if the \
-         shared table is the whole difference, it is near 1."
+         thread that only waits, and ratio_with_an_idle_second_thread is that against the thread (with its 95 % \
+         interval, ratio_with_an_idle_second_thread_interval): if the shared table is the whole difference, it \
+         is near 1."
             .to_string()
     });
     Ok(Findings { process, thread: t.map(|s| side(s, &ts)), note, ..Findings::default() })

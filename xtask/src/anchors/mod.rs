@@ -35,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use harness::Report;
 use harness::report::Side;
+use harness::row::print_out;
 
 pub use tools::Tool;
 
@@ -216,19 +217,20 @@ pub fn main(args: &[String]) -> Result<bool> {
     let awake = harness::awake::keep_awake();
     // When and under what load: a saved run is read beside the report of another run.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start; idle CPUs {}",
+    // print_out: a reader that stops reading (`| head`) ends the output, not in a panic.
+    print_out(&format!(
+        "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start; idle CPUs {}\n",
         crate::report::utc(std::time::SystemTime::now()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         awake.status.how,
-    );
+    ));
     let mut all_within = true;
     for anchor in rows {
         // One row's failure (its binary, or a tool that broke mid-run) does not hide the others.
         match run_one(anchor, rounds) {
             Ok(within) => all_within &= within,
             Err(e) => {
-                println!("\n{}: failed: {e:#}", anchor.row);
+                print_out(&format!("\n{}: failed: {e:#}\n", anchor.row));
                 all_within = false;
             }
         }
@@ -249,10 +251,10 @@ fn run_one(anchor: &Anchor, rounds: usize) -> Result<bool> {
         let binary = crate::run::build_release(&[anchor.row.to_string()])?.remove(0);
         let ctx = Ctx { binary, ..ctx };
         let lines = (anchor.run)(&ctx).with_context(|| format!("anchors {}", anchor.row))?;
-        print!("{}", render(anchor, rounds, &lines, &ctx.missing()));
+        print_out(&render(anchor, rounds, &lines, &ctx.missing()));
         lines
     } else {
-        print!("{}", render(anchor, rounds, &[], &ctx.missing()));
+        print_out(&render(anchor, rounds, &[], &ctx.missing()));
         Vec::new()
     };
     Ok(lines.iter().all(Line::within))
