@@ -69,19 +69,17 @@ pub fn assert_bad_input(bin: &str, args: &[&str], expected: &str) {
 
 /// Runs a row with `--json` and parses the one document it must print.
 /// Every report is checked against the row's run log (`PVT_RUN_LOG`, harness::runlog): each
-/// judged number came from runs taken in turns ([`assert_runs_taken_in_turns`]).
+/// judged number came from runs taken in turns ([`assert_runs_taken_in_turns`]). The rows run
+/// in the default order (`PVT_ORDER` removed): ABBA is for a person measuring the method.
 pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let log_path = std::env::temp_dir().join(format!("pvt-test-runlog-{}-{n}", std::process::id()));
+    let log = RunLog::new();
     let out = Command::new(binary(name))
         .arg("--json")
         .args(args)
-        .env("PVT_RUN_LOG", &log_path)
+        .env("PVT_RUN_LOG", &log.0)
+        .env_remove("PVT_ORDER")
         .output()
         .expect("running the row binary");
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&log_path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
@@ -89,23 +87,71 @@ pub fn report(name: &str, args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert_runs_taken_in_turns(&report, &log);
+    assert_runs_taken_in_turns(&report, &log.read());
     report
 }
 
+/// A run log's file: new and empty (a file of that name left by a killed test is replaced),
+/// removed when dropped, also when the test panics.
+struct RunLog(PathBuf);
+
+impl RunLog {
+    fn new() -> RunLog {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("pvt-test-runlog-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&path).expect("creating the run log");
+        RunLog(path)
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(&self.0).expect("reading the run log")
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One call of `stats::interleave` in a run log: the order of its runs and each side's timed
+/// values.
+struct Call {
+    order: String,
+    values: [Vec<f64>; 2],
+}
+
 /// Checks a report against its run's log (harness::runlog): for every measured experiment
-/// that ran, the log names it, every call of `stats::interleave` in it took its runs in strict
-/// turns (warm-up pairs `pt`, then timed pairs `PT`; one letter throughout where one side
-/// ran), and one call took exactly the runs each side reports. A row that timed a side in a
-/// loop of its own, or a harness that took one side's runs as a block, fails here.
+/// that ran, the log names it once; every call of `stats::interleave` in it took its runs in
+/// strict turns (warm-up pairs `pt`, then timed pairs `PT`; one letter throughout where one
+/// side ran); and each side's reported samples are one call's timed values (or those runs
+/// measured again, `stats::summarize_again`), both sides' from the same call. A row that timed a side in a loop of its own, or a harness that took
+/// one side's runs as a block, fails here.
 pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
-    let mut calls: Vec<(String, Vec<String>)> = Vec::new();
+    // Per experiment: its calls of interleave, and its runs measured again ([from, values]).
+    type Again = [Vec<f64>; 2];
+    let mut experiments: Vec<(String, Vec<Call>, Vec<Again>)> = Vec::new();
     for line in log.lines() {
         if let Some(id) = line.strip_prefix("experiment ") {
-            calls.push((id.to_string(), Vec::new()));
-        } else if let Some(order) = line.strip_prefix("interleave ") {
-            let last = calls.last_mut().unwrap_or_else(|| panic!("runs before any experiment: {line}"));
-            last.1.push(order.to_string());
+            assert!(experiments.iter().all(|(x, _, _)| x != id), "{id} twice in the run log");
+            experiments.push((id.to_string(), Vec::new(), Vec::new()));
+            continue;
+        }
+        let last = experiments.last_mut().unwrap_or_else(|| panic!("runs before any experiment: {line}"));
+        let lists = |parts: &mut std::str::Split<'_, char>, prefixes: [&str; 2]| {
+            prefixes.map(|prefix| {
+                let list = parts.next().and_then(|p| p.strip_prefix(prefix)).unwrap_or_else(|| panic!("{line}"));
+                list.split(',').filter(|v| !v.is_empty()).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>()
+            })
+        };
+        if let Some(call) = line.strip_prefix("interleave ") {
+            let mut parts = call.split(' ');
+            let order = parts.next().unwrap_or_default().to_string();
+            last.1.push(Call { order, values: lists(&mut parts, ["P=", "T="]) });
+        } else if let Some(again) = line.strip_prefix("again ") {
+            last.2.push(lists(&mut again.split(' '), ["FROM=", "V="]));
         }
     }
     for e in report["experiments"].as_array().unwrap() {
@@ -113,10 +159,10 @@ pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
             continue;
         }
         let id = e["id"].as_str().unwrap();
-        let runs = |side: &str| e.get(side).and_then(|s| s["runs"].as_u64());
-        let (p, t) = (runs("process"), runs("thread"));
-        let orders = &calls.iter().find(|(x, _)| x == id).unwrap_or_else(|| panic!("{id}: not in the run log")).1;
-        for order in orders {
+        let (_, calls, agains) =
+            experiments.iter().find(|(x, _, _)| x == id).unwrap_or_else(|| panic!("{id}: not in the run log"));
+        for call in calls {
+            let order = &call.order;
             let warm = order.chars().take_while(char::is_ascii_lowercase).count();
             let (warmup, timed) = order.split_at(warm);
             for (part, pair) in [(warmup, "pt"), (timed, "PT")] {
@@ -128,10 +174,27 @@ pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
                 assert!(turns, "{id}: runs not in turns: {order}");
             }
         }
-        let count = |order: &str, c: char| Some(order.chars().filter(|&x| x == c).count() as u64).filter(|&n| n > 0);
+        let samples = |side: &str| -> Vec<f64> {
+            e.get(side)
+                .and_then(|s| s["samples"].as_array())
+                .map(|v| v.iter().map(|x| x.as_f64().unwrap()).collect())
+                .unwrap_or_default()
+        };
+        let reported = [samples("process"), samples("thread")];
+        // serde_json may read a float back one unit in the last place off.
+        let same = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()))
+        };
+        // A side's samples are the call's values, or the same runs measured again.
+        let from_call = |c: &Call, i: usize| {
+            same(&c.values[i], &reported[i])
+                || agains.iter().any(|[from, again]| same(again, &reported[i]) && same(from, &c.values[i]))
+        };
         assert!(
-            orders.iter().any(|o| count(o, 'P') == p && count(o, 'T') == t),
-            "{id}: no call of interleave took the runs reported ({p:?} process, {t:?} thread): {orders:?}"
+            calls.iter().any(|c| from_call(c, 0) && from_call(c, 1)),
+            "{id}: the samples reported are no call's of interleave: {:?} against {:?}",
+            reported,
+            calls.iter().map(|c| &c.order).collect::<Vec<_>>()
         );
     }
 }
@@ -420,39 +483,56 @@ pub fn assert_measures_are_sound(report: &serde_json::Value) {
 mod run_log_checks {
     use super::assert_runs_taken_in_turns;
 
-    fn report(process_runs: u64, thread_runs: u64) -> serde_json::Value {
+    fn report(process: &[f64], thread: &[f64]) -> serde_json::Value {
         serde_json::json!({ "experiments": [{
             "id": "x", "kind": "measure", "verdict": "holds",
-            "process": { "runs": process_runs }, "thread": { "runs": thread_runs },
+            "process": { "runs": process.len(), "samples": process },
+            "thread": { "runs": thread.len(), "samples": thread },
         }]})
     }
 
     #[test]
     fn runs_in_turns_pass() {
-        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPTPTPT\n");
+        let r = report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
+        assert_runs_taken_in_turns(&r, "experiment x\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n");
         // A sweep: another point's call beside the judged one.
-        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPTPT\ninterleave ptPTPTPT\n");
-        // One side asked for (--side): one letter throughout.
+        let log =
+            "experiment x\ninterleave ptPTPT P=9.0,9.0 T=8.0,8.0\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
+        assert_runs_taken_in_turns(&r, log);
+        // One side asked for (--side): one letter throughout, the other side's list empty.
         let one = serde_json::json!({ "experiments": [{
-            "id": "x", "kind": "measure", "verdict": "holds", "process": { "runs": 2 } }]});
-        assert_runs_taken_in_turns(&one, "experiment x\ninterleave pPP\n");
+            "id": "x", "kind": "measure", "verdict": "holds", "process": { "runs": 2, "samples": [1.5, 2.5] } }]});
+        assert_runs_taken_in_turns(&one, "experiment x\ninterleave pPP P=1.5,2.5 T=\n");
+    }
+
+    #[test]
+    fn the_same_runs_measured_again_pass_and_other_values_do_not() {
+        let r = report(&[7.0, 8.0], &[4.0, 5.0]);
+        let log = "experiment x\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.0 V=7.0,8.0\n";
+        assert_runs_taken_in_turns(&r, log);
+        let elsewhere = "experiment x\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.5 V=7.0,8.0\n";
+        assert!(std::panic::catch_unwind(|| assert_runs_taken_in_turns(&r, elsewhere)).is_err());
     }
 
     #[test]
     #[should_panic(expected = "runs not in turns")]
     fn one_sides_block_fails() {
-        assert_runs_taken_in_turns(&report(3, 3), "experiment x\ninterleave ptPPPTTT\n");
+        let log = "experiment x\ninterleave ptPPPTTT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
     }
 
     #[test]
     #[should_panic(expected = "not in the run log")]
     fn runs_outside_the_harness_fail() {
-        assert_runs_taken_in_turns(&report(3, 3), "experiment y\ninterleave ptPTPTPT\n");
+        let log = "experiment y\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
     }
 
     #[test]
-    #[should_panic(expected = "no call of interleave took the runs reported")]
-    fn a_number_from_other_runs_fails() {
-        assert_runs_taken_in_turns(&report(4, 4), "experiment x\ninterleave ptPTPTPT\n");
+    #[should_panic(expected = "no call's of interleave")]
+    fn numbers_from_a_loop_of_the_rows_own_fail() {
+        // As many runs as a call took, but not its values.
+        let log = "experiment x\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.5], &[4.0, 5.0, 6.0]), log);
     }
 }

@@ -62,7 +62,7 @@ pub fn main(argv: &[String]) -> Result<bool> {
     let page = out.join("results.md");
     std::fs::write(&page, md).with_context(|| format!("writing {}", page.display()))?;
     let n: usize = charts.iter().map(|(_, c)| c.len()).sum();
-    println!("wrote {} and {n} charts in {}", page.display(), pictures.display());
+    harness::row::print_out(&format!("wrote {} and {n} charts in {}\n", page.display(), pictures.display()));
     Ok(doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors))
 }
 

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use harness::row::print_out;
 
 use crate::{compare, run};
 
@@ -44,21 +45,21 @@ pub fn main(argv: &[String]) -> Result<bool> {
     }
     let pending = pending(&rows)?;
     if pending.is_empty() {
-        println!("no snapshot changed");
+        print_out("no snapshot changed\n");
     } else {
-        println!("changed snapshots (pending review):");
+        print_out("changed snapshots (pending review):\n");
         for p in &pending {
-            println!("  {}", p.strip_prefix(run::root()).unwrap_or(p).display());
+            print_out(&format!("  {}\n", p.strip_prefix(run::root()).unwrap_or(p).display()));
         }
     }
     if !failed.is_empty() {
-        println!("tests failed in: {}", failed.join(", "));
+        print_out(&format!("tests failed in: {}\n", failed.join(", ")));
     }
     if args.review && !pending.is_empty() {
         return review();
     }
     if !pending.is_empty() && !args.review {
-        println!("review them with `cargo xtask snapshots --review` (or `cargo insta review`)");
+        print_out("review them with `cargo xtask snapshots --review` (or `cargo insta review`)\n");
     }
     Ok(failed.is_empty() && pending.is_empty())
 }
@@ -90,7 +91,9 @@ fn review() -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let has_insta = Command::new(&cargo).args(["insta", "--version"]).output().is_ok_and(|o| o.status.success());
     if !has_insta {
-        println!("cargo-insta is missing; install it with `cargo install cargo-insta`, then run `cargo insta review`");
+        print_out(
+            "cargo-insta is missing; install it with `cargo install cargo-insta`, then run `cargo insta review`\n",
+        );
         return Ok(false);
     }
     // Interactive: it needs our stdin, so it runs outside the captured runner.

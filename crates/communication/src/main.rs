@@ -691,17 +691,17 @@ fn cpu_cost(ctx: &Ctx) -> Result<Findings> {
         },
     };
     let [p, t] = latency_pair(ctx, &CHANNEL, place, ctx.plan())?;
-    let side = |s: LatencySide| -> Side {
+    let side = |s: LatencySide| -> Result<Side> {
         // The latency pair's runs, summarized by their CPU time instead of their latency.
         let cpu: Vec<f64> = s.ran.timed.iter().map(|r| r.cpu_ns / 1000.0).collect();
-        let summary = stats::summarize(&cpu);
+        let summary = stats::summarize_again(&s.ran.summary, &cpu)?;
         let latency = latency_side(&s, place);
         let mut side = Side::measured(&summary, CPU_UNIT);
         side.facts = latency.facts;
         side.set("latency_p50_us_median_of_runs", round2(s.ran.summary.median));
-        side
+        Ok(side)
     };
-    let (mut p, mut t) = (p.map(side), t.map(side));
+    let (mut p, mut t) = (p.map(side).transpose()?, t.map(side).transpose()?);
     for m in &MECHANISMS {
         let [pl, tl] = matrix_latency(ctx, m)?;
         for (which, side, line) in [(Which::Process, &mut p, pl), (Which::Thread, &mut t, tl)] {

@@ -1,10 +1,15 @@
 //! The run log, for the tests: with `PVT_RUN_LOG` naming a file, a row appends one line as
 //! each experiment starts (`experiment ID`) and one line per call of
-//! [`crate::stats::interleave`], its runs in the order taken: `p` or `t` for a warm-up run of
-//! the process or thread side, `P` or `T` for a timed one (`interleave pptPTPTPT`). A test
-//! reads it beside the report to see that every judged number came from runs taken in turns
-//! through the harness, which a row's own loop would not show. Unset, nothing is written; set,
-//! each call writes its line once, after its last run, so the timed runs are never slowed.
+//! [`crate::stats::interleave`]: its runs in the order taken, `p` or `t` for a warm-up run of
+//! the process or thread side, `P` or `T` for a timed one, then each side's timed values
+//! (`interleave ptPTPT P=1.5,1.6 T=1.2,1.1`); and, for a number judged by another measure of
+//! the same runs ([`crate::stats::summarize_again`]), a line with the values it came from and
+//! the new ones (`again FROM=1.5,1.6 V=20.1,19.8`). A test reads it beside the report to see
+//! that every judged number came from runs taken in turns through the harness (the report's
+//! samples are one call's values, or the values of its runs again), which a row's own loop
+//! would not show. Unset, nothing is
+//! written; set, each call writes its line once, after its last run, so the timed runs are
+//! never slowed.
 
 use std::io::Write;
 
@@ -24,4 +29,23 @@ pub fn append(line: &str) {
 /// Whether there is a log: the only case in which [`crate::stats::interleave`] keeps its order.
 pub fn wanted() -> bool {
     std::env::var_os(RUN_LOG_ENV).is_some()
+}
+
+/// Appends one call of [`crate::stats::interleave`]: the order its runs were taken in, and
+/// each side's timed values (Debug formatting: enough digits to read back the same number).
+pub fn append_call(order: &str, samples: &[Vec<f64>; 2]) {
+    append(&format!("interleave {order} P={} T={}", listed(&samples[0]), listed(&samples[1])));
+}
+
+/// Appends a second figure of the same runs: the values a call of interleave returned for
+/// them, and the new values, run by run.
+pub fn append_again(from: &[f64], values: &[f64]) {
+    if !wanted() {
+        return;
+    }
+    append(&format!("again FROM={} V={}", listed(from), listed(values)));
+}
+
+fn listed(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(",")
 }

@@ -154,8 +154,8 @@ pub fn interleave(
         one_pair(true, &mut samples)?;
         i += 1;
     }
-    if let Some(log) = order_taken {
-        crate::runlog::append(&format!("interleave {log}"));
+    if let Some(order) = order_taken {
+        crate::runlog::append_call(&order, &samples);
     }
     let [p, t] = samples;
     let summary = |v: Vec<f64>| if v.is_empty() { None } else { Some(summarize(&v)) };
@@ -238,6 +238,16 @@ pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
     let ratio = ma / mb;
     let (low, high) = (quantile_of_sorted(&ratios, 0.025), quantile_of_sorted(&ratios, 0.975));
     Some(Interval { ratio, low: low.min(ratio), high: high.max(ratio) })
+}
+
+/// A second figure of the same timed runs as `of` (one value per run, in the order taken):
+/// its summary. For a number judged by another measure of each run than the one its timed
+/// run returned (communication's cpu-cost: each round-trip run's CPU time, not its latency).
+/// The run log (crate::runlog) ties the new values to the runs they came from.
+pub fn summarize_again(of: &Summary, values: &[f64]) -> Result<Summary> {
+    ensure!(values.len() == of.runs, "{} values for {} runs: one value per timed run", values.len(), of.runs);
+    crate::runlog::append_again(&of.samples, values);
+    Ok(summarize(values))
 }
 
 /// A ratio of two sides' medians shown as a fact beside the judged one (a control's cause, a

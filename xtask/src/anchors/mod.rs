@@ -196,7 +196,7 @@ pub fn main(args: &[String]) -> Result<bool> {
                 rounds = r;
             }
             "-h" | "--help" => {
-                println!("{usage}\nrows with anchors: {}", names());
+                harness::row::print_out(&format!("{usage}\nrows with anchors: {}\n", names()));
                 return Ok(true);
             }
             row => match ANCHORS.iter().find(|x| x.row == row) {
