@@ -123,12 +123,18 @@ struct Call {
     values: [Vec<f64>; 2],
 }
 
+/// The experiments whose judged number is a second measure of their timed runs
+/// (`stats::summarize_again`): communication's cpu-cost, the CPU time of its latency runs. The
+/// log cannot show where such values were read, so no other experiment may have them.
+pub const MEASURED_AGAIN: &[&str] = &["cpu-cost"];
+
 /// Checks a report against its run's log (harness::runlog): for every measured experiment
 /// that ran, the log names it once; every call of `stats::interleave` in it took its runs in
 /// strict turns (warm-up pairs `pt`, then timed pairs `PT`; one letter throughout where one
 /// side ran); and each side's reported samples are one call's timed values (or those runs
-/// measured again, `stats::summarize_again`), both sides' from the same call. A row that timed a side in a loop of its own, or a harness that took
-/// one side's runs as a block, fails here.
+/// measured again, `stats::summarize_again`, in [`MEASURED_AGAIN`] only), both sides' from
+/// the same call. A row that timed a side in a loop of its own, or a harness that took one
+/// side's runs as a block, fails here.
 pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
     // Per experiment: its calls of interleave, and its runs measured again ([from, values]).
     type Again = [Vec<f64>; 2];
@@ -142,8 +148,11 @@ pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
         let last = experiments.last_mut().unwrap_or_else(|| panic!("runs before any experiment: {line}"));
         let lists = |parts: &mut std::str::Split<'_, char>, prefixes: [&str; 2]| {
             prefixes.map(|prefix| {
-                let list = parts.next().and_then(|p| p.strip_prefix(prefix)).unwrap_or_else(|| panic!("{line}"));
-                list.split(',').filter(|v| !v.is_empty()).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>()
+                let list = parts.next().and_then(|p| p.strip_prefix(prefix));
+                let list = list.unwrap_or_else(|| panic!("no {prefix} in the run log's line {line}"));
+                let number =
+                    |v: &str| v.parse::<f64>().unwrap_or_else(|_| panic!("{v:?} in the run log's line {line}"));
+                list.split(',').filter(|v| !v.is_empty()).map(number).collect::<Vec<_>>()
             })
         };
         if let Some(call) = line.strip_prefix("interleave ") {
@@ -151,7 +160,14 @@ pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
             let order = parts.next().unwrap_or_default().to_string();
             last.1.push(Call { order, values: lists(&mut parts, ["P=", "T="]) });
         } else if let Some(again) = line.strip_prefix("again ") {
+            let id = &last.0;
+            assert!(
+                MEASURED_AGAIN.contains(&id.as_str()),
+                "{id}: measured again, which no experiment but {MEASURED_AGAIN:?} does"
+            );
             last.2.push(lists(&mut again.split(' '), ["FROM=", "V="]));
+        } else {
+            panic!("not a line of the run log: {line}");
         }
     }
     for e in report["experiments"].as_array().unwrap() {
@@ -177,13 +193,15 @@ pub fn assert_runs_taken_in_turns(report: &serde_json::Value, log: &str) {
         let samples = |side: &str| -> Vec<f64> {
             e.get(side)
                 .and_then(|s| s["samples"].as_array())
-                .map(|v| v.iter().map(|x| x.as_f64().unwrap()).collect())
+                .map(|v| {
+                    v.iter().map(|x| x.as_f64().unwrap_or_else(|| panic!("{id}: a sample {x} is no number"))).collect()
+                })
                 .unwrap_or_default()
         };
         let reported = [samples("process"), samples("thread")];
         // serde_json may read a float back one unit in the last place off.
         let same = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()))
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()))
         };
         // A side's samples are the call's values, or the same runs measured again.
         let from_call = |c: &Call, i: usize| {
@@ -484,8 +502,12 @@ mod run_log_checks {
     use super::assert_runs_taken_in_turns;
 
     fn report(process: &[f64], thread: &[f64]) -> serde_json::Value {
+        report_of("x", process, thread)
+    }
+
+    fn report_of(id: &str, process: &[f64], thread: &[f64]) -> serde_json::Value {
         serde_json::json!({ "experiments": [{
-            "id": "x", "kind": "measure", "verdict": "holds",
+            "id": id, "kind": "measure", "verdict": "holds",
             "process": { "runs": process.len(), "samples": process },
             "thread": { "runs": thread.len(), "samples": thread },
         }]})
@@ -506,12 +528,64 @@ mod run_log_checks {
     }
 
     #[test]
-    fn the_same_runs_measured_again_pass_and_other_values_do_not() {
-        let r = report(&[7.0, 8.0], &[4.0, 5.0]);
-        let log = "experiment x\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.0 V=7.0,8.0\n";
+    fn the_same_runs_measured_again_pass() {
+        let r = report_of("cpu-cost", &[7.0, 8.0], &[4.0, 5.0]);
+        let log = "experiment cpu-cost\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.0 V=7.0,8.0\n";
         assert_runs_taken_in_turns(&r, log);
-        let elsewhere = "experiment x\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.5 V=7.0,8.0\n";
-        assert!(std::panic::catch_unwind(|| assert_runs_taken_in_turns(&r, elsewhere)).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "no call's of interleave")]
+    fn values_measured_again_from_other_runs_fail() {
+        let r = report_of("cpu-cost", &[7.0, 8.0], &[4.0, 5.0]);
+        let log = "experiment cpu-cost\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.5 V=7.0,8.0\n";
+        assert_runs_taken_in_turns(&r, log);
+    }
+
+    #[test]
+    #[should_panic(expected = "measured again, which no experiment but")]
+    fn values_measured_again_elsewhere_fail() {
+        // A row's own loop passed off as the same runs measured again.
+        let log = "experiment x\ninterleave ptPTPT P=1.0,2.0 T=4.0,5.0\nagain FROM=1.0,2.0 V=7.0,8.0\n";
+        assert_runs_taken_in_turns(&report(&[7.0, 8.0], &[4.0, 5.0]), log);
+    }
+
+    #[test]
+    #[should_panic(expected = "no call's of interleave")]
+    fn each_side_from_a_call_of_its_own_fails() {
+        // The block order, one side per call: each side's values are a call's, not the same one's.
+        let log = "experiment x\ninterleave pPPP P=1.0,2.0,3.0 T=\ninterleave tTTT P= T=4.0,5.0,6.0\n";
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
+    }
+
+    #[test]
+    #[should_panic(expected = "x twice in the run log")]
+    fn an_experiment_run_twice_fails() {
+        let call = "interleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0";
+        let log = format!("experiment x\n{call}\nexperiment x\n{call}\n");
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), &log);
+    }
+
+    #[test]
+    fn the_logs_numbers_read_back_as_the_reports() {
+        // The row writes the log (harness::runlog) and the report (serde_json) from the same
+        // floats; awkward ones must read back equal from both.
+        let p = vec![1e-7, 1e21, 0.1 + 0.2, 123456.789012345];
+        let t = vec![f64::MIN_POSITIVE, 2.5e-300, 7.0, 1.0 / 3.0];
+        let r: serde_json::Value = serde_json::from_str(&report_of("cpu-cost", &p, &t).to_string()).unwrap();
+        let call = harness::runlog::call_line("ptPTPTPTPT", &[p.clone(), t.clone()]);
+        assert_runs_taken_in_turns(&r, &format!("experiment cpu-cost\n{call}\n"));
+        let from = vec![1.0, 2.0, 3.0, 4.0];
+        let again = harness::runlog::again_line(&from, &p);
+        let call = harness::runlog::call_line("ptPTPTPTPT", &[from, t]);
+        assert_runs_taken_in_turns(&r, &format!("experiment cpu-cost\n{call}\n{again}\n"));
+    }
+
+    #[test]
+    #[should_panic(expected = "not a line of the run log")]
+    fn a_line_of_another_format_fails() {
+        let log = "experiment x\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\nrepeat PT\n";
+        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
     }
 
     #[test]

@@ -36,8 +36,7 @@ fn main() -> ExitCode {
         Some("anchors") => anchors::main(&args[1..]),
         Some("snapshots") => snapshots::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
-            harness::row::print_out(&format!("{USAGE}\n"));
-            return ExitCode::SUCCESS;
+            return if harness::row::print_out(&format!("{USAGE}\n")) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
         Some(other) => {
             eprintln!("error: unknown task '{other}'\n\n{USAGE}");

@@ -62,8 +62,9 @@ pub fn main(argv: &[String]) -> Result<bool> {
     let page = out.join("results.md");
     std::fs::write(&page, md).with_context(|| format!("writing {}", page.display()))?;
     let n: usize = charts.iter().map(|(_, c)| c.len()).sum();
-    harness::row::print_out(&format!("wrote {} and {n} charts in {}\n", page.display(), pictures.display()));
-    Ok(doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors))
+    let written =
+        harness::row::print_out(&format!("wrote {} and {n} charts in {}\n", page.display(), pictures.display()));
+    Ok(written && doc.failures.is_empty() && !doc.reports.iter().any(Report::has_errors))
 }
 
 /// The charts of an earlier report go, so that the folder holds only what this page links

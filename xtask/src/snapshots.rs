@@ -44,24 +44,26 @@ pub fn main(argv: &[String]) -> Result<bool> {
         }
     }
     let pending = pending(&rows)?;
+    let mut text = String::new();
     if pending.is_empty() {
-        print_out("no snapshot changed\n");
+        text.push_str("no snapshot changed\n");
     } else {
-        print_out("changed snapshots (pending review):\n");
+        text.push_str("changed snapshots (pending review):\n");
         for p in &pending {
-            print_out(&format!("  {}\n", p.strip_prefix(run::root()).unwrap_or(p).display()));
+            text.push_str(&format!("  {}\n", p.strip_prefix(run::root()).unwrap_or(p).display()));
         }
     }
     if !failed.is_empty() {
-        print_out(&format!("tests failed in: {}\n", failed.join(", ")));
+        text.push_str(&format!("tests failed in: {}\n", failed.join(", ")));
     }
+    if !pending.is_empty() && !args.review {
+        text.push_str("review them with `cargo xtask snapshots --review` (or `cargo insta review`)\n");
+    }
+    let written = print_out(&text);
     if args.review && !pending.is_empty() {
         return review();
     }
-    if !pending.is_empty() && !args.review {
-        print_out("review them with `cargo xtask snapshots --review` (or `cargo insta review`)\n");
-    }
-    Ok(failed.is_empty() && pending.is_empty())
+    Ok(written && failed.is_empty() && pending.is_empty())
 }
 
 /// The test file of a row: `use-cases` is tests/tests/use_cases.rs.
@@ -91,9 +93,7 @@ fn review() -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let has_insta = Command::new(&cargo).args(["insta", "--version"]).output().is_ok_and(|o| o.status.success());
     if !has_insta {
-        print_out(
-            "cargo-insta is missing; install it with `cargo install cargo-insta`, then run `cargo insta review`\n",
-        );
+        eprintln!("cargo-insta is missing; install it with `cargo install cargo-insta`, then run `cargo insta review`");
         return Ok(false);
     }
     // Interactive: it needs our stdin, so it runs outside the captured runner.

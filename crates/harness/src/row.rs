@@ -313,6 +313,7 @@ pub fn main(row: &Row) -> ExitCode {
 /// Writes `text` to stdout; false, with the error on stderr, when it could not. A reader that
 /// stopped reading (`switching --json | head -1`) is no error: what it did not read is
 /// dropped. Rust ignores SIGPIPE, so `print!` would panic there instead of ending quietly.
+#[must_use = "a failed write must reach the exit status"]
 pub fn print_out(text: &str) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

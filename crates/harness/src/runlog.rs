@@ -34,7 +34,12 @@ pub fn wanted() -> bool {
 /// Appends one call of [`crate::stats::interleave`]: the order its runs were taken in, and
 /// each side's timed values (Debug formatting: enough digits to read back the same number).
 pub fn append_call(order: &str, samples: &[Vec<f64>; 2]) {
-    append(&format!("interleave {order} P={} T={}", listed(&samples[0]), listed(&samples[1])));
+    append(&call_line(order, samples));
+}
+
+/// The line [`append_call`] writes (without its newline), for the tests that read it back.
+pub fn call_line(order: &str, samples: &[Vec<f64>; 2]) -> String {
+    format!("interleave {order} P={} T={}", listed(&samples[0]), listed(&samples[1]))
 }
 
 /// Appends a second figure of the same runs: the values a call of interleave returned for
@@ -43,7 +48,12 @@ pub fn append_again(from: &[f64], values: &[f64]) {
     if !wanted() {
         return;
     }
-    append(&format!("again FROM={} V={}", listed(from), listed(values)));
+    append(&again_line(from, values));
+}
+
+/// The line [`append_again`] writes (without its newline).
+pub fn again_line(from: &[f64], values: &[f64]) -> String {
+    format!("again FROM={} V={}", listed(from), listed(values))
 }
 
 fn listed(v: &[f64]) -> String {

@@ -243,7 +243,9 @@ pub fn ratio_interval(a: &[f64], b: &[f64]) -> Option<Interval> {
 /// A second figure of the same timed runs as `of` (one value per run, in the order taken):
 /// its summary. For a number judged by another measure of each run than the one its timed
 /// run returned (communication's cpu-cost: each round-trip run's CPU time, not its latency).
-/// The run log (crate::runlog) ties the new values to the runs they came from.
+/// The run log (crate::runlog) ties the new values to the runs they came from, as far as a log
+/// can: it cannot show where the new values were read, so the tests accept them only for the
+/// experiments that are known to measure their runs again (`tests::MEASURED_AGAIN`).
 pub fn summarize_again(of: &Summary, values: &[f64]) -> Result<Summary> {
     ensure!(values.len() == of.runs, "{} values for {} runs: one value per timed run", values.len(), of.runs);
     crate::runlog::append_again(&of.samples, values);
@@ -377,6 +379,14 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_runs_measured_again_need_one_value_a_run() {
+        let of = summarize(&[1.0, 2.0, 3.0]);
+        assert_eq!(summarize_again(&of, &[30.0, 10.0, 20.0]).unwrap().median, 20.0);
+        assert!(summarize_again(&of, &[1.0, 2.0]).is_err());
+        assert!(summarize_again(&of, &[1.0, 2.0, 3.0, 4.0]).is_err());
+    }
 
     #[test]
     fn a_fixed_plan_takes_its_runs_and_no_more() {

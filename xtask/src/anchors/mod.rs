@@ -196,8 +196,7 @@ pub fn main(args: &[String]) -> Result<bool> {
                 rounds = r;
             }
             "-h" | "--help" => {
-                harness::row::print_out(&format!("{usage}\nrows with anchors: {}\n", names()));
-                return Ok(true);
+                return Ok(print_out(&format!("{usage}\nrows with anchors: {}\n", names())));
             }
             row => match ANCHORS.iter().find(|x| x.row == row) {
                 Some(anchor) => rows.push(anchor),
@@ -217,20 +216,20 @@ pub fn main(args: &[String]) -> Result<bool> {
     let awake = harness::awake::keep_awake();
     // When and under what load: a saved run is read beside the report of another run.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    // print_out: a reader that stops reading (`| head`) ends the output, not in a panic.
-    print_out(&format!(
+    // print_out: a reader that stops reading (`| head`) ends the output, not in a panic; a
+    // write that failed otherwise makes the run fail, as a missed band does.
+    let mut all_within = print_out(&format!(
         "cargo xtask anchors --rounds {rounds}, {}, load average {} (1, 5, 15 min) at the start; idle CPUs {}\n",
         crate::report::utc(std::time::SystemTime::now()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         awake.status.how,
     ));
-    let mut all_within = true;
     for anchor in rows {
         // One row's failure (its binary, or a tool that broke mid-run) does not hide the others.
         match run_one(anchor, rounds) {
             Ok(within) => all_within &= within,
             Err(e) => {
-                print_out(&format!("\n{}: failed: {e:#}\n", anchor.row));
+                let _ = print_out(&format!("\n{}: failed: {e:#}\n", anchor.row));
                 all_within = false;
             }
         }
@@ -242,22 +241,22 @@ fn names() -> String {
     ANCHORS.iter().map(|a| a.row).collect::<Vec<_>>().join(", ")
 }
 
-/// Runs one anchor and prints its table; false when a band was missed.
+/// Runs one anchor and prints its table; false when a band was missed or the table could not
+/// be written.
 fn run_one(anchor: &Anchor, rounds: usize) -> Result<bool> {
     let ctx = Ctx { rounds, binary: PathBuf::new(), probed: RefCell::new(Vec::new()) };
     // Build the row only when at least one of its tools is here.
     let any = anchor.tools.iter().filter(|t| ctx.has(t)).count() > 0;
-    let lines = if any {
+    let (lines, written) = if any {
         let binary = crate::run::build_release(&[anchor.row.to_string()])?.remove(0);
         let ctx = Ctx { binary, ..ctx };
         let lines = (anchor.run)(&ctx).with_context(|| format!("anchors {}", anchor.row))?;
-        print_out(&render(anchor, rounds, &lines, &ctx.missing()));
-        lines
+        let written = print_out(&render(anchor, rounds, &lines, &ctx.missing()));
+        (lines, written)
     } else {
-        print_out(&render(anchor, rounds, &[], &ctx.missing()));
-        Vec::new()
+        (Vec::new(), print_out(&render(anchor, rounds, &[], &ctx.missing())))
     };
-    Ok(lines.iter().all(Line::within))
+    Ok(written && lines.iter().all(Line::within))
 }
 
 /// The anchor's table, the notes on missed bands and missing tools.
