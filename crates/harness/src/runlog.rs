@@ -7,9 +7,8 @@
 //! the new ones (`again FROM=1.5,1.6 V=20.1,19.8`). A test reads it beside the report to see
 //! that every judged number came from runs taken in turns through the harness (the report's
 //! samples are one call's values, or the values of its runs again), which a row's own loop
-//! would not show. Unset, nothing is
-//! written; set, each call writes its line once, after its last run, so the timed runs are
-//! never slowed.
+//! would not show. Unset, nothing is written; set, each call writes its line once, after its
+//! last run, so the timed runs are never slowed.
 
 use std::io::Write;
 
@@ -45,9 +44,6 @@ pub fn call_line(order: &str, samples: &[Vec<f64>; 2]) -> String {
 /// Appends a second figure of the same runs: the values a call of interleave returned for
 /// them, and the new values, run by run.
 pub fn append_again(from: &[f64], values: &[f64]) {
-    if !wanted() {
-        return;
-    }
     append(&again_line(from, values));
 }
 
