@@ -282,10 +282,23 @@ fn redact(v: &mut serde_json::Value, keep: &[&str], in_facts: bool, measure: boo
 
 /// Drops the sentence the runner adds when an `expected: same` control found a difference.
 fn without_which_was_better(note: &str) -> String {
-    let Some(start) = note.find("no difference was expected, but the ") else { return note.to_string() };
-    let end = note[start..].find("band").map_or(note.len(), |i| start + i + "band".len());
-    let rest = note[end..].trim_start_matches("; ");
+    let Some(start) = note.find("No difference was expected, but the ") else { return note.to_string() };
+    let end = note[start..].find("band.").map_or(note.len(), |i| start + i + "band.".len());
+    let rest = note[end..].trim_start_matches(' ');
     format!("{}{rest}", &note[..start])
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::without_which_was_better;
+
+    #[test]
+    fn the_sentence_on_which_side_was_better_is_dropped_and_the_note_kept() {
+        let said = "No difference was expected, but the process side was better beyond the 5 % band.";
+        assert_eq!(without_which_was_better(said), "");
+        assert_eq!(without_which_was_better(&format!("{said} A thread looks up.")), "A thread looks up.");
+        assert_eq!(without_which_was_better("A thread looks up."), "A thread looks up.");
+    }
 }
 
 /// "1081 ns (1050.2–1119.8, 7 runs)" becomes "N ns (N–N, N runs)".

@@ -136,7 +136,7 @@ fn ctrl_c_during_a_crash_experiment_kills_and_reaps_every_child() {
 #[test]
 fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
     let line = interrupt(libc::SIGINT, &["--json", "--side", "thread", "--only", "abort"], Some("abort"));
-    assert!(line.contains("killed and reaped 1 children"), "{line}");
+    assert!(line.contains("killed and reaped 1 child,"), "{line}");
 }
 
 /// ipc-channel's rendezvous is a socket in a directory of its own under $TMPDIR: an
@@ -145,8 +145,8 @@ fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
 fn ctrl_c_while_the_ipc_channel_partner_is_to_connect_leaves_no_temporary_directory() {
     let args = ["--quick", "--json", "--only", "latency-channel"];
     let line = interrupt_row("communication", libc::SIGINT, &args, Some("latency-channel"));
-    assert!(line.contains("killed and reaped 1 children"), "{line}");
-    assert!(line.ends_with("and removed 1 temporary directories"), "{line}");
+    assert!(line.contains("killed and reaped 1 child,"), "{line}");
+    assert!(line.ends_with("and removed 1 temporary directory"), "{line}");
 }
 
 /// Malformed invocations across the rows and the xtask: exit code 2, a short clear message
@@ -179,6 +179,10 @@ fn bad_input_is_refused_with_exit_code_2_everywhere() {
         ("xtask", &["compare", "nosuchrow"], "invalid value 'nosuchrow'"),
         ("xtask", &["compare", "--quick=3"], "unexpected value '3'"),
         ("xtask", &["compare", "--frobnicate"], "unexpected argument '--frobnicate'"),
+        // The usage line is one a person can run, not the bare task name.
+        ("xtask", &["compare", "--frobnicate"], "Usage: cargo xtask compare [OPTIONS]"),
+        ("xtask", &["report", "--frobnicate"], "Usage: cargo xtask report [OPTIONS]"),
+        ("xtask", &["snapshots", "--frobnicate"], "Usage: cargo xtask snapshots [OPTIONS]"),
     ];
     for (bin, args, expected) in cases {
         tests::assert_bad_input(bin, args, expected);

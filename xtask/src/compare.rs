@@ -38,7 +38,11 @@ pub const ROWS: &[(&str, &str, &str, &str)] = &[
 ];
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask compare", about = "Run every row and print the summary table with verdicts")]
+#[command(
+    name = "cargo xtask compare",
+    bin_name = "cargo xtask compare",
+    about = "Run every row and print the summary table with verdicts"
+)]
 struct Args {
     /// Small sizes: each row in about a second.
     #[arg(long)]
@@ -197,7 +201,7 @@ fn human(doc: &Document) -> String {
     out.push_str(&doc.machine.header());
     out.push('\n');
     out.push_str(&summary(doc));
-    out.push_str(LEGEND);
+    out.push_str(&legend(&doc.reports));
     for report in &doc.reports {
         out.push('\n');
         out.push_str(&harness::render::row(report));
@@ -206,8 +210,18 @@ fn human(doc: &Document) -> String {
 }
 
 /// What the marks in the summary mean.
-pub const LEGEND: &str = "✓ holds here  ~ marginal  = tie  ✗ this machine contradicts the claim  - skipped  ! error\n\
-                          P/T = process median ÷ thread median, with its 95% confidence interval\n";
+pub const LEGEND: &str = "✓ holds here  ~ marginal  = tie  ✗ this machine contradicts the claim  - skipped  ! error\n";
+
+/// The legend: the marks, a line for `=?` when a busy machine withheld some verdict, and the
+/// ratio.
+pub fn legend(reports: &[Report]) -> String {
+    let busy = reports.iter().flat_map(|r| &r.experiments).any(|e| e.busy.is_some());
+    let withheld = "=? a tie only because other programs used over a quarter of the CPU (busy: below)\n";
+    format!(
+        "{LEGEND}{}P/T = process median ÷ thread median, with its 95% confidence interval\n",
+        if busy { withheld } else { "" }
+    )
+}
 
 /// The width the summary table keeps to.
 pub const SUMMARY_WIDTH: u16 = 100;
@@ -245,8 +259,8 @@ fn measured_here(report: &Report) -> String {
         .filter(|e| e.headline)
         .take(3)
         .map(|e| match (e.kind, e.ratio) {
-            (Kind::Measure, Some(_)) => format!("{} {} {}", e.id, harness::render::ratio(e), mark(e.verdict)),
-            _ => format!("{} {}", e.id, mark(e.verdict)),
+            (Kind::Measure, Some(_)) => format!("{} {} {}", e.id, harness::render::ratio(e), marks(e)),
+            _ => format!("{} {}", e.id, marks(e)),
         })
         .collect();
     // Every experiment's verdict, counted: skipped ones are counted, not listed.
@@ -259,6 +273,12 @@ fn measured_here(report: &Report) -> String {
     let marks = counts.iter().map(|(v, n)| format!("{} {n}", mark(*v))).collect::<Vec<_>>().join("  ");
     lines.push(if words.chars().count() <= 36 { words } else { marks });
     lines.join("\n")
+}
+
+/// An experiment's mark: its verdict's, and `=?` where a busy machine forced the tie (two
+/// characters, so that a headline line still fits its cell).
+fn marks(e: &harness::report::Experiment) -> String {
+    if e.busy.is_some() { format!("{}?", mark(e.verdict)) } else { mark(e.verdict).to_string() }
 }
 
 /// One character per verdict (see [`LEGEND`]).
@@ -276,6 +296,7 @@ fn mark(v: Verdict) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harness::report::{Expected, Experiment};
 
     #[test]
     fn a_row_named_twice_runs_once_in_the_order_first_named() {
@@ -283,5 +304,68 @@ mod tests {
         assert_eq!(once_each(&names(&["memory", "stability", "memory"])), names(&["memory", "stability"]));
         assert_eq!(once_each(&names(&["stability", "memory"])), names(&["stability", "memory"]));
         assert!(once_each(&[]).is_empty());
+    }
+
+    fn experiment(id: &str, headline: bool, verdict: Verdict, ratio: Option<(f64, f64, f64)>) -> Experiment {
+        Experiment {
+            id: id.into(),
+            title: "t".into(),
+            kind: if ratio.is_some() { Kind::Measure } else { Kind::Observe },
+            unit: ratio.map(|_| "µs".into()),
+            better: None,
+            expected: Expected::Thread,
+            headline,
+            process: None,
+            thread: None,
+            ratio: ratio.map(|r| r.0),
+            ratio_low: ratio.map(|r| r.1),
+            ratio_high: ratio.map(|r| r.2),
+            verdict,
+            note: None,
+            others_cpu: None,
+            busy: None,
+        }
+    }
+
+    fn report(experiments: Vec<Experiment>) -> Report {
+        Report {
+            row: "stability".into(),
+            claim: "c".into(),
+            optimized: true,
+            idle_cpus: Default::default(),
+            experiments,
+        }
+    }
+
+    /// The cell names the headline experiments and counts every verdict of the row, the
+    /// unfavourable ones too; a tie the busy machine forced is marked `=?`.
+    #[test]
+    fn the_summary_cell_counts_every_verdict_and_marks_a_busy_tie() {
+        let busy = Experiment {
+            busy: Some("other programs used 60%".into()),
+            ..experiment("restart", true, Verdict::Tie, Some((0.9, 0.8, 1.0)))
+        };
+        let r = report(vec![
+            experiment("segfault", true, Verdict::Holds, None),
+            experiment("abort", false, Verdict::Holds, None),
+            experiment("panic", false, Verdict::Contradicted, None),
+            busy,
+            experiment("gone", false, Verdict::Skipped, None),
+            experiment("broke", false, Verdict::Error, None),
+        ]);
+        let cell = measured_here(&r);
+        let lines: Vec<&str> = cell.lines().collect();
+        assert_eq!(lines[..2], ["segfault ✓", "restart 0.90 (0.80–1.00) =?"], "{cell}");
+        // Too long in words for one line of the cell: in the legend's marks.
+        assert_eq!(lines[2], "✓ 2  = 1  ✗ 1  - 1  ! 1", "{cell}");
+        assert_eq!(lines.len(), 3, "{cell}");
+        let short = report(vec![
+            experiment("segfault", true, Verdict::Holds, None),
+            experiment("panic", false, Verdict::Contradicted, None),
+        ]);
+        assert_eq!(measured_here(&short), "segfault ✓\nholds 1 · contradicted 1");
+        assert!(legend(std::slice::from_ref(&r)).contains("=? a tie only because"));
+        let quiet = report(vec![experiment("segfault", true, Verdict::Holds, None)]);
+        assert!(!legend(&[quiet]).contains("=?"));
     }
 }

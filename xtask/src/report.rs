@@ -19,7 +19,11 @@ use harness::report::{Kind, Report};
 use crate::compare::{self, Document};
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask report", about = "Run every row once and write docs/results.md with charts")]
+#[command(
+    name = "cargo xtask report",
+    bin_name = "cargo xtask report",
+    about = "Run every row once and write docs/results.md with charts"
+)]
 struct Args {
     /// Small sizes: each row in about a second (for tests; the committed page is a full run).
     #[arg(long)]
@@ -103,7 +107,7 @@ fn markdown(doc: &Document, charts: &[(String, Vec<charts::Chart>)], run: &Run, 
         let _ = writeln!(md, "This is a `--quick` run: small sizes and few runs, for tests, not for conclusions.\n");
     }
     let _ = writeln!(md, "## The machine\n\n```text\n{}```\n", doc.machine.header());
-    let _ = writeln!(md, "## Summary\n\n```text\n{}{}```\n", compare::summary(doc), compare::LEGEND);
+    let _ = writeln!(md, "## Summary\n\n```text\n{}{}```\n", compare::summary(doc), compare::legend(&doc.reports));
     for report in &doc.reports {
         let row_charts = charts.iter().find(|(r, _)| *r == report.row).map(|(_, c)| c.as_slice()).unwrap_or(&[]);
         md.push_str(&row_section(report, row_charts));

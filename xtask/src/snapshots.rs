@@ -13,7 +13,11 @@ use harness::row::print_out;
 use crate::{compare, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask snapshots", about = "Run the rows' snapshot tests and list the snapshots that changed")]
+#[command(
+    name = "cargo xtask snapshots",
+    bin_name = "cargo xtask snapshots",
+    about = "Run the rows' snapshot tests and list the snapshots that changed"
+)]
 struct Args {
     /// Hand the changed snapshots to `cargo insta review`.
     #[arg(long)]

@@ -507,12 +507,20 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
             .fact("checksum_same_in_every_run", g.groups.iter().all(|t| t.checksum == expected))
             .fact("every_task_ran_once", g.groups.iter().all(|t| t.tasks == count))
             .fact("most_at_once", g.groups.iter().map(|t| t.at_once).max().unwrap_or(0));
+        // A number, or null with the reason beside it: one type under one name.
         match checked {
             Some(c) => side.set("overhead_share_at_that_size", round2(c.median)),
-            None if threshold_us(g) > most => {
-                side.set("overhead_share_at_that_size", format!("not checked: tasks over {most} µs take too long here"))
+            None => {
+                side.set("overhead_share_at_that_size", None::<f64>);
+                side.set(
+                    "overhead_share_not_checked",
+                    if threshold_us(g) > most {
+                        format!("tasks over {most} µs take too long here")
+                    } else {
+                        "no overhead was measured".to_string()
+                    },
+                );
             }
-            None => side.set("overhead_share_at_that_size", "not checked: no overhead was measured"),
         }
         side
     };

@@ -278,14 +278,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
         let mut line = LineBuf::new();
         line.push(if sig == libc::SIGINT { b"interrupted (SIGINT)" } else { b"terminated (SIGTERM)" });
         line.push(b": killed and reaped ");
-        line.push_num(killed);
-        line.push(b" children, unlinked ");
-        line.push_num(removed);
-        line.push(b" shared-memory segments");
+        line.push_count(killed, b"child", b"children");
+        line.push(b", unlinked ");
+        line.push_count(removed, b"shared-memory segment", b"shared-memory segments");
         if dirs > 0 {
             line.push(b" and removed ");
-            line.push_num(dirs);
-            line.push(b" temporary directories");
+            line.push_count(dirs, b"temporary directory", b"temporary directories");
         }
         line.push(b"\n");
         libc::write(2, line.buf.as_ptr().cast(), line.len);
@@ -327,6 +325,13 @@ impl LineBuf {
         let d = digits;
         self.push(&d[i..]);
     }
+
+    /// A count and its noun, singular for one: "1 child", "2 children".
+    fn push_count(&mut self, n: u64, one: &[u8], many: &[u8]) {
+        self.push_num(n);
+        self.push(b" ");
+        self.push(if n == 1 { one } else { many });
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +346,16 @@ mod tests {
         l.push(b",");
         l.push_num(1234567);
         assert_eq!(&l.buf[..l.len], b"n=0,1234567");
+    }
+
+    #[test]
+    fn the_handler_line_counts_in_the_singular_for_one() {
+        let mut l = LineBuf::new();
+        for n in [0, 1, 2] {
+            l.push_count(n, b"child", b"children");
+            l.push(b";");
+        }
+        assert_eq!(&l.buf[..l.len], b"0 children;1 child;2 children;");
     }
 
     #[test]

@@ -185,14 +185,19 @@ impl Side {
 
 /// A number with three significant digits at most, for people.
 pub fn fmt_num(x: f64) -> String {
-    let a = x.abs();
-    if a >= 100.0 {
-        format!("{x:.0}")
-    } else if a >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
+    let decimals = |a: f64| {
+        if a >= 100.0 {
+            0
+        } else if a >= 10.0 {
+            1
+        } else {
+            2
+        }
+    };
+    // The decimals follow the rounded value: 9.999 rounds up to 10.00 with two, so it takes one
+    // ("10.0"), and 99.96 none ("100").
+    let rounded: f64 = format!("{x:.0$}", decimals(x.abs())).parse().unwrap_or(x);
+    format!("{x:.0$}", decimals(rounded.abs()))
 }
 
 /// The verdict rule for `measure` experiments (DESIGN.md, "Verdicts"; docs/report.md has a
@@ -431,6 +436,24 @@ mod tests {
     fn tally_counts_every_verdict_most_favourable_first() {
         let t = tally([Verdict::Tie, Verdict::Holds, Verdict::Tie, Verdict::Marginal].into_iter());
         assert_eq!(t, "holds in 1, marginal in 1, tie in 2");
+    }
+
+    #[test]
+    fn numbers_keep_three_significant_digits_also_where_rounding_carries() {
+        let cases = [
+            (0.0, "0.00"),
+            (1.234, "1.23"),
+            (9.994, "9.99"),
+            (9.999, "10.0"),
+            (12.34, "12.3"),
+            (99.94, "99.9"),
+            (99.96, "100"),
+            (-9.999, "-10.0"),
+            (1234.5, "1234"),
+        ];
+        for (x, shown) in cases {
+            assert_eq!(fmt_num(x), shown, "{x}");
+        }
     }
 
     #[test]

@@ -454,9 +454,9 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
                 {
                     let side = if side == Expected::Process { "process" } else { "thread" };
                     let said =
-                        format!("no difference was expected, but the {side} side was better beyond the 5 % band");
+                        format!("No difference was expected, but the {side} side was better beyond the 5 % band.");
                     e.note = Some(match e.note.take() {
-                        Some(n) => format!("{said}; {n}"),
+                        Some(n) => format!("{said} {n}"),
                         None => said,
                     });
                 }
