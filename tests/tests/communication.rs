@@ -368,9 +368,9 @@ fn list_names_every_experiment_and_bad_input_is_refused() {
     }
 }
 
-/// The row is not in `tests::ROWS` yet (the ulimit test there expects every experiment to need
-/// a task, and `effort` needs none), so the whole-run leftovers check is made here: a full
-/// `--quick` run leaves no process of its group and no segment of its pid.
+/// A full `--quick` run leaves no process of its group, no segment of its pid and no message
+/// queue (leftovers.rs makes the same check for every row but the queues, which only this row
+/// makes).
 #[test]
 fn a_whole_run_leaves_no_process_or_segment() {
     let child = tests::spawn_in_own_group("communication", &["--quick", "--json"], &[]);

@@ -155,6 +155,52 @@ fn row_with_servers_up() -> std::process::Child {
     child
 }
 
+/// The listening TCP sockets of a process group: (local address as /proc/net/tcp writes it,
+/// inode), for the sockets its processes hold.
+fn listening_sockets(pgid: u32) -> Vec<(String, String)> {
+    let mut inodes = std::collections::BTreeSet::new();
+    for (pid, _) in tests::group_members(pgid) {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pgid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                found.push((f[1].to_string(), f[9].to_string()));
+            }
+        }
+    }
+    found
+}
+
+/// Servers and load stay on 127.0.0.1 (DESIGN.md): every socket the servers listen on is
+/// bound to the loopback address, none to all addresses or to IPv6.
+#[test]
+fn the_servers_listen_on_127_0_0_1_only() {
+    let mut child = row_with_servers_up();
+    let pid = child.id();
+    let listening = listening_sockets(pid);
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    child.wait().unwrap();
+    assert!(tests::wait_until(3, || tests::group_members(pid).is_empty()), "left: {:?}", tests::group_members(pid));
+    // The prefork server's socket (shared by its workers) and the pool's.
+    assert!(listening.len() >= 2, "listening: {listening:?}");
+    for (address, inode) in &listening {
+        // 0100007F:PORT is 127.0.0.1 in /proc/net/tcp (the address in host byte order, hex).
+        assert!(address.starts_with("0100007F:"), "socket {inode} listens on {address}");
+    }
+}
+
 #[test]
 fn ctrl_c_during_the_load_leaves_no_server_process_behind() {
     let mut child = row_with_servers_up();

@@ -220,7 +220,13 @@ struct Args {
 /// True when this binary was built with optimisations (opt-level 2, 3, "s" or "z"; the
 /// workspace's dev profile is optimised too): timings of an unoptimised build mean little.
 pub fn optimized() -> bool {
-    !matches!(env!("PVT_OPT_LEVEL"), "0" | "1")
+    is_optimising(env!("PVT_OPT_LEVEL"))
+}
+
+/// Whether cargo's OPT_LEVEL optimises enough for timings: 2, 3, "s" and "z" do; 0 (the
+/// default dev profile) and 1 do not.
+fn is_optimising(opt_level: &str) -> bool {
+    !matches!(opt_level, "0" | "1")
 }
 
 /// The variables that change how a row measures (docs/report.md), checked before anything
@@ -537,6 +543,15 @@ fn run_child(row: &Row, args: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_opt_levels_2_and_up_count_as_optimised() {
+        for (level, optimising) in [("0", false), ("1", false), ("2", true), ("3", true), ("s", true), ("z", true)] {
+            assert_eq!(is_optimising(level), optimising, "opt-level {level}");
+        }
+        // This build (the tests' dev profile is opt-level 3) says so.
+        assert!(optimized());
+    }
 
     fn measured(verdict: Verdict, others_cpu: f64) -> Experiment {
         Experiment {
