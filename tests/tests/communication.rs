@@ -274,6 +274,32 @@ fn a_truncated_message_is_an_error_that_says_so_never_a_hang() {
     }
 }
 
+/// The receiver's checksum of the bytes moved is compared with the sender's, on both sides:
+/// a partner that reports other bytes than were sent makes the experiment an error, never a
+/// rate.
+#[test]
+fn bytes_that_arrive_other_than_sent_are_an_error_not_a_rate() {
+    for id in ["throughput-pipe", "throughput-shm"] {
+        for side in ["process", "thread"] {
+            let child = tests::spawn_in_own_group(
+                "communication",
+                &["--quick", "--json", "--only", id, "--side", side],
+                &[("PVT_COMM_FAULT", "corrupt")],
+            );
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{id} {side}: {}", String::from_utf8_lossy(&out.stderr));
+            let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
+            let e = experiment(&report, id);
+            assert_eq!(e["verdict"], "error", "{id} {side}");
+            let note = e["note"].as_str().unwrap();
+            let said = format!("the {side} side's");
+            assert!(note.contains(&said) && note.contains("the bytes received are not the bytes sent"), "{id}: {note}");
+            assert!(tests::group_members(pid).is_empty(), "{id} left: {:?}", tests::group_members(pid));
+        }
+    }
+}
+
 #[test]
 fn a_partner_that_stops_answering_is_an_error_at_the_deadline() {
     let child = tests::spawn_in_own_group(

@@ -80,6 +80,9 @@ pub enum Fault {
     /// Stop answering after the first few PINGs: a peer that hangs. It still takes what
     /// arrives, so that it ends (and a partner thread can be joined) once the link closes.
     Stall,
+    /// Report every bulk run's checksum one off: a peer that received other bytes than were
+    /// sent.
+    Corrupt,
 }
 
 pub const FAULT_ENV: &str = "PVT_COMM_FAULT";
@@ -89,6 +92,7 @@ impl Fault {
         match std::env::var(FAULT_ENV).ok()?.as_str() {
             "truncate" => Some(Fault::Truncate),
             "stall" => Some(Fault::Stall),
+            "corrupt" => Some(Fault::Corrupt),
             _ => None,
         }
     }
@@ -126,6 +130,9 @@ pub fn serve(link: &mut dyn Link, deadline: Duration) -> Result<()> {
                         sum = sum.wrapping_add(checksum(m));
                         bytes += m.len() as u64;
                     })?;
+                }
+                if fault == Some(Fault::Corrupt) {
+                    sum = sum.wrapping_add(1);
                 }
                 link.send_control(&[ANSWER, sum, bytes, 0, 0, 0, 0, 0])?;
             }

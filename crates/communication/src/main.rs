@@ -18,7 +18,7 @@ mod thread;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use harness::cpu::{Pinned, Placement};
 use harness::row::Which;
 use harness::stats::{self, Latencies, Plan, Summary};
@@ -534,6 +534,21 @@ fn throughput_experiment(
         Err(_) => return Ok(None),
     };
     let [p, t] = bulk_pair(ctx, plan, m, place, size, run_bytes)?;
+    // A rate of bytes that did not arrive as they were sent measures nothing: an error, not a
+    // number (the matrix, which has no verdict, says CHECKSUMS DIFFER instead).
+    for (which, s) in [("process", &p), ("thread", &t)] {
+        if let Some(bad) = s.iter().flat_map(|s| s.ran.all()).find(|r| !r.checksums_match()) {
+            bail!(
+                "the {which} side's {}: the bytes received are not the bytes sent (checksum {:x} received, {:x} \
+                 sent; {} of {} bytes)",
+                s.as_ref().map_or("", |s| s.name),
+                bad.checksum_received,
+                bad.checksum_sent,
+                bad.bytes_received,
+                bad.bytes_sent
+            );
+        }
+    }
     Ok(Some([p.map(|s| bulk_side(&s, size)), t.map(|s| bulk_side(&s, size))]))
 }
 
