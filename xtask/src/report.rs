@@ -155,7 +155,7 @@ fn row_section(report: &Report, charts: &[charts::Chart]) -> String {
             side(&e.process),
             side(&e.thread),
             harness::render::ratio(e),
-            e.verdict
+            harness::render::verdict(e)
         );
     }
     md.push('\n');
