@@ -14,14 +14,21 @@ fn a_whole_run_of_every_row_leaves_no_process_zombie_or_segment() {
     assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
     let me = std::process::id();
     // A TMPDIR of the run's own (short: ipc-channel makes a Unix socket in it), checked empty
-    // after every row and removed at the end.
-    let tmp = std::env::temp_dir().join(format!("pvt-l{me}"));
-    std::fs::create_dir_all(&tmp).unwrap();
+    // after every row and removed when the test ends, a failed assertion included.
+    struct OwnTmp(std::path::PathBuf);
+    impl Drop for OwnTmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let own = OwnTmp(std::env::temp_dir().join(format!("pvt-l{me}")));
+    let tmp = &own.0;
+    std::fs::create_dir_all(tmp).unwrap();
     for &row in tests::ROWS {
         // Build first, so that cargo's own processes are gone before we look.
         let bin = tests::binary(row);
         let child =
-            Command::new(&bin).args(["--quick", "--json"]).env("TMPDIR", &tmp).stdout(Stdio::piped()).spawn().unwrap();
+            Command::new(&bin).args(["--quick", "--json"]).env("TMPDIR", tmp).stdout(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{row} failed");
@@ -29,12 +36,7 @@ fn a_whole_run_of_every_row_leaves_no_process_zombie_or_segment() {
         assert!(left.is_empty(), "{row} left processes behind (pid, state): {left:?}");
         let segments = tests::segments_of(pid);
         assert!(segments.is_empty(), "{row} left segments: {segments:?}");
-        let in_tmp: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name()).collect();
-        if !in_tmp.is_empty() {
-            // The test's own leftover: gone before the assertion fails.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
+        let in_tmp: Vec<_> = std::fs::read_dir(tmp).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(in_tmp.is_empty(), "{row} left in TMPDIR: {in_tmp:?}");
     }
-    std::fs::remove_dir(&tmp).unwrap();
 }

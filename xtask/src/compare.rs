@@ -270,8 +270,8 @@ fn measured_here(report: &Report) -> String {
     }
     // In words when that fits one line of the cell, else with the marks of the legend.
     let words = counts.iter().map(|(v, n)| format!("{v} {n}")).collect::<Vec<_>>().join(" · ");
-    let marks = counts.iter().map(|(v, n)| format!("{} {n}", mark(*v))).collect::<Vec<_>>().join("  ");
-    lines.push(if words.chars().count() <= 36 { words } else { marks });
+    let in_marks = counts.iter().map(|(v, n)| format!("{} {n}", mark(*v))).collect::<Vec<_>>().join("  ");
+    lines.push(if words.chars().count() <= 36 { words } else { in_marks });
     lines.join("\n")
 }
 

@@ -61,7 +61,7 @@ fn fmt_ratio(r: f64) -> String {
 pub fn details(experiments: &[Experiment]) -> String {
     let mut out = String::new();
     for e in experiments {
-        out.push_str(&format!("\n{} ({}): {}\n", e.id, e.verdict, e.title));
+        out.push_str(&format!("\n{} ({}): {}\n", e.id, verdict(e), e.title));
         for (name, side) in [("process", &e.process), ("thread", &e.thread)] {
             if let Some(s) = side
                 && !s.facts.is_empty()

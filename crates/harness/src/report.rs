@@ -200,6 +200,11 @@ pub fn fmt_num(x: f64) -> String {
     format!("{x:.0$}", decimals(rounded.abs()))
 }
 
+/// A count and its noun, singular for one: "1 round", "5 rounds".
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The verdict rule for `measure` experiments (DESIGN.md, "Verdicts"; docs/report.md has a
 /// worked example).
 ///
@@ -454,6 +459,13 @@ mod tests {
         for (x, shown) in cases {
             assert_eq!(fmt_num(x), shown, "{x}");
         }
+    }
+
+    #[test]
+    fn a_count_of_one_takes_the_singular() {
+        assert_eq!(counted(0, "frame", "frames"), "0 frames");
+        assert_eq!(counted(1, "frame", "frames"), "1 frame");
+        assert_eq!(counted(64, "connection", "connections"), "64 connections");
     }
 
     #[test]

@@ -713,7 +713,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         process,
         thread,
         note: Some(format!(
-            "A clip of {frames} {frames_word}, filtered frame by frame: each timed run brightens the clip's next frame \
+            "A clip of {frames}, filtered frame by frame: each timed run brightens the clip's next frame \
              (ms/frame) and the runs cycle through the clip, each pass changing the brightness the other way \
              (+16, then -16), so that every frame starts every second pass from the pixels it was filled with. \
              checksum is the whole clip's after the first pass. One worker per allowed CPU, each on a disjoint \
@@ -726,12 +726,12 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. Both sides ask for base \
              pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind the frames after the runs. \
              The pages of every frame of both clips are mapped in turns, a page of each frame at a time, so that \
-             every frame of either side lies on the same mix of physical memory. The clip has {wanted} {wanted_word} \
+             every frame of either side lies on the same mix of physical memory. The clip has {wanted} \
              unless the room left here holds fewer (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
              counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
             shorter.unwrap_or_default(),
-            frames_word = if frames == 1 { "frame" } else { "frames" },
-            wanted_word = if wanted == 1 { "frame" } else { "frames" },
+            frames = harness::report::counted(frames, "frame", "frames"),
+            wanted = harness::report::counted(wanted, "frame", "frames"),
         )),
         ..Findings::default()
     })

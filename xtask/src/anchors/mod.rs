@@ -264,7 +264,8 @@ fn render(anchor: &Anchor, rounds: usize, lines: &[Line], missing: &[&Tool]) -> 
     let mut out = if lines.is_empty() {
         format!("\n{}: {}: nothing run\n", anchor.row, anchor.title)
     } else {
-        format!("\n{}: {} (medians of {rounds} round(s), in turns)\n", anchor.row, anchor.title)
+        let rounds = harness::report::counted(rounds, "round", "rounds");
+        format!("\n{}: {} (medians of {rounds}, in turns)\n", anchor.row, anchor.title)
     };
     if !lines.is_empty() {
         let mut t = Table::new();

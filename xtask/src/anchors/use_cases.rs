@@ -40,11 +40,15 @@ fn run(ctx: &Ctx) -> Result<Vec<Line>> {
         let url = format!("http://127.0.0.1:{}/n/0", server.port);
         for c in LEVELS {
             let threads = cpus.min(c);
-            let mut line =
-                Line::new(format!("{model} server, {c} connection(s)"), "req/s", &format!("req/s (wrk -t{threads})"))
-                    .band(0.8, f64::INFINITY, "");
+            let connections = harness::report::counted(c, "connection", "connections");
+            let mut line = Line::new(
+                format!("{model} server, {connections}"),
+                "req/s",
+                &format!("req/s (wrk -t{threads})"),
+            )
+            .band(0.8, f64::INFINITY, "");
             for round in 1..=ctx.rounds {
-                eprintln!("use-cases anchors, {model}, {c} connection(s), round {round}/{}: ours, wrk", ctx.rounds);
+                eprintln!("use-cases anchors, {model}, {connections}, round {round}/{}: ours, wrk", ctx.rounds);
                 // Odd rounds start with ours, even rounds with wrk.
                 let (o, w) = if round % 2 == 1 {
                     let o = ours_per_second(&ctx.binary, server.port, c)?;
