@@ -116,7 +116,6 @@ fn budget(ctx: &Ctx, full_ms: u64, quick_ms: u64) -> Duration {
 }
 
 fn spawn(ctx: &Ctx) -> Result<Findings> {
-    plumbing::enter("spawn");
     let deadline = ctx.deadline();
     // Size the loop by the slower side, so that both start as many workers per run.
     let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
@@ -172,7 +171,7 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
 
 /// The other ways to start a process, measured on the process side of `spawn` for contrast.
 fn contrast(ctx: &Ctx, side: &mut Side) -> Result<()> {
-    let program = plumbing::Program::new("/bin/true")?;
+    let program = harness::bare::Program::new("/bin/true")?;
     if !std::path::Path::new("/bin/true").exists() {
         side.set("exec_contrast", "not measured: /bin/true is missing");
         return Ok(());
@@ -206,7 +205,6 @@ struct AtSize {
 }
 
 fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
-    plumbing::enter("spawn-vs-size");
     // Never more than a quarter of the memory that is left.
     let room = Room::probe()?;
     let cap = room.memory.amount / 4;
@@ -369,7 +367,6 @@ fn job_us(ctx: &Ctx) -> f64 {
 }
 
 fn speedup(ctx: &Ctx) -> Result<Findings> {
-    plumbing::enter("speedup");
     let (cpus, fits, room) = cpus_and_room(2 * Room::probe()?.cpus as u64, 0)?;
     let counts = worker_counts(cpus, fits);
     let Some(at) = counts.iter().position(|&w| w == cpus.min(fits)) else {
@@ -446,7 +443,6 @@ struct Granular {
 }
 
 fn granularity(ctx: &Ctx) -> Result<Findings> {
-    plumbing::enter("granularity");
     let (cpus, fits, _) = cpus_and_room(Room::probe()?.cpus as u64, 0)?;
     let in_flight = cpus.min(fits).max(1);
     let per_us = jobs::numbers_per_us()?;
@@ -545,7 +541,6 @@ const CHURN_BYTES: usize = 16 << 20;
 const CHURN_BYTES_QUICK: usize = 4 << 20;
 
 fn contention(ctx: &Ctx) -> Result<Findings> {
-    plumbing::enter("contention");
     let bytes = if ctx.quick { CHURN_BYTES_QUICK } else { CHURN_BYTES };
     let (cpus, fits, room) = cpus_and_room(Room::probe()?.cpus as u64, bytes as u64)?;
     let most = cpus.min(fits);

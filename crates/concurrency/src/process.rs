@@ -4,14 +4,14 @@
 //! child's exit tears its copy down again. What processes do not share, they do not fight
 //! over: each has its own mmap lock and its own TLB to flush.
 //!
-//! Workers here are bare forked children (plumbing.rs): they reset their signals, run their
+//! Workers here are bare forked children (`harness::bare`): they reset their signals, run their
 //! share and `_exit`; their reports come back through result slots in memory mapped shared
 //! before the fork (MAP_SHARED), and shared counters live there too. The churn workers of
 //! `contention`, whose timing is their own, are `harness::fork_child` workers that deliver over
 //! a pipe. Compare with thread.rs: the same functions in the same order, and only the lines
 //! marked "process:" differ in mechanism.
 //!
-//! See also: jobs.rs (the work both sides run), plumbing.rs (bare children, result slots),
+//! See also: jobs.rs (the work both sides run), plumbing.rs (result slots), harness/src/bare.rs,
 //! fork(2), clone(2), posix_spawn(3), vfork(2); TLPI 24 (process creation) and 28.3 (the
 //! speed of process creation); LEBench (Ren et al., SOSP 2019) for the first-run latency.
 
@@ -27,8 +27,9 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::jobs::{self, Churn, Places, Report, Tasks};
-use crate::plumbing::{self, Bare, Program, SharedStamp, Slots, wait_for_go};
+use crate::plumbing::{SharedStamp, Slots, wait_for_go};
 use crate::{Spawned, Started};
+use harness::bare::{self, Bare, BareExit, Program};
 
 /// Starts `n` empty workers one after the other and waits for each: fork(2), the child
 /// `_exit(0)`s, waitpid. Each child first writes the clock: how long after the call it ran.
@@ -42,7 +43,7 @@ pub fn spawn_and_wait(n: u64, deadline: Duration) -> Result<Spawned> {
     for _ in 0..n {
         let before = monotonic_ns();
         // process: fork(2) copies this process: its page tables, descriptors and signal state.
-        let child = plumbing::fork_bare(|| {
+        let child = bare::fork_bare(|| {
             slot.store(monotonic_ns(), Ordering::Relaxed);
             Ok(())
         })?;
@@ -64,7 +65,7 @@ pub fn split_job(numbers: u64, workers: u64, deadline: Duration) -> Result<(Dura
     let children = (0..workers)
         .map(|k| {
             // process: each worker is a copy of this process; its share comes back in its slot.
-            plumbing::fork_bare(|| slots.put(k as usize, Report::run(jobs::piece(numbers, workers, k))?.to_words()))
+            bare::fork_bare(|| slots.put(k as usize, Report::run(jobs::piece(numbers, workers, k))?.to_words()))
         })
         .collect::<Result<Vec<Bare>>>()?;
     let reports = reports_of(children, &slots, deadline)?;
@@ -82,10 +83,10 @@ pub fn worker_per_task(tasks: Tasks, in_flight: u64, deadline: Duration) -> Resu
         let children = (next..next + wave)
             .map(|i| {
                 // process: a new process for every task.
-                plumbing::fork_bare(|| slots.put(i as usize, Report::run(tasks.range(i))?.to_words()))
+                bare::fork_bare(|| slots.put(i as usize, Report::run(tasks.range(i))?.to_words()))
             })
             .collect::<Result<Vec<Bare>>>()?;
-        plumbing::wait_all(children, deadline, "a worker")?;
+        bare::wait_all(children, deadline, "a worker")?;
         next += wave;
     }
     let reports = slots.all()?.into_iter().map(Report::from_words).collect();
@@ -101,7 +102,7 @@ pub fn pool(tasks: Tasks, workers: u64, deadline: Duration) -> Result<(Duration,
     let start = Instant::now();
     let children = (0..workers)
         .map(|k| {
-            plumbing::fork_bare(|| {
+            bare::fork_bare(|| {
                 let r = jobs::take_tasks(counter, &tasks)?;
                 slots.put(k as usize, r.to_words())
             })
@@ -140,7 +141,7 @@ pub fn churn(workers: u64, places: Places, ops: u64, deadline: Duration) -> Resu
 
 /// Waits for every worker (one deadline for all) and reads their reports from the slots.
 fn reports_of(children: Vec<Bare>, slots: &Slots<6>, deadline: Duration) -> Result<Vec<Report>> {
-    plumbing::wait_all(children, deadline, "a worker")?;
+    bare::wait_all(children, deadline, "a worker")?;
     Ok(slots.all()?.into_iter().map(Report::from_words).collect())
 }
 
@@ -149,12 +150,12 @@ fn reports_of(children: Vec<Bare>, slots: &Slots<6>, deadline: Duration) -> Resu
 
 /// fork(2) then execve(2) of a small program, and wait.
 pub fn fork_exec(program: &Program, n: u64, deadline: Duration) -> Result<Started> {
-    started(n, || plumbing::fork_exec(program)?.wait(deadline))
+    started(n, || bare::fork_exec(program)?.wait(deadline))
 }
 
 /// posix_spawn(3) (vfork-style: the child borrows our address space until it execs), and wait.
 pub fn posix_spawn(program: &Program, n: u64, deadline: Duration) -> Result<Started> {
-    started(n, || plumbing::posix_spawn(program)?.wait(deadline))
+    started(n, || bare::posix_spawn(program)?.wait(deadline))
 }
 
 /// `std::process::Command::status()`: what a Rust program most often writes.
@@ -169,7 +170,7 @@ pub fn command(program: &Program, n: u64) -> Result<Started> {
     Ok(Started { took: start.elapsed(), runs: n })
 }
 
-fn started(n: u64, mut one: impl FnMut() -> Result<plumbing::BareExit>) -> Result<Started> {
+fn started(n: u64, mut one: impl FnMut() -> Result<BareExit>) -> Result<Started> {
     let start = Instant::now();
     for _ in 0..n {
         let exit = one()?;

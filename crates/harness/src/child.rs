@@ -310,19 +310,27 @@ fn run_in_child(out: RawFd, err: RawFd, keep: &[RawFd], hang: bool, work: impl F
     }
     close_other_descriptors(keep);
     crate::panics::one_line_messages();
+    let code = work_exit_code(hang, work);
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// In a child: hangs when told to (the fault injection), else runs `work` and says how it
+/// ended as an exit code: 0 when it returned Ok, 1 (the error on stderr) when it failed,
+/// [`PANIC_EXIT_CODE`] when it panicked. Forked children of both kinds (`fork_child`,
+/// `bare::fork_bare`) end with it.
+pub(crate) fn work_exit_code(hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {
     if hang {
         faults::hang_forever();
     }
-    let code = match catch_unwind(AssertUnwindSafe(work)) {
+    match catch_unwind(AssertUnwindSafe(work)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             1
         }
         Err(_) => PANIC_EXIT_CODE,
-    };
-    let _ = std::io::stdout().flush();
-    code
+    }
 }
 
 /// Closes every descriptor above stderr but those in `keep` (close_range(2) on the gaps).

@@ -3,6 +3,7 @@
 //! report model with its JSON and table rendering, and the common row CLI.
 
 pub mod awake;
+pub mod bare;
 pub mod busy;
 pub mod child;
 pub mod cleanup;
