@@ -7,7 +7,8 @@
 //!
 //! Every function starts the partner process, hands it its end of one mechanism, and returns
 //! the driver's end. The partner runs `exchange::serve`: the same loop for every mechanism.
-//! Compare with thread.rs: the same functions in the same order, and only the lines marked
+//! Compare with thread.rs: the same functions in the same order (this file adds
+//! `ipc_partner`, the program `channel` starts with exec), and only the lines marked
 //! "process:" differ in mechanism.
 //!
 //! See also: links.rs (each mechanism's send and receive), pipe(7), unix(7), mq_overview(7),

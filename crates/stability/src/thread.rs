@@ -54,7 +54,8 @@ pub fn crash_child(args: &[String]) -> Result<()> {
         workers.push(w.context("spawning a worker thread")?);
     }
     for (id, w) in workers.into_iter().enumerate() {
-        // join(2) sees a panic as Err; a fatal signal never gets here: it ends the process.
+        // JoinHandle::join (pthread_join(3)) sees a panic as Err; a fatal signal never gets
+        // here: it ends the process.
         if w.join().is_err() {
             deliver("panicked", &(id as u64));
         }

@@ -6,8 +6,9 @@
 //! A sandbox: untrusted code runs in a separately started child process with limits of its
 //! own (setrlimit), and cannot read its host's memory. A video filter: worker
 //! processes share the frames through a shared-memory segment, or get copies through pipes.
-//! Compare with thread.rs: the same functions in the same order; lines marked `process:` are
-//! where the mechanism differs.
+//! Compare with thread.rs: the same functions in the same order (this file adds
+//! `filter_frame_through_pipes`, the copying contrast); lines marked `process:` are where the
+//! mechanism differs.
 //!
 //! See also: http.rs (the server both run), untrusted.rs, frame.rs; fork(2), setrlimit(2),
 //! shm_overview(7), pipe(7).
