@@ -342,20 +342,21 @@ mod tests {
     use super::*;
 
     /// The wait without a pidfd (a descriptor limit reached): it sees the end of a child that
-    /// ends, and kills and reaps one that does not, at the deadline.
+    /// ends, and kills and reaps one that does not, at the deadline. The children are
+    /// sleep(1) started by Command (posix_spawn, then exec): nothing forks inside the
+    /// multi-threaded test harness.
     #[test]
     fn the_wait_without_a_pidfd_keeps_its_deadline() {
-        let sleep = |ms| {
-            fork_bare(move || {
-                std::thread::sleep(Duration::from_millis(ms));
-                Ok(())
-            })
-            .unwrap()
+        let sleep = |seconds: &str| {
+            // The Bare owns the pid from here: it waits for it, or kills and reaps it.
+            #[allow(clippy::zombie_processes)]
+            let child = std::process::Command::new("sleep").arg(seconds).spawn().expect("sleep(1)");
+            Bare { pid: child.id() as libc::pid_t, reaped: false }
         };
-        let mut ends = sleep(20);
+        let mut ends = sleep("0.02");
         let exit = ends.look_until(Instant::now() + Duration::from_secs(20)).unwrap().expect("it ended");
         assert!(exit.success() && ends.reaped, "{exit}");
-        let mut hangs = sleep(60_000);
+        let mut hangs = sleep("60");
         let start = Instant::now();
         assert!(hangs.look_until(start + Duration::from_millis(50)).unwrap().is_none());
         assert!(start.elapsed() < Duration::from_secs(5));
