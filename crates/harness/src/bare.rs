@@ -18,7 +18,6 @@
 //! See also: fork(2), execve(2), posix_spawn(3), pidfd_open(2), poll(2), wait4(2), prctl(2).
 
 use std::ffi::{CStr, CString};
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -57,9 +56,6 @@ impl std::fmt::Display for BareExit {
     }
 }
 
-/// The exit code of a bare child whose closure panicked (as a forked child's).
-const PANIC_EXIT_CODE: i32 = crate::child::PANIC_EXIT_CODE;
-
 /// fork(2): the child resets its signals, asks to die with us, runs `work` and `_exit`s: 0 when
 /// it returned Ok, 1 (with the error on stderr) when it failed, 101 when it panicked. It never
 /// returns into the caller and never runs the destructors it inherited. Call only while the
@@ -76,45 +72,27 @@ pub fn fork_bare(work: impl FnOnce() -> Result<()>) -> Result<Bare> {
 }
 
 /// fork(2) with SIGINT and SIGTERM blocked, the child registered for the cleanup; the child
-/// runs [`child_setup`] and then `in_child`, which ends it (`_exit`, `execve`: it cannot
-/// return, its type says so). The caller
-/// guarantees a single-threaded process.
+/// first resets its signals and asks to die with us, as every forked child of the harness does
+/// (async-signal-safe calls only: it may go on to execve), then runs `in_child`, which ends it
+/// (`_exit`, `execve`: it cannot return, its type says so). The caller guarantees a
+/// single-threaded process.
 fn fork_into(in_child: impl FnOnce() -> std::convert::Infallible) -> Result<Bare> {
     let parent = std::process::id() as libc::pid_t;
-    flush();
+    crate::child::flush_before_fork();
     let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
         // Safety: single-threaded (the caller's promise); the child never returns from here.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            child_setup(parent);
+            cleanup::reset_in_child();
+            crate::child::die_with(parent);
             match in_child() {}
         }
-        registered(pid, "fork")
+        if pid < 0 {
+            return Err(crate::child::fork_error(nix::errno::Errno::last()));
+        }
+        registered(pid)
     })?;
     Ok(Bare { pid, reaped: false })
-}
-
-/// In a freshly forked child, before anything else: SIGINT and SIGTERM back to their default
-/// action (the parent's handler would otherwise run in the child and clean up the parent's
-/// children), no signal blocked (we fork with SIGINT and SIGTERM blocked), and death with the
-/// parent: a row killed outright (SIGKILL, which no handler sees) leaves no child running.
-/// If the parent died before the prctl, the child ends here. Only async-signal-safe calls
-/// (signal(2), sigprocmask(2), prctl(2), getppid(2)): it also runs between fork and execve.
-fn child_setup(parent: libc::pid_t) {
-    // Safety: plain syscalls with valid arguments; SIG_DFL installs no code of ours.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::signal(libc::SIGTERM, libc::SIG_DFL);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        // PR_SET_PDEATHSIG fires when the forking *thread* ends: we fork from the row's main
-        // thread, which lives as long as the row.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-        if libc::getppid() != parent {
-            libc::_exit(PANIC_EXIT_CODE);
-        }
-    }
 }
 
 /// What a bare child is to execute: the path and its argv, made before the fork so that the
@@ -144,7 +122,7 @@ impl Program {
 pub fn fork_exec(program: &Program) -> Result<Bare> {
     let argv = program.argv();
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
-    // Safety: the child makes only async-signal-safe calls (those of `child_setup`, execve(2)
+    // Safety: the child makes only async-signal-safe calls (those of `fork_into`, execve(2)
     // and _exit(2)) on memory prepared before the fork.
     fork_into(|| unsafe {
         libc::execve(program.path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
@@ -160,7 +138,7 @@ pub fn fork_exec(program: &Program) -> Result<Bare> {
 pub fn posix_spawn(program: &Program) -> Result<Bare> {
     let argv = program.argv();
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
-    flush();
+    crate::child::flush_before_fork();
     let pid = cleanup::with_signals_blocked(|| -> Result<libc::pid_t> {
         let mut pid: libc::pid_t = 0;
         // Safety: posix_spawnattr_init/setsigmask/setflags/destroy on an attribute object on our
@@ -186,27 +164,14 @@ pub fn posix_spawn(program: &Program) -> Result<Bare> {
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc)).context("posix_spawn");
         }
-        registered(pid, "posix_spawn")
+        registered(pid)
     })?;
     Ok(Bare { pid, reaped: false })
 }
 
-fn flush() {
-    // Unflushed output would otherwise be written twice: once by each process.
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-}
-
-fn registered(pid: libc::pid_t, call: &str) -> Result<libc::pid_t> {
-    if pid < 0 {
-        let e = std::io::Error::last_os_error();
-        let hint = if e.raw_os_error() == Some(libc::EAGAIN) {
-            ": a limit on tasks was reached (ulimit -u, the cgroup's pids.max or threads-max)"
-        } else {
-            ""
-        };
-        return Err(e).with_context(|| format!("{call}{hint}"));
-    }
+/// Registers a child for the interrupt cleanup; one that cannot be registered is killed and
+/// reaped at once.
+fn registered(pid: libc::pid_t) -> Result<libc::pid_t> {
     if let Err(e) = cleanup::register_child(pid) {
         kill_and_reap(pid);
         return Err(e);
@@ -215,12 +180,7 @@ fn registered(pid: libc::pid_t, call: &str) -> Result<libc::pid_t> {
 }
 
 fn kill_and_reap(pid: libc::pid_t) {
-    // Safety: plain syscalls on our own child's pid.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    cleanup::forget_child(pid);
+    crate::child::kill_and_reap(nix::unistd::Pid::from_raw(pid));
 }
 
 impl Bare {

@@ -245,9 +245,7 @@ pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
 /// parent made for it). The parent's copies of anything `work` owns are dropped when this
 /// returns, so a pipe end moved into `work` lives on in the child only.
 pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
-    // Unflushed output would otherwise be written twice: once by each process.
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
+    flush_before_fork();
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stdout")?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stderr")?;
     let hang = faults::take_hang();
@@ -278,11 +276,18 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
     adopt(forked, Some(out_r), Some(err_r))
 }
 
+/// Flushes stdout and stderr before a fork: unflushed output would otherwise be written twice,
+/// once by each process.
+pub(crate) fn flush_before_fork() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
 /// Makes the calling child die with its parent: a row killed outright (SIGKILL, which no
 /// handler sees) must not leave its children running (prctl(2) PR_SET_PDEATHSIG, which
 /// survives execve). If the parent died before this call, the child ends here.
 /// Async-signal-safe: it runs between fork and exec too.
-fn die_with(parent: libc::pid_t) {
+pub(crate) fn die_with(parent: libc::pid_t) {
     // Safety: prctl(2) and getppid(2) with plain integer arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
@@ -293,7 +298,7 @@ fn die_with(parent: libc::pid_t) {
 }
 
 /// fork(2) fails with EAGAIN when a task limit is reached: say which limits those are.
-fn fork_error(e: nix::errno::Errno) -> anyhow::Error {
+pub(crate) fn fork_error(e: nix::errno::Errno) -> anyhow::Error {
     let hint = match e {
         nix::errno::Errno::EAGAIN => ": a limit on tasks was reached (ulimit -u, the cgroup's pids.max or threads-max)",
         nix::errno::Errno::ENOMEM => ": out of memory",
@@ -439,7 +444,7 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn kill_and_reap(pid: Pid) {
+pub(crate) fn kill_and_reap(pid: Pid) {
     // Safety: plain syscalls on our own child's pid.
     unsafe {
         libc::kill(pid.as_raw(), libc::SIGKILL);

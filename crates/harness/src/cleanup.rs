@@ -100,7 +100,9 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// In a freshly forked child: the default dispositions back, and the signals unblocked.
+/// In a freshly forked child: the default dispositions of SIGINT and SIGTERM back (the
+/// parent's handler would otherwise clean up the parent's children), and no signal blocked (we
+/// fork with SIGINT and SIGTERM blocked). Async-signal-safe: it runs between fork and exec too.
 pub(crate) fn reset_in_child() {
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // Safety: SIG_DFL installs no code of ours.
