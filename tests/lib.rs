@@ -518,6 +518,13 @@ mod run_log_checks {
         report_of("x", process, thread)
     }
 
+    /// The report most checks read (three runs a side) and the call of interleave that took
+    /// those runs, in turns.
+    fn three_a_side() -> serde_json::Value {
+        report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0])
+    }
+    const CALL: &str = "interleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0";
+
     fn report_of(id: &str, process: &[f64], thread: &[f64]) -> serde_json::Value {
         serde_json::json!({ "experiments": [{
             "id": id, "kind": "measure", "verdict": "holds",
@@ -528,12 +535,10 @@ mod run_log_checks {
 
     #[test]
     fn runs_in_turns_pass() {
-        let r = report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
-        assert_runs_taken_in_turns(&r, "experiment x\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n");
+        let r = three_a_side();
+        assert_runs_taken_in_turns(&r, &format!("experiment x\n{CALL}\n"));
         // A sweep: another point's call beside the judged one.
-        let log =
-            "experiment x\ninterleave ptPTPT P=9.0,9.0 T=8.0,8.0\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
-        assert_runs_taken_in_turns(&r, log);
+        assert_runs_taken_in_turns(&r, &format!("experiment x\ninterleave ptPTPT P=9.0,9.0 T=8.0,8.0\n{CALL}\n"));
         // One side asked for (--side): one letter throughout, the other side's list empty.
         let one = serde_json::json!({ "experiments": [{
             "id": "x", "kind": "measure", "verdict": "holds", "process": { "runs": 2, "samples": [1.5, 2.5] } }]});
@@ -568,15 +573,14 @@ mod run_log_checks {
     fn each_side_from_a_call_of_its_own_fails() {
         // The block order, one side per call: each side's values are a call's, not the same one's.
         let log = "experiment x\ninterleave pPPP P=1.0,2.0,3.0 T=\ninterleave tTTT P= T=4.0,5.0,6.0\n";
-        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
+        assert_runs_taken_in_turns(&three_a_side(), log);
     }
 
     #[test]
     #[should_panic(expected = "x twice in the run log")]
     fn an_experiment_run_twice_fails() {
-        let call = "interleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0";
-        let log = format!("experiment x\n{call}\nexperiment x\n{call}\n");
-        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), &log);
+        let log = format!("experiment x\n{CALL}\nexperiment x\n{CALL}\n");
+        assert_runs_taken_in_turns(&three_a_side(), &log);
     }
 
     #[test]
@@ -597,22 +601,20 @@ mod run_log_checks {
     #[test]
     #[should_panic(expected = "not a line of the run log")]
     fn a_line_of_another_format_fails() {
-        let log = "experiment x\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\nrepeat PT\n";
-        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
+        assert_runs_taken_in_turns(&three_a_side(), &format!("experiment x\n{CALL}\nrepeat PT\n"));
     }
 
     #[test]
     #[should_panic(expected = "runs not in turns")]
     fn one_sides_block_fails() {
         let log = "experiment x\ninterleave ptPPPTTT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
-        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
+        assert_runs_taken_in_turns(&three_a_side(), log);
     }
 
     #[test]
     #[should_panic(expected = "not in the run log")]
     fn runs_outside_the_harness_fail() {
-        let log = "experiment y\ninterleave ptPTPTPT P=1.0,2.0,3.0 T=4.0,5.0,6.0\n";
-        assert_runs_taken_in_turns(&report(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), log);
+        assert_runs_taken_in_turns(&three_a_side(), &format!("experiment y\n{CALL}\n"));
     }
 
     #[test]

@@ -256,22 +256,28 @@ fn a_truncated_message_is_an_error_that_says_so_never_a_hang() {
     for id in ["latency-pipe", "latency-shm", "latency-channel"] {
         // The row's own deadline bounds every wait (a hang would end in its error, which the
         // note would then name instead of the truncation).
-        let child = tests::spawn_in_own_group(
-            "communication",
+        let report = run_with_fault(
             &["--quick", "--json", "--only", id, "--side", "process"],
             &[("PVT_COMM_FAULT", "truncate"), ("PVT_DEADLINE_MS", "5000")],
         );
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{id}: {}", String::from_utf8_lossy(&out.stderr));
-        let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
         let e = experiment(&report, id);
         assert_eq!(e["verdict"], "error", "{id}");
         let note = e["note"].as_str().unwrap();
         assert!(note.contains("a truncated message") && note.contains("32 of 64 bytes"), "{id}: {note}");
         assert!(!note.contains("deadline"), "{id}: found by the truncation, not by the deadline: {note}");
-        assert!(tests::group_members(pid).is_empty(), "{id} left: {:?}", tests::group_members(pid));
     }
+}
+
+/// Runs the row with a fault injected (`PVT_COMM_FAULT`, with the other variables in `env`):
+/// it must still print one report, exit 1 (an experiment failed) and leave no process of its
+/// group.
+fn run_with_fault(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let child = tests::spawn_in_own_group("communication", args, env);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tests::group_members(pid).is_empty(), "{args:?} left: {:?}", tests::group_members(pid));
+    serde_json::from_slice(&out.stdout).expect("still one JSON report")
 }
 
 /// The receiver's checksum of the bytes moved is compared with the sender's, on both sides:
@@ -281,41 +287,27 @@ fn a_truncated_message_is_an_error_that_says_so_never_a_hang() {
 fn bytes_that_arrive_other_than_sent_are_an_error_not_a_rate() {
     for id in ["throughput-pipe", "throughput-shm"] {
         for side in ["process", "thread"] {
-            let child = tests::spawn_in_own_group(
-                "communication",
-                &["--quick", "--json", "--only", id, "--side", side],
-                &[("PVT_COMM_FAULT", "corrupt")],
-            );
-            let pid = child.id();
-            let out = child.wait_with_output().unwrap();
-            assert_eq!(out.status.code(), Some(1), "{id} {side}: {}", String::from_utf8_lossy(&out.stderr));
-            let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
+            let args = ["--quick", "--json", "--only", id, "--side", side];
+            let report = run_with_fault(&args, &[("PVT_COMM_FAULT", "corrupt")]);
             let e = experiment(&report, id);
             assert_eq!(e["verdict"], "error", "{id} {side}");
             let note = e["note"].as_str().unwrap();
             let said = format!("the {side} side's");
             assert!(note.contains(&said) && note.contains("the bytes received are not the bytes sent"), "{id}: {note}");
-            assert!(tests::group_members(pid).is_empty(), "{id} left: {:?}", tests::group_members(pid));
         }
     }
 }
 
 #[test]
 fn a_partner_that_stops_answering_is_an_error_at_the_deadline() {
-    let child = tests::spawn_in_own_group(
-        "communication",
+    let report = run_with_fault(
         &["--quick", "--json", "--only", "latency-shm", "--only", "effort"],
         &[("PVT_COMM_FAULT", "stall"), ("PVT_DEADLINE_MS", "1000")],
     );
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
     let e = experiment(&report, "latency-shm");
     assert_eq!(e["verdict"], "error");
     assert!(e["note"].as_str().unwrap().contains("stopped answering"), "{e}");
     assert_ne!(experiment(&report, "effort")["verdict"], "error", "the next experiment still ran");
-    assert!(tests::group_members(pid).is_empty(), "left: {:?}", tests::group_members(pid));
 }
 
 #[test]
