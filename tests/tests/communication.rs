@@ -178,6 +178,23 @@ fn round_trips_happened_where_the_tasks_were_pinned() {
 }
 
 #[test]
+fn both_rings_are_the_same_kind_of_memory_on_base_pages() {
+    // Like with like: a thread ring on a private mapping (or with the _PRIVATE futex ops,
+    // which links::RING_OPS rules out for both) would measure the kind of memory, not the
+    // process. What smaps showed is the evidence.
+    for id in ["latency-shm", "throughput-shm"] {
+        let e = experiment(quick_report(), id);
+        for side in ["process", "thread"] {
+            let f = &e[side]["facts"];
+            assert_eq!(f["ring_mapping"], "MAP_SHARED", "{id} {side}: {f}");
+        }
+        // Both asked for base pages; what they got, they got alike.
+        assert_eq!(e["process"]["facts"]["huge_kib"], e["thread"]["facts"]["huge_kib"], "{id}");
+        assert!(e["process"]["facts"]["huge_kib"].is_u64(), "{id}");
+    }
+}
+
+#[test]
 fn cpu_cost_alone_has_at_least_16_round_trips_a_run() {
     // First in its row, on a link nothing has used yet: the first round trips are the slowest
     // (they fault in code and wake a partner that has not run), and sized on those a run was

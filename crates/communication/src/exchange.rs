@@ -371,7 +371,7 @@ pub struct Session {
     /// What must outlive the partner: a segment, queues. Dropped last (field order).
     pub keep: Vec<Box<dyn std::any::Any>>,
     /// Where the messages are written, for a mechanism that writes them into memory (the
-    /// rings): the run reads the huge pages behind it (harness::mem::huge_kib_at).
+    /// rings): the run reads the huge pages behind it and its kind (harness::mem::seen_at).
     pub memory: Option<usize>,
 }
 

@@ -3,8 +3,8 @@
 //! - [`Stream`]: a byte stream through the kernel (a pair of pipes, or a Unix socket pair);
 //!   the same code serves processes and threads, which is what makes it the control.
 //! - [`Ring`]: a ring of message slots in memory both tasks see, with a futex to sleep on;
-//!   between processes the memory is a named segment and the futex ops the shared ones,
-//!   between threads it is any memory of the process and the private ops.
+//!   between processes the memory is a named segment, between threads a shared mapping of
+//!   the process; both use the shared futex ops, so that only the address space differs.
 //! - [`MessageQueue`]: a POSIX message queue (processes only: it is a kernel object).
 //! - [`IpcChannel`]: ipc-channel's typed channel over a Unix socket (processes).
 //! - [`Channel`]: a bounded crossbeam channel, or std's `mpsc::sync_channel` (threads): a
@@ -206,6 +206,12 @@ impl RingRef {
     }
 }
 
+/// The futex ops of both sides' rings: the shared ones, the only ones that wake another
+/// process. Threads could use the `_PRIVATE` ops, which skip the lookup of the word's page;
+/// switching's futex-private measures what that saves. Here both sides use the same ops, so
+/// that the ring's verdict measures being a process, not the futex flavour.
+const RING_OPS: Ops = futex::SHARED;
+
 // effort: ring begin
 /// Two rings of slots in memory both tasks see, one each way: the shared-memory mechanism.
 /// A message is written into a slot in place and read from it in place (zero-copy); the
@@ -213,8 +219,6 @@ impl RingRef {
 pub struct Ring {
     out: RingRef,
     inn: RingRef,
-    /// The shared futex ops (between processes) or the private ones (between threads).
-    shared: bool,
     peer: Peer,
     _keep: Option<Arc<harness::mem::Mapping>>,
 }
@@ -234,7 +238,6 @@ impl Ring {
         base: *mut u8,
         layout: RingLayout,
         driver: bool,
-        shared: bool,
         peer: Peer,
         keep: Option<Arc<harness::mem::Mapping>>,
     ) -> Ring {
@@ -255,7 +258,7 @@ impl Ring {
             slot_bytes: layout.back.1,
         };
         let (out, inn) = if driver { (forth, back) } else { (back, forth) };
-        Ring { out, inn, shared, peer, _keep: keep }
+        Ring { out, inn, peer, _keep: keep }
     }
 
     fn send(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
@@ -267,7 +270,7 @@ impl Ring {
         let deadline = Instant::now() + crate::exchange::SLICE * 600;
         wait_for("shared-memory ring", &self.peer, deadline, |slice| {
             let ready = || head.wrapping_sub(h.tail.load(Ordering::SeqCst)) < ring.count;
-            sleep_until(&h.tail, &h.producer_waits, &h.gone, ready, self.shared, slice)
+            sleep_until(&h.tail, &h.producer_waits, &h.gone, ready, slice)
         })?;
         // Safety: the slot at `head` is ours until we publish it: the consumer reads only
         // slots below head, and it freed this one (tail moved past it) before we got here.
@@ -276,7 +279,7 @@ impl Ring {
         h.lens[(head % ring.count) as usize].store(len as u32, Ordering::Relaxed);
         h.head.store(head.wrapping_add(1), Ordering::SeqCst);
         if h.consumer_waits.load(Ordering::SeqCst) != 0 {
-            let _ = futex::wake(&h.head, u32::MAX, Ops::shared_if(self.shared));
+            let _ = futex::wake(&h.head, u32::MAX, RING_OPS);
         }
         Ok(())
     }
@@ -287,7 +290,7 @@ impl Ring {
         let tail = h.tail.load(Ordering::Relaxed);
         wait_for("shared-memory ring", &self.peer, deadline, |slice| {
             let ready = || h.head.load(Ordering::SeqCst) != tail;
-            sleep_until(&h.head, &h.consumer_waits, &h.gone, ready, self.shared, slice)
+            sleep_until(&h.head, &h.consumer_waits, &h.gone, ready, slice)
         })?;
         let got = h.lens[(tail % ring.count) as usize].load(Ordering::Relaxed) as usize;
         if got != len {
@@ -298,7 +301,7 @@ impl Ring {
         read(unsafe { std::slice::from_raw_parts(ring.slot(tail), len) });
         h.tail.store(tail.wrapping_add(1), Ordering::SeqCst);
         if h.producer_waits.load(Ordering::SeqCst) != 0 {
-            let _ = futex::wake(&h.tail, u32::MAX, Ops::shared_if(self.shared));
+            let _ = futex::wake(&h.tail, u32::MAX, RING_OPS);
         }
         Ok(())
     }
@@ -312,7 +315,6 @@ fn sleep_until(
     waits: &AtomicU32,
     gone: &AtomicU32,
     ready: impl Fn() -> bool,
-    shared: bool,
     slice: Duration,
 ) -> Result<Option<()>> {
     if ready() {
@@ -321,7 +323,7 @@ fn sleep_until(
     let seen = word.load(Ordering::SeqCst);
     waits.store(1, Ordering::SeqCst);
     if !ready() && gone.load(Ordering::SeqCst) == 0 {
-        match futex::wait(word, seen, Ops::shared_if(shared), Some(slice)) {
+        match futex::wait(word, seen, RING_OPS, Some(slice)) {
             Ok(()) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR | nix::errno::Errno::ETIMEDOUT) => {}
             Err(e) => return Err(e).context("futex FUTEX_WAIT"),
         }
@@ -340,8 +342,8 @@ impl Drop for Ring {
         for ring in [self.out, self.inn] {
             let h = ring.header();
             h.gone.store(1, Ordering::SeqCst);
-            let _ = futex::wake(&h.head, u32::MAX, Ops::shared_if(self.shared));
-            let _ = futex::wake(&h.tail, u32::MAX, Ops::shared_if(self.shared));
+            let _ = futex::wake(&h.head, u32::MAX, RING_OPS);
+            let _ = futex::wake(&h.tail, u32::MAX, RING_OPS);
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Every mechanism carries the same exchange (exchange.rs). The process versions (process.rs)
 //! are a pipe, a Unix socket pair, a POSIX message queue, ipc-channel and a ring in a
 //! shared-memory segment; the thread versions (thread.rs) are the same pipe and socket pair
-//! (the controls), std's mpsc, a crossbeam channel and a ring in the process's own memory.
+//! (the controls), std's mpsc, a crossbeam channel and the same ring in the process's own
+//! memory (with the same futex ops: only the address space differs).
 //! Each experiment pairs like with like and says which; the matrix of every mechanism is in
 //! the facts of `cpu-cost` (latency and CPU) and `throughput-shm` (GB/s). See
 //! docs/communication.md.
@@ -56,8 +57,8 @@ static ROW: Row = Row {
         Spec::measure(
             "latency-shm",
             "A 64-byte message and its answer through shared memory: a ring in a shared-memory segment \
-             (shared futex) between processes, a ring in the process's memory (private futex) between threads, \
-             one CPU",
+             between processes, the same ring in a shared mapping of the process between threads, the same \
+             futex ops, one CPU",
             LATENCY_UNIT,
             Better::Lower,
             Expected::Thread,
@@ -212,7 +213,8 @@ struct Ran<T> {
     /// The untimed run before each run (warm-up ones too), for bulk (see `pair`).
     settle: Vec<T>,
     timed: Vec<T>,
-    huge_kib: Option<u64>,
+    /// A ring's mapping as smaps showed it after the runs (None for the other mechanisms).
+    memory: Option<harness::mem::Seen>,
 }
 
 impl<T> Ran<T> {
@@ -283,10 +285,10 @@ fn pair<S, T>(
         Ok(r) => r,
         Err(e) => return Err(end_both(ctx, p, t, failed.get(), e)),
     };
-    let huge = |s: &Option<Session>| {
-        s.as_ref().and_then(|s| s.memory).map(|at| harness::mem::huge_kib_at(at as *const u8)).transpose()
+    let seen = |s: &Option<Session>| {
+        s.as_ref().and_then(|s| s.memory).map(|at| harness::mem::seen_at(at as *const u8)).transpose()
     };
-    let (p_huge, t_huge) = match (huge(&p), huge(&t)) {
+    let (p_seen, t_seen) = match (seen(&p), seen(&t)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(end_both(ctx, p, t, None, e)),
     };
@@ -295,11 +297,11 @@ fn pair<S, T>(
         (p.map_or(Ok(()), |s| s.finish(ctx.deadline())), t.map_or(Ok(()), |s| s.finish(ctx.deadline())));
     p_end.context("ending the process side")?;
     t_end.context("ending the thread side")?;
-    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, huge_kib| {
+    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, memory| {
         let timed = v.split_off(plan.warmup.min(v.len()));
-        Ran { summary, warmup: v, settle, timed, huge_kib }
+        Ran { summary, warmup: v, settle, timed, memory }
     };
-    Ok([ps.map(|s| ran(s, pv, p_settle, p_huge)), ts.map(|s| ran(s, tv, t_settle, t_huge))])
+    Ok([ps.map(|s| ran(s, pv, p_settle, p_seen)), ts.map(|s| ran(s, tv, t_settle, t_seen))])
 }
 
 /// After a failure: both sessions end (their partners are joined or reaped). The side whose
@@ -389,13 +391,14 @@ fn latency_side(s: &LatencySide, place: Placement) -> Side {
         .fact("pinned_cpus", [place.driver, place.partner])
         .fact("ran_on_cpus", ran_on)
         .fact("ran_on_pinned_cpus", ran_on == [place.driver, place.partner]);
-    with_huge_pages(side, s.ran.huge_kib)
+    with_ring_memory(side, s.ran.memory)
 }
 
-/// The huge pages seen behind a ring's memory after the runs (both sides asked for base pages).
-fn with_huge_pages(side: Side, huge_kib: Option<u64>) -> Side {
-    match huge_kib {
-        Some(kib) => side.fact("huge_kib", kib),
+/// What smaps showed of a ring's memory after the runs: the huge pages behind it (both sides
+/// asked for base pages) and whether it is a MAP_SHARED mapping (both sides' are).
+fn with_ring_memory(side: Side, memory: Option<harness::mem::Seen>) -> Side {
+    match memory {
+        Some(seen) => side.fact("huge_kib", seen.huge_kib).fact("ring_mapping", seen.sharing.flag()),
         None => side,
     }
 }
@@ -441,10 +444,13 @@ fn latency_shm(ctx: &Ctx) -> Result<Findings> {
         &RING,
         &format!(
             "Shared memory against shared memory: the same ring code on both sides. Between processes the memory \
-             is a named segment mapped before fork and the futex ops are the shared ones (the kernel keys waiters \
-             by the physical page); between threads it is the process's own memory and the private ops. Both \
+             is a named segment mapped before fork, between threads an anonymous MAP_SHARED mapping of the \
+             process: the same kind of memory, and both sides use the shared futex ops (FUTEX_WAIT/FUTEX_WAKE: \
+             the kernel finds the waiters by the word's page), the only ones that wake another process. Threads \
+             could use the _PRIVATE ops instead; switching's futex-private measures what they save. Both \
              mappings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind each \
-             ring after the runs. What remains is what being a process costs on this path. {SIZED}"
+             ring after the runs, ring_mapping its kind (MAP_SHARED on both sides). What remains is what being a \
+             process costs on this path. {SIZED}"
         ),
     )
 }
@@ -515,7 +521,7 @@ fn bulk_side(s: &BulkSide, size: usize) -> Side {
         .fact("bytes_sent", sent)
         .fact("bytes_received_timed_runs", received)
         .fact("checksums_match", s.ran.all().all(Moved::checksums_match));
-    with_huge_pages(side, s.ran.huge_kib)
+    with_ring_memory(side, s.ran.memory)
 }
 
 /// Both tasks on one CPU, as in the latency experiments: the producer fills the mechanism
@@ -597,9 +603,10 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
         note: Some(format!(
             "Shared memory against shared memory, both tasks on one CPU: the producer fills the ring until it is \
              full and blocks, then the consumer empties it. The producer writes each message in place into a slot \
-             and the consumer checksums it where it lies, so no byte is copied through the kernel on either side. \
-             Both rings ask for base pages (MADV_NOHUGEPAGE) and huge_kib is what /proc/self/smaps showed behind \
-             each after the runs. The receiver's checksum of every message is compared with the sender's: \
+             and the consumer checksums it where it lies, so no byte is copied through the kernel on either side; \
+             both sleep and wake with the same (shared) futex ops on the same kind of memory, as in latency-shm. \
+             Both rings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind \
+             each after the runs, ring_mapping its kind. The receiver's checksum of every message is compared with the sender's: \
              checksums_match is what was seen, never assumed; bytes_sent is what the sender counted over the \
              warm-up, settle and timed runs, {} MiB each. The unit is µs per MiB (lower is better); gb_per_s says \
              the same as a rate. The matrix (one fact per mechanism) runs each pair in turns too, moves fewer bytes per size and has \

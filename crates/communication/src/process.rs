@@ -179,16 +179,15 @@ pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     let base = segment.as_ptr();
     let child = fork_child(move || {
         let _pinned = Pinned::to(place.partner)?;
-        // process: the shared futex ops: the private ones would never wake another process.
         // Safety: the child has the segment mapped (inherited) and never unmaps it: it ends
         // with _exit without running the destructors of the parent's objects.
-        exchange::serve(&mut unsafe { Ring::new(base, layout, false, true, Peer::Unknown, None) }, deadline)
+        exchange::serve(&mut unsafe { Ring::new(base, layout, false, Peer::Unknown, None) }, deadline)
     })?;
     // process: both have it mapped, so the name can go; the memory lives while mapped.
     segment.unlink()?;
     // Safety: the segment is page-aligned, zero-filled, layout.bytes() long, and outlives
     // the link: the session drops it last, after the partner has ended.
-    let link = unsafe { Ring::new(base, layout, true, true, Peer::process(child.pid())?, None) };
+    let link = unsafe { Ring::new(base, layout, true, Peer::process(child.pid())?, None) };
     // effort: end
     let memory = Some(base as usize);
     Ok(Session { link: Box::new(link), partner: Partner::Process(child), keep: vec![Box::new(segment)], memory })

@@ -113,18 +113,19 @@ pub fn channel(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
 pub fn ring(ctx: &Ctx, place: Placement, shape: Shape) -> Result<Session> {
     let (peer, ended) = thread_peer();
     // effort: ring begin
-    // thread: any memory of the process is shared; an anonymous mapping (zero-filled) will do.
+    // thread: any memory of the process is shared; nothing is named, nothing to unlink. The
+    // mapping is MAP_SHARED, the kind of memory the segment is, so that the futex ops
+    // (the shared ones, as between processes: links::RING_OPS) find the same kind of page.
     let layout = shape.ring();
-    let memory = Arc::new(Mapping::anonymous(layout.bytes(), Sharing::Private)?);
+    let memory = Arc::new(Mapping::anonymous(layout.bytes(), Sharing::Shared)?);
     // Base pages only, as on the process side: a huge page would make the two rings unlike.
     memory.no_huge_pages()?;
-    // thread: the private futex ops, as every thread library uses them.
     // Safety: the mapping is page-aligned, zero-filled and layout.bytes() long, and each Ring
     // holds it (the Arc) for as long as it lives.
-    let theirs = unsafe { Ring::new(memory.as_ptr(), layout, false, false, Peer::Unknown, Some(memory.clone())) };
+    let theirs = unsafe { Ring::new(memory.as_ptr(), layout, false, Peer::Unknown, Some(memory.clone())) };
     let partner = spawn(ctx, place, theirs, ended)?;
     // Safety: as above.
-    let link = unsafe { Ring::new(memory.as_ptr(), layout, true, false, peer, Some(memory.clone())) };
+    let link = unsafe { Ring::new(memory.as_ptr(), layout, true, peer, Some(memory.clone())) };
     // effort: end
     Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: Some(memory.as_ptr() as usize) })
 }

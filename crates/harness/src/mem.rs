@@ -20,6 +20,16 @@ pub enum Sharing {
     Shared,
 }
 
+impl Sharing {
+    /// The mmap(2) flag's name, as a fact says it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Sharing::Private => "MAP_PRIVATE",
+            Sharing::Shared => "MAP_SHARED",
+        }
+    }
+}
+
 /// An anonymous mapping of whole pages, read and write, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -48,11 +58,29 @@ pub unsafe fn no_huge_pages_at(start: *mut u8, len: usize) -> Result<()> {
 /// shared memory alike: AnonHugePages + ShmemPmdMapped + FilePmdMapped of its area in
 /// /proc/self/smaps (proc(5)). The same reading for both sides of an experiment.
 pub fn huge_kib_at(address: *const u8) -> Result<u64> {
+    Ok(seen_at(address)?.huge_kib)
+}
+
+/// What /proc/self/smaps shows of the mapping that holds `address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// KiB backed by transparent huge pages ([`huge_kib_at`]).
+    pub huge_kib: u64,
+    /// MAP_SHARED or MAP_PRIVATE: the `s` or `p` of its permissions.
+    pub sharing: Sharing,
+}
+
+/// The mapping that holds `address`, as /proc/self/smaps shows it now.
+pub fn seen_at(address: *const u8) -> Result<Seen> {
     let at = address as u64;
     let maps = procfs::process::Process::myself().and_then(|p| p.smaps()).context("reading /proc/self/smaps")?;
     let map = maps.iter().find(|m| m.address.0 <= at && at < m.address.1).context("the mapping is not in smaps")?;
     let field = |name: &str| map.extension.map.get(name).copied().unwrap_or(0);
-    Ok((field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024)
+    let shared = map.perms.contains(procfs::process::MMPermissions::SHARED);
+    Ok(Seen {
+        huge_kib: (field("AnonHugePages") + field("ShmemPmdMapped") + field("FilePmdMapped")) / 1024,
+        sharing: if shared { Sharing::Shared } else { Sharing::Private },
+    })
 }
 
 /// Maps every page of `bytes` in, writable, with one madvise(2) call (MADV_POPULATE_WRITE,
@@ -319,6 +347,17 @@ mod tests {
         assert_eq!(resident_pages(&m), pages, "every page present after");
         assert_eq!(bytes[4096], 7);
         assert_eq!(huge_kib_at(m.as_ptr()).unwrap(), 0, "base pages were asked for");
+    }
+
+    #[test]
+    fn seen_at_tells_a_shared_mapping_from_a_private_one() {
+        for sharing in [Sharing::Private, Sharing::Shared] {
+            let m = Mapping::anonymous(4 * page_size(), sharing).unwrap();
+            // Anywhere inside the mapping, not only at its start.
+            // Safety: inside the mapping.
+            let seen = seen_at(unsafe { m.as_ptr().add(page_size()) }).unwrap();
+            assert_eq!(seen.sharing, sharing, "{}", sharing.flag());
+        }
     }
 
     #[test]
