@@ -22,11 +22,11 @@ fn quick_report() -> &'static Value {
 
 /// The report with what depends on the run or the machine taken out: measured numbers (also
 /// inside the matrix lines), the latency matrix (its shape depends on the CPUs allowed), and
-/// the size of the harness (it changes with other rows' work). Mechanisms, checksum facts and
-/// the effort counts of this row stay.
+/// the size of the harness (it changes with other rows' work). Mechanisms, checksum facts,
+/// the threads of each side's driver process and the effort counts of this row stay.
 fn redacted(report: &Value) -> Value {
     let mut report = report.clone();
-    let keep: Vec<&str> = PROCESS.iter().chain(THREAD.iter()).copied().collect();
+    let keep: Vec<&str> = PROCESS.iter().chain(THREAD.iter()).copied().chain(["driver_process_threads"]).collect();
     tests::redact_numbers(&mut report, &keep);
     for e in report["experiments"].as_array_mut().unwrap() {
         let id = e["id"].as_str().unwrap().to_string();
@@ -175,6 +175,18 @@ fn round_trips_happened_where_the_tasks_were_pinned() {
         p[0] == p[1]
     };
     assert!(same("latency-shm") && same("latency-pipe"), "the latency pairs run on one CPU");
+}
+
+#[test]
+fn on_the_process_side_the_driver_is_alone_in_its_process() {
+    // The thread side's partner lives only through a thread run: alive during the process
+    // runs too, it made the driver one of two threads, and every call on a descriptor paid
+    // for the shared descriptor table (5-7 % on latency-pipe, docs/communication.md).
+    for id in ["latency-channel", "latency-shm", "latency-pipe", "throughput-shm", "throughput-pipe", "cpu-cost"] {
+        let e = experiment(quick_report(), id);
+        assert_eq!(e["process"]["facts"]["driver_process_threads"], 1, "{id}");
+        assert_eq!(e["thread"]["facts"]["driver_process_threads"], 2, "{id}: the driver and its partner");
+    }
 }
 
 #[test]

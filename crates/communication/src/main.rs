@@ -205,14 +205,17 @@ fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape)
 }
 
 /// What one side of a pair gave: the summary of its timed runs, what each run saw (the
-/// warm-up runs apart), and the huge pages behind the memory its messages were written into
-/// (the rings), read after its last run.
+/// warm-up runs apart), the most threads its driver's process had during a run, and the
+/// memory its messages were written into (the rings), read after its last run.
 struct Ran<T> {
     summary: Summary,
     warmup: Vec<T>,
     /// The untimed run before each run (warm-up ones too), for bulk (see `pair`).
     settle: Vec<T>,
     timed: Vec<T>,
+    /// Threads in this (the driver's) process at the end of each run, the most seen: 1 on
+    /// the process side, 2 (driver and partner) on the thread side.
+    driver_process_threads: u64,
     /// A ring's mapping as smaps showed it after the runs (None for the other mechanisms).
     memory: Option<harness::mem::Seen>,
 }
@@ -224,10 +227,16 @@ impl<T> Ran<T> {
     }
 }
 
-/// Both sides of a pair, run in turns by `plan` (harness::stats::interleave): the process
-/// side is set up first (fork while single-threaded), then the thread side; `prepare` then
-/// sees both links (sizing the runs: outside every run, the same for both), and each run is
-/// `run` on one side's link, which returns the run's number and what else it saw.
+/// Both sides of a pair, run in turns by `plan` (harness::stats::interleave). The process
+/// side's partner is forked once, while this process is single-threaded, and serves every
+/// process run. The thread side's partner is started for each thread run and ended after
+/// it: were it alive during the process runs, the driver would be one of two threads, and
+/// every system call on a descriptor would pay for the shared descriptor table (fdget's
+/// reference count, switching's baseline-pipe), which a process of its own does not: an
+/// idle second thread made latency-pipe's process side 5-7 % slower (docs/communication.md).
+/// `prepare` sees both links before any run (sizing the runs: the same for both), and each
+/// run is `run` on one side's link, after the same untimed round trips (exchange::warm),
+/// returning the run's number and what else it saw.
 #[allow(clippy::type_complexity)]
 fn pair<S, T>(
     ctx: &Ctx,
@@ -242,30 +251,48 @@ fn pair<S, T>(
     let run = std::cell::RefCell::new(run);
     let _pinned = Pinned::to(place.driver)?;
     let mut p = ctx.process_side(|| start(ctx, Which::Process, m, place, shape))?;
-    let mut t = match ctx.thread_side(|| start(ctx, Which::Thread, m, place, shape)) {
-        Ok(t) => t,
-        Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
-    };
-    let prepared = {
-        let mut links: Vec<&mut dyn exchange::Link> =
-            [p.as_mut(), t.as_mut()].into_iter().flatten().map(|s| &mut *s.link as &mut dyn exchange::Link).collect();
-        prepare(&mut links)
-    };
-    let prepared = match prepared {
-        Ok(s) => s,
-        Err(e) => return Err(end_both(ctx, p, t, None, e)),
+    // The sizing sees a thread session of its own, ended before the runs.
+    let prepared = match ctx.thread_side(|| start(ctx, Which::Thread, m, place, shape)) {
+        Ok(mut t) => {
+            let prepared = {
+                let mut links: Vec<&mut dyn exchange::Link> = [p.as_mut(), t.as_mut()]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| &mut *s.link as &mut dyn exchange::Link)
+                    .collect();
+                prepare(&mut links)
+            };
+            match prepared {
+                Ok(s) => match t.map_or(Ok(()), |t| t.finish(ctx.deadline())) {
+                    Ok(()) => s,
+                    Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
+                },
+                Err(e) => return Err(end_both(ctx, p, t, None, e)),
+            }
+        }
+        Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
     };
     let (mut pv, mut tv) = (Vec::new(), Vec::new());
     let (mut p_settle, mut t_settle) = (Vec::new(), Vec::new());
+    let (mut p_threads, mut t_threads) = (0, 0);
+    let mut t_seen = None;
     // Bulk runs are settled (harness::stats::settled): each timed run follows an untimed run
     // of its own side, because a run leaves its 4 MiB of messages in the caches and the other
     // side's next run started 7-14 % slower from that (docs/report.md). Round trips left
     // nothing measurable.
     let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
-    // One timed run of a side (after its settle run, for bulk), keeping what each run saw.
-    let one_side = |which: Which, session: &mut Option<Session>, settled: &mut Vec<T>, kept: &mut Vec<T>| {
-        let link = &mut *session.as_mut().expect("a side runs only when set up").link;
+    // One timed run of a side on `link`: the warm round trips, the settle run for bulk, the
+    // run itself; keeps what each run saw and the threads of this process at its end.
+    let one_side = |which: Which,
+                    link: &mut dyn exchange::Link,
+                    settled: &mut Vec<T>,
+                    kept: &mut Vec<T>,
+                    threads: &mut u64|
+     -> Result<f64> {
+        exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())
+            .inspect_err(|_| failed.set(Some(which)))
+            .with_context(|| format!("the {}", m.side(which).0))?;
         let mut once = || {
             (run.borrow_mut())(link, which, &prepared)
                 .inspect_err(|_| failed.set(Some(which)))
@@ -276,37 +303,44 @@ fn pair<S, T>(
         }
         let (value, seen) = once()?;
         kept.push(seen);
+        *threads = (*threads).max(harness::child::threads_in_this_process()?);
         Ok(value)
     };
-    let process_run = || one_side(Which::Process, &mut p, &mut p_settle, &mut pv);
-    let thread_run = || one_side(Which::Thread, &mut t, &mut t_settle, &mut tv);
+    let process_run = || {
+        let link = &mut *p.as_mut().expect("a side runs only when set up").link;
+        one_side(Which::Process, link, &mut p_settle, &mut pv, &mut p_threads)
+    };
+    let thread_run = || {
+        // thread: a partner of its own for each run (see above).
+        let mut t = start(ctx, Which::Thread, m, place, shape)?;
+        let ran = one_side(Which::Thread, &mut *t.link, &mut t_settle, &mut tv, &mut t_threads);
+        let seen = ran.and_then(|v| Ok((v, t.memory.map(|at| harness::mem::seen_at(at as *const u8)).transpose()?)));
+        match seen {
+            Ok((value, memory)) => {
+                t_seen = memory;
+                t.finish(ctx.deadline()).context("ending a thread run's partner")?;
+                Ok(value)
+            }
+            Err(e) => Err(t.fail(e)),
+        }
+    };
     let runs = ctx.interleave_by(plan, process_run, thread_run);
     let (ps, ts) = match runs {
         Ok(r) => r,
-        Err(e) => return Err(end_both(ctx, p, t, failed.get(), e)),
+        Err(e) => return Err(end_both(ctx, p, None, failed.get(), e)),
     };
-    let seen = |s: &Option<Session>| {
-        s.as_ref().and_then(|s| s.memory).map(|at| harness::mem::seen_at(at as *const u8)).transpose()
+    let p_seen = match p.as_ref().and_then(|s| s.memory).map(|at| harness::mem::seen_at(at as *const u8)).transpose() {
+        Ok(seen) => seen,
+        Err(e) => return Err(end_both(ctx, p, None, None, e)),
     };
-    let (p_seen, t_seen) = match (seen(&p), seen(&t)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return Err(end_both(ctx, p, t, None, e)),
-    };
-    // Both sessions end, whatever became of the other.
-    let (p_end, t_end) =
-        (p.map_or(Ok(()), |s| s.finish(ctx.deadline())), t.map_or(Ok(()), |s| s.finish(ctx.deadline())));
-    p_end.context("ending the process side")?;
-    t_end.context("ending the thread side")?;
-    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, memory| {
+    p.map_or(Ok(()), |s| s.finish(ctx.deadline())).context("ending the process side")?;
+    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, driver_process_threads, memory| {
         let timed = v.split_off(plan.warmup.min(v.len()));
-        Ran { summary, warmup: v, settle, timed, memory }
+        Ran { summary, warmup: v, settle, timed, driver_process_threads, memory }
     };
-    Ok([ps.map(|s| ran(s, pv, p_settle, p_seen)), ts.map(|s| ran(s, tv, t_settle, t_seen))])
+    Ok([ps.map(|s| ran(s, pv, p_settle, p_threads, p_seen)), ts.map(|s| ran(s, tv, t_settle, t_threads, t_seen))])
 }
 
-/// After a failure: both sessions end (their partners are joined or reaped). The side whose
-/// run failed (both when unknown) says what became of its partner in the error; the other's
-/// partner just sees its link close, and only an error in its ending is added.
 fn end_both(
     ctx: &Ctx,
     p: Option<Session>,
@@ -391,13 +425,16 @@ fn latency_side(s: &LatencySide, place: Placement) -> Side {
         .fact("pinned_cpus", [place.driver, place.partner])
         .fact("ran_on_cpus", ran_on)
         .fact("ran_on_pinned_cpus", ran_on == [place.driver, place.partner]);
-    with_ring_memory(side, s.ran.memory)
+    with_run_evidence(side, &s.ran)
 }
 
-/// What smaps showed of a ring's memory after the runs: the huge pages behind it (both sides
-/// asked for base pages) and whether it is a MAP_SHARED mapping (both sides' are).
-fn with_ring_memory(side: Side, memory: Option<harness::mem::Seen>) -> Side {
-    match memory {
+/// What every side of a pair shows besides its numbers: the threads of the driver's process
+/// (1 for processes, 2 for threads: no other thread was there), and for a ring what smaps
+/// showed of its memory after the runs: the huge pages behind it (both sides asked for base
+/// pages) and whether it is a MAP_SHARED mapping (both sides' are).
+fn with_run_evidence<T>(side: Side, ran: &Ran<T>) -> Side {
+    let side = side.fact("driver_process_threads", ran.driver_process_threads);
+    match ran.memory {
         Some(seen) => side.fact("huge_kib", seen.huge_kib).fact("ring_mapping", seen.sharing.flag()),
         None => side,
     }
@@ -521,7 +558,7 @@ fn bulk_side(s: &BulkSide, size: usize) -> Side {
         .fact("bytes_sent", sent)
         .fact("bytes_received_timed_runs", received)
         .fact("checksums_match", s.ran.all().all(Moved::checksums_match));
-    with_ring_memory(side, s.ran.memory)
+    with_run_evidence(side, &s.ran)
 }
 
 /// Both tasks on one CPU, as in the latency experiments: the producer fills the mechanism

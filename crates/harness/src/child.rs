@@ -229,6 +229,13 @@ impl Drop for Watch<'_> {
     }
 }
 
+/// Threads in this process now (/proc/self/stat, proc(5)): 1 when it is single-threaded,
+/// as a fork needs it, and as a process of its own is when it calls the kernel.
+pub fn threads_in_this_process() -> Result<u64> {
+    let stat = procfs::process::Process::myself().and_then(|p| p.stat()).context("reading /proc/self/stat")?;
+    Ok(u64::try_from(stat.num_threads).unwrap_or(0))
+}
+
 /// Forks a child that runs `work` and ends with `_exit`: 0 when it returns `Ok`, 1 with the
 /// error on stderr when it returns `Err`, [`PANIC_EXIT_CODE`] when it panics.
 ///

@@ -107,7 +107,9 @@ pub type TimedRun<'a> = &'a mut dyn FnMut() -> Result<f64>;
 /// A side that is `None` is not run.
 ///
 /// A side that needs long-lived setup (a partner task, a pool) sets up both first and passes
-/// closures that each time one run on what is already there.
+/// closures that each time one run on what is already there; unless what one side leaves
+/// alive changes the other side's runs: a thread kept alive beside a process side's driver
+/// makes it a multi-threaded process (communication starts its thread partners per run).
 pub fn interleave(
     plan: Plan,
     mut process: Option<TimedRun<'_>>,
