@@ -205,8 +205,8 @@ fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape)
 }
 
 /// What one side of a pair gave: the summary of its timed runs, what each run saw (the
-/// warm-up runs apart), the most threads its driver's process had during a run, and the
-/// memory its messages were written into (the rings), read after its last run.
+/// warm-up runs apart), the most threads its driver's process had at the end of a run, and
+/// the memory its messages were written into (the rings), read after its last run.
 struct Ran<T> {
     summary: Summary,
     warmup: Vec<T>,
@@ -234,113 +234,127 @@ impl<T> Ran<T> {
 /// every system call on a descriptor would pay for the shared descriptor table (fdget's
 /// reference count, switching's baseline-pipe), which a process of its own does not: an
 /// idle second thread made latency-pipe's process side 5-7 % slower (docs/communication.md).
-/// `prepare` sees both links before any run (sizing the runs: the same for both), and each
-/// run is `run` on one side's link, after the same untimed round trips (exchange::warm),
-/// returning the run's number and what else it saw.
+/// `size`, when given, sizes the runs before any run: on the process link first (its
+/// driver still alone), then on a thread link of its own, ended before the runs; both
+/// sides get the smaller count. Each run is `run` on one side's link with that count (0
+/// when nothing was sized), after the same untimed round trips (exchange::warm), and returns
+/// the run's number and what else it saw.
 #[allow(clippy::type_complexity)]
-fn pair<S, T>(
+fn pair<T>(
     ctx: &Ctx,
     m: &Mechanism,
     place: Placement,
     shape: Shape,
     plan: Plan,
-    prepare: impl FnOnce(&mut [&mut dyn exchange::Link]) -> Result<S>,
-    run: impl FnMut(&mut dyn exchange::Link, Which, &S) -> Result<(f64, T)>,
+    size: Option<&dyn Fn(&mut dyn exchange::Link) -> Result<u64>>,
+    run: impl FnMut(&mut dyn exchange::Link, Which, u64) -> Result<(f64, T)>,
 ) -> Result<[Option<Ran<T>>; 2]> {
     // Both closures call `run`, one at a time.
     let run = std::cell::RefCell::new(run);
     let _pinned = Pinned::to(place.driver)?;
     let mut p = ctx.process_side(|| start(ctx, Which::Process, m, place, shape))?;
-    // The sizing sees a thread session of its own, ended before the runs.
-    let prepared = match ctx.thread_side(|| start(ctx, Which::Thread, m, place, shape)) {
-        Ok(mut t) => {
-            let prepared = {
-                let mut links: Vec<&mut dyn exchange::Link> = [p.as_mut(), t.as_mut()]
-                    .into_iter()
-                    .flatten()
-                    .map(|s| &mut *s.link as &mut dyn exchange::Link)
-                    .collect();
-                prepare(&mut links)
-            };
-            match prepared {
-                Ok(s) => match t.map_or(Ok(()), |t| t.finish(ctx.deadline())) {
-                    Ok(()) => s,
-                    Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
-                },
-                Err(e) => return Err(end_both(ctx, p, t, None, e)),
+    let mut sized = 0;
+    if let Some(size) = size {
+        let mut n = u64::MAX;
+        if let Some(session) = p.as_mut() {
+            match size(&mut *session.link) {
+                Ok(v) => n = n.min(v),
+                Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
             }
         }
-        Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
-    };
-    let (mut pv, mut tv) = (Vec::new(), Vec::new());
-    let (mut p_settle, mut t_settle) = (Vec::new(), Vec::new());
-    let (mut p_threads, mut t_threads) = (0, 0);
-    let mut t_seen = None;
+        if ctx.thread() {
+            let mut t = match start(ctx, Which::Thread, m, place, shape) {
+                Ok(t) => t,
+                Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
+            };
+            match size(&mut *t.link) {
+                Ok(v) => n = n.min(v),
+                Err(e) => return Err(end_both(ctx, p, Some(t), Some(Which::Thread), e)),
+            }
+            if let Err(e) = t.finish(ctx.deadline()) {
+                return Err(end_both(ctx, p, None, Some(Which::Thread), e));
+            }
+        }
+        sized = n;
+    }
+    let (mut pa, mut ta) = (Kept::default(), Kept::default());
     // Bulk runs are settled (harness::stats::settled): each timed run follows an untimed run
     // of its own side, because a run leaves its 4 MiB of messages in the caches and the other
     // side's next run started 7-14 % slower from that (docs/report.md). Round trips left
     // nothing measurable.
     let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
-    // One timed run of a side on `link`: the warm round trips, the settle run for bulk, the
-    // run itself; keeps what each run saw and the threads of this process at its end.
-    let one_side = |which: Which,
-                    link: &mut dyn exchange::Link,
-                    settled: &mut Vec<T>,
-                    kept: &mut Vec<T>,
-                    threads: &mut u64|
-     -> Result<f64> {
-        exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())
-            .inspect_err(|_| failed.set(Some(which)))
-            .with_context(|| format!("the {}", m.side(which).0))?;
-        let mut once = || {
-            (run.borrow_mut())(link, which, &prepared)
-                .inspect_err(|_| failed.set(Some(which)))
-                .with_context(|| format!("the {}", m.side(which).0))
-        };
+    // One timed run of a side on its session: the warm round trips, the settle run for bulk,
+    // the run itself; then, untimed, the threads of this process and what smaps shows of a
+    // ring's memory, the same on both sides.
+    let one_side = |which: Which, session: &mut Session, kept: &mut Kept<T>| -> Result<f64> {
+        let link = &mut *session.link;
+        exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())?;
+        let mut once = || (run.borrow_mut())(link, which, sized);
         if settle {
-            settled.push(once()?.1);
+            kept.settle.push(once()?.1);
         }
         let (value, seen) = once()?;
-        kept.push(seen);
-        *threads = (*threads).max(harness::child::threads_in_this_process()?);
+        kept.runs.push(seen);
+        kept.threads = kept.threads.max(harness::child::threads_in_this_process()?);
+        if let Some(at) = session.memory {
+            kept.memory = Some(harness::mem::seen_at(at as *const u8)?);
+        }
         Ok(value)
     };
     let process_run = || {
-        let link = &mut *p.as_mut().expect("a side runs only when set up").link;
-        one_side(Which::Process, link, &mut p_settle, &mut pv, &mut p_threads)
+        let session = p.as_mut().expect("a side runs only when set up");
+        one_side(Which::Process, session, &mut pa)
+            .inspect_err(|_| failed.set(Some(Which::Process)))
+            .with_context(|| format!("the {}", m.process.0))
     };
     let thread_run = || {
-        // thread: a partner of its own for each run (see above).
-        let mut t = start(ctx, Which::Thread, m, place, shape)?;
-        let ran = one_side(Which::Thread, &mut *t.link, &mut t_settle, &mut tv, &mut t_threads);
-        let seen = ran.and_then(|v| Ok((v, t.memory.map(|at| harness::mem::seen_at(at as *const u8)).transpose()?)));
-        match seen {
-            Ok((value, memory)) => {
-                t_seen = memory;
-                t.finish(ctx.deadline()).context("ending a thread run's partner")?;
-                Ok(value)
+        let ran = (|| {
+            // thread: a partner of its own for each run (see above).
+            let mut t = start(ctx, Which::Thread, m, place, shape)?;
+            match one_side(Which::Thread, &mut t, &mut ta) {
+                Ok(value) => t.finish(ctx.deadline()).context("ending a thread run's partner").map(|()| value),
+                Err(e) => Err(t.fail(e)),
             }
-            Err(e) => Err(t.fail(e)),
-        }
+        })();
+        ran.inspect_err(|_| failed.set(Some(Which::Thread))).with_context(|| format!("the {}", m.thread.0))
     };
     let runs = ctx.interleave_by(plan, process_run, thread_run);
     let (ps, ts) = match runs {
         Ok(r) => r,
         Err(e) => return Err(end_both(ctx, p, None, failed.get(), e)),
     };
-    let p_seen = match p.as_ref().and_then(|s| s.memory).map(|at| harness::mem::seen_at(at as *const u8)).transpose() {
-        Ok(seen) => seen,
-        Err(e) => return Err(end_both(ctx, p, None, None, e)),
-    };
     p.map_or(Ok(()), |s| s.finish(ctx.deadline())).context("ending the process side")?;
-    let ran = |summary: Summary, mut v: Vec<T>, settle: Vec<T>, driver_process_threads, memory| {
-        let timed = v.split_off(plan.warmup.min(v.len()));
-        Ran { summary, warmup: v, settle, timed, driver_process_threads, memory }
+    let ran = |summary: Summary, mut kept: Kept<T>| {
+        let timed = kept.runs.split_off(plan.warmup.min(kept.runs.len()));
+        Ran {
+            summary,
+            warmup: kept.runs,
+            settle: kept.settle,
+            timed,
+            driver_process_threads: kept.threads,
+            memory: kept.memory,
+        }
     };
-    Ok([ps.map(|s| ran(s, pv, p_settle, p_threads, p_seen)), ts.map(|s| ran(s, tv, t_settle, t_threads, t_seen))])
+    Ok([ps.map(|s| ran(s, pa)), ts.map(|s| ran(s, ta))])
 }
 
+/// What one side's runs saw, as they go (see `pair`).
+struct Kept<T> {
+    runs: Vec<T>,
+    settle: Vec<T>,
+    threads: u64,
+    memory: Option<harness::mem::Seen>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept { runs: Vec::new(), settle: Vec::new(), threads: 0, memory: None }
+    }
+}
+
+/// After a failure: the side that failed (or both, when it is not known) fails with the
+/// error, and the other closes normally, its own error added to the context.
 fn end_both(
     ctx: &Ctx,
     p: Option<Session>,
@@ -366,14 +380,11 @@ fn matrix_plan(ctx: &Ctx) -> Plan {
     Plan::fixed(runs)
 }
 
-/// The round trips both sides of a pair make per run: as many as fill the budget on the
-/// slower side, so that both do the same work. Sized once on each link before the runs.
-fn trips_per_run(ctx: &Ctx, links: &mut [&mut dyn exchange::Link]) -> Result<u64> {
-    let mut n = u64::MAX;
-    for link in links.iter_mut() {
-        n = n.min(exchange::size_trips(&mut **link, trip_budget(ctx), ctx.deadline())?);
-    }
-    Ok(n.max(1))
+/// The round trips a run makes on `link` to fill the budget, sized after 64 untimed ones
+/// and never fewer than 16; a pair takes the smaller of its two links' counts, so that both
+/// sides do the same work.
+fn trips_per_run(ctx: &Ctx, link: &mut dyn exchange::Link) -> Result<u64> {
+    Ok(exchange::size_trips(link, trip_budget(ctx), ctx.deadline())?.max(1))
 }
 
 /// A latency pair: each run is `n` round trips, its number the run's median in µs.
@@ -386,14 +397,8 @@ struct LatencySide {
 fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement, plan: Plan) -> Result<[Option<LatencySide>; 2]> {
     let mut all = [Latencies::new(), Latencies::new()];
     let mut calls = [0usize; 2];
-    let [p, t] = pair(
-        ctx,
-        m,
-        place,
-        Shape::CONTROL,
-        plan,
-        |links| trips_per_run(ctx, links),
-        |link, which, &trips| {
+    let [p, t] =
+        pair(ctx, m, place, Shape::CONTROL, plan, Some(&|link| trips_per_run(ctx, link)), |link, which, trips| {
             // The first `plan.warmup` runs of each side are warm-ups: their round trips go
             // into no percentile.
             let side = which as usize;
@@ -401,8 +406,7 @@ fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement, plan: Plan) -> Resul
             let timed = (calls[side] > plan.warmup).then_some(&mut all[side]);
             let run = exchange::trips(link, trips, timed, ctx.deadline())?;
             Ok((run.p50_ns / 1000.0, run))
-        },
-    )?;
+        })?;
     let [pa, ta] = all;
     Ok([
         p.map(|ran| LatencySide { name: m.process.0, ran, all: pa }),
@@ -459,8 +463,13 @@ fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> 
 }
 
 /// Said by every experiment whose runs are sized by round trips.
-const SIZED: &str = "Both sides make the same number of round trips per run, sized once on each link (the \
-                     smaller count) before any run, after 64 untimed ones, and at least 16.";
+const SIZED: &str = "Both sides make the same number of round trips per run, sized before any run on the \
+                     process link and on a thread link of its own (the smaller count), after 64 untimed \
+                     ones, and at least 16. The thread side's partner is started for each of its runs and \
+                     ended after it, so that during the process runs no second thread shares this process's \
+                     descriptor table (driver_process_threads: the threads of the driver's process at the end \
+                     of each run, the most seen); every run of either side begins with 8 untimed round \
+                     trips.";
 
 fn latency_channel(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(
@@ -533,15 +542,9 @@ fn bulk_pair(
 ) -> Result<[Option<BulkSide>; 2]> {
     let count = messages_for(run_bytes, size);
     let mut seed = 0;
-    let [p, t] = pair(
-        ctx,
-        m,
-        place,
-        Shape { bulk: size },
-        plan,
-        |_| Ok(()),
-        |link, _, ()| bulk_run(link, size, count, &mut seed, ctx),
-    )?;
+    let [p, t] = pair(ctx, m, place, Shape { bulk: size }, plan, None, |link, _, _| {
+        bulk_run(link, size, count, &mut seed, ctx)
+    })?;
     Ok([p.map(|ran| BulkSide { name: m.process.0, ran }), t.map(|ran| BulkSide { name: m.thread.0, ran })])
 }
 
@@ -643,11 +646,12 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
              and the consumer checksums it where it lies, so no byte is copied through the kernel on either side; \
              both sleep and wake with the same (shared) futex ops on the same kind of memory, as in latency-shm. \
              Both rings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind \
-             each after the runs, ring_mapping its kind. The receiver's checksum of every message is compared with the sender's: \
-             checksums_match is what was seen, never assumed; bytes_sent is what the sender counted over the \
-             warm-up, settle and timed runs, {} MiB each. The unit is µs per MiB (lower is better); gb_per_s says \
-             the same as a rate. The matrix (one fact per mechanism) runs each pair in turns too, moves fewer bytes per size and has \
-             no verdict; std's SyncSender has no send with a timeout, so a full mpsc channel is retried with \
+             each after the runs, ring_mapping its kind. The receiver's checksum of every message is compared \
+             with the sender's: checksums_match is what was seen, never assumed; bytes_sent is what the sender \
+             counted over the warm-up, settle and timed runs, {} MiB each. The unit is µs per MiB (lower is \
+             better); gb_per_s says the same as a rate. The thread side's partner is started for each of its \
+             runs (driver_process_threads: see latency-pipe's note). The matrix (one fact per mechanism) runs \
+             each pair in turns too, moves fewer bytes per size and has no verdict; std's SyncSender has no send with a timeout, so a full mpsc channel is retried with \
              sched_yield. {}",
             RING_RUN_BYTES >> 20,
             queue_cleanup_note()
@@ -677,7 +681,8 @@ fn throughput_pipe(ctx: &Ctx) -> Result<Findings> {
          what a pipe made the same way held) and each message is 1 MiB, so with both tasks on one CPU the writer \
          fills the pipe and the reader empties it, a switch per MiB as in the rings: the figure is the copy, over \
          {} MiB a run. Both sides copy out of and into page-aligned buffers, as the rings' slots are, so that where \
-         an allocator happens to put a buffer cannot make the difference (docs/communication.md).",
+         an allocator happens to put a buffer cannot make the difference (docs/communication.md). The thread \
+         side's partner is started for each of its runs (driver_process_threads: see latency-pipe's note).",
         PIPE_RUN_BYTES >> 20
     );
     if held < links::PIPE_BYTES {
@@ -712,18 +717,10 @@ fn matrix_bulk(ctx: &Ctx, m: &Mechanism) -> Result<[Option<(String, bool)>; 2]> 
         }
         let count = (matrix_total(ctx) / (1 + ctx.runs())).div_ceil(size).max(1) as u64;
         let mut seed = 1000;
-        let ran = pair(
-            &sides,
-            m,
-            place,
-            Shape { bulk: size },
-            matrix_plan(ctx),
-            |_| Ok(()),
-            |link, _, ()| {
-                let (_, moved) = bulk_run(link, size, count, &mut seed, ctx)?;
-                Ok((moved.gb_per_s, moved))
-            },
-        )?;
+        let ran = pair(&sides, m, place, Shape { bulk: size }, matrix_plan(ctx), None, |link, _, _| {
+            let (_, moved) = bulk_run(link, size, count, &mut seed, ctx)?;
+            Ok((moved.gb_per_s, moved))
+        })?;
         for (i, ran) in ran.into_iter().enumerate() {
             let Some(ran) = ran else { continue };
             all_match[i] &= ran.all().all(Moved::checksums_match);

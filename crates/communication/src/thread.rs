@@ -41,8 +41,8 @@ pub fn pipe(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     links::hold_a_message(&[&forth_tx, &back_tx]);
     // thread: descriptors belong to the process, so the thread just takes its ends.
     let theirs = Stream::new("pipe", forth_rx, back_tx, Peer::Unknown)?;
-    let partner = spawn(ctx, place, theirs, ended)?;
     let link = Stream::new("pipe", back_rx, forth_tx, peer)?;
+    let partner = spawn(ctx, place, theirs, ended)?;
     // effort: end
     Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }
@@ -55,8 +55,8 @@ pub fn socket(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
         .context("socketpair AF_UNIX SOCK_STREAM")?;
     // thread: the thread takes its end, as it would any value.
     let theirs = Stream::new("socket pair", dup(&theirs)?, theirs, Peer::Unknown)?;
-    let partner = spawn(ctx, place, theirs, ended)?;
     let link = Stream::new("socket pair", dup(&ours)?, ours, peer)?;
+    let partner = spawn(ctx, place, theirs, ended)?;
     // effort: end
     Ok(Session { link: Box::new(link), partner, keep: Vec::new(), memory: None })
 }

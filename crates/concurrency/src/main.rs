@@ -162,8 +162,8 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             "Each run starts workers one after the other and waits for each. first_run_us is the LEBench measure: \
              the clock read just before fork(2) or pthread_create(3), against the one the new worker reads first \
              (through a MAP_SHARED page for a child, which reads it after the harness's few calls every forked \
-             child makes first: its signals reset and die-with-parent, prctl(2), so a little late). For contrast, the process side also starts /bin/true with \
-             fork + execve, posix_spawn(3) (vfork-style: no page tables copied) and std::process::Command."
+             child makes first: its signals reset and die-with-parent, prctl(2), so a little late). For \
+             contrast, the process side also starts /bin/true with fork + execve, posix_spawn(3) (vfork-style: no page tables copied) and std::process::Command."
                 .to_string(),
         ),
         ..Findings::default()

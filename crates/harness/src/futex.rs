@@ -28,13 +28,6 @@ pub const PRIVATE: Ops = Ops {
     private: true,
 };
 
-impl Ops {
-    /// The shared ops when `shared`, else the private ones.
-    pub fn shared_if(shared: bool) -> Ops {
-        if shared { SHARED } else { PRIVATE }
-    }
-}
-
 /// Sleeps while `word` holds `expected`, at most `timeout` (None: no limit). EAGAIN (the word
 /// changed first), EINTR and ETIMEDOUT come back as errors for the caller to read.
 pub fn wait(word: &AtomicU32, expected: u32, ops: Ops, timeout: Option<Duration>) -> nix::Result<()> {

@@ -273,7 +273,7 @@ fn restart(ctx: &Ctx) -> Result<Findings> {
              its full, correct result. The supervisor, its workers and their replacements share one CPU on both \
              sides (pinned_cpu), so that the figure is the replacement's work and not the wake-up of an idle CPU. \
              The process side's figure also holds the harness's plumbing for every child (harness::fork_child: \
-             pipes for its output and a pidfd made before the fork, the child's signal reset and die-with-parent \
+             two pipes for its output before the fork and a pidfd for it after, the child's signal reset and die-with-parent \
              before its first act, the dead worker's messages read back before the replacement is forked), which \
              a thread, told over a channel, does not pay; this overstates the process side by a little (not \
              measured separately; concurrency's bare children, docs/concurrency.md, go without it)."
