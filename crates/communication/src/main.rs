@@ -206,7 +206,7 @@ fn start(ctx: &Ctx, which: Which, m: &Mechanism, place: Placement, shape: Shape)
 
 /// What one side of a pair gave: the summary of its timed runs, what each run saw (the
 /// warm-up runs apart), the most threads its driver's process had at the end of a run, and
-/// the memory its messages were written into (the rings), read after its last run.
+/// the memory its messages were written into (the rings), read after its first run.
 struct Ran<T> {
     summary: Summary,
     warmup: Vec<T>,
@@ -216,7 +216,9 @@ struct Ran<T> {
     /// Threads in this (the driver's) process at the end of each run, the most seen: 1 on
     /// the process side, 2 (driver and partner) on the thread side.
     driver_process_threads: u64,
-    /// A ring's mapping as smaps showed it after the runs (None for the other mechanisms).
+    /// A ring's mapping as smaps showed it after the side's first run (None for the other
+    /// mechanisms): read once a side, since a thread run's ring is a new mapping each time
+    /// and a read of smaps after every run took 0.1 s of a `--quick` row.
     memory: Option<harness::mem::Seen>,
 }
 
@@ -285,8 +287,8 @@ fn pair<T>(
     let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
     // One timed run of a side on its session: the warm round trips, the settle run for bulk,
-    // the run itself; then, untimed, the threads of this process and what smaps shows of a
-    // ring's memory, the same on both sides.
+    // the run itself; then, untimed, the threads of this process and, after a side's first
+    // run, what smaps shows of a ring's memory, the same on both sides.
     let one_side = |which: Which, session: &mut Session, kept: &mut Kept<T>| -> Result<f64> {
         let link = &mut *session.link;
         exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())?;
@@ -297,7 +299,7 @@ fn pair<T>(
         let (value, seen) = once()?;
         kept.runs.push(seen);
         kept.threads = kept.threads.max(harness::child::threads_in_this_process()?);
-        if let Some(at) = session.memory {
+        if let (Some(at), None) = (session.memory, kept.memory) {
             kept.memory = Some(harness::mem::seen_at(at as *const u8)?);
         }
         Ok(value)
@@ -434,7 +436,7 @@ fn latency_side(s: &LatencySide, place: Placement) -> Side {
 
 /// What every side of a pair shows besides its numbers: the threads of the driver's process
 /// (1 for processes, 2 for threads: no other thread was there), and for a ring what smaps
-/// showed of its memory after the runs: the huge pages behind it (both sides asked for base
+/// showed of its memory after the side's first run: the huge pages behind it (both sides asked for base
 /// pages) and whether it is a MAP_SHARED mapping (both sides' are).
 fn with_run_evidence<T>(side: Side, ran: &Ran<T>) -> Side {
     let side = side.fact("driver_process_threads", ran.driver_process_threads);
@@ -495,7 +497,7 @@ fn latency_shm(ctx: &Ctx) -> Result<Findings> {
              the kernel finds the waiters by the word's page), the only ones that wake another process. Threads \
              could use the _PRIVATE ops instead; switching's futex-private measures what they save. Both \
              mappings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind each \
-             ring after the runs, ring_mapping its kind (MAP_SHARED on both sides). What remains is what being a \
+             ring after its first run, ring_mapping its kind (MAP_SHARED on both sides). What remains is what being a \
              process costs on this path. {SIZED}"
         ),
     )
@@ -646,7 +648,7 @@ fn throughput_shm(ctx: &Ctx) -> Result<Findings> {
              and the consumer checksums it where it lies, so no byte is copied through the kernel on either side; \
              both sleep and wake with the same (shared) futex ops on the same kind of memory, as in latency-shm. \
              Both rings ask for base pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps showed behind \
-             each after the runs, ring_mapping its kind. The receiver's checksum of every message is compared \
+             each after its first run, ring_mapping its kind. The receiver's checksum of every message is compared \
              with the sender's: checksums_match is what was seen, never assumed; bytes_sent is what the sender \
              counted over the warm-up, settle and timed runs, {} MiB each. The unit is µs per MiB (lower is \
              better); gb_per_s says the same as a rate. The thread side's partner is started for each of its \
