@@ -273,10 +273,11 @@ fn restart(ctx: &Ctx) -> Result<Findings> {
              its full, correct result. The supervisor, its workers and their replacements share one CPU on both \
              sides (pinned_cpu), so that the figure is the replacement's work and not the wake-up of an idle CPU. \
              The process side's figure also holds the harness's plumbing for every child (harness::fork_child: \
-             two pipes for its output before the fork and a pidfd for it after, the child's signal reset and die-with-parent \
-             before its first act, the dead worker's messages read back before the replacement is forked), which \
-             a thread, told over a channel, does not pay; this overstates the process side by a little (not \
-             measured separately; concurrency's bare children, docs/concurrency.md, go without it)."
+             two pipes for its output before the fork and a pidfd for it after, the child's signal reset and \
+             die-with-parent before its first act, the dead worker's messages read back before the replacement \
+             is forked), which a thread, told over a channel, does not pay: on an AMD EPYC guest a fork_child and \
+             its wait cost 73-127 µs more than a bare fork and its wait (docs/stability.md), so some tens of µs \
+             of the process side's figure are that plumbing."
                 .to_string(),
         ),
         skipped: None,
