@@ -190,7 +190,7 @@ fn on_the_process_side_the_driver_is_alone_in_its_process() {
 }
 
 #[test]
-fn both_rings_are_the_same_kind_of_memory_on_base_pages() {
+fn both_rings_are_the_same_kind_of_memory() {
     // Like with like: a thread ring on a private mapping (or with the _PRIVATE futex ops,
     // which links::RING_OPS rules out for both) would measure the kind of memory, not the
     // process. What smaps showed is the evidence.

@@ -265,16 +265,9 @@ fn pair<T>(
             }
         }
         if ctx.thread() {
-            let mut t = match start(ctx, Which::Thread, m, place, shape) {
-                Ok(t) => t,
-                Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
-            };
-            match size(&mut *t.link) {
+            match on_a_partner_thread(ctx, m, place, shape, |t| size(&mut *t.link)) {
                 Ok(v) => n = n.min(v),
-                Err(e) => return Err(end_both(ctx, p, Some(t), Some(Which::Thread), e)),
-            }
-            if let Err(e) = t.finish(ctx.deadline()) {
-                return Err(end_both(ctx, p, None, Some(Which::Thread), e));
+                Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
             }
         }
         sized = n;
@@ -311,15 +304,10 @@ fn pair<T>(
             .with_context(|| format!("the {}", m.process.0))
     };
     let thread_run = || {
-        let ran = (|| {
-            // thread: a partner of its own for each run (see above).
-            let mut t = start(ctx, Which::Thread, m, place, shape)?;
-            match one_side(Which::Thread, &mut t, &mut ta) {
-                Ok(value) => t.finish(ctx.deadline()).context("ending a thread run's partner").map(|()| value),
-                Err(e) => Err(t.fail(e)),
-            }
-        })();
-        ran.inspect_err(|_| failed.set(Some(Which::Thread))).with_context(|| format!("the {}", m.thread.0))
+        // thread: a partner of its own for each run (see above).
+        on_a_partner_thread(ctx, m, place, shape, |t| one_side(Which::Thread, t, &mut ta))
+            .inspect_err(|_| failed.set(Some(Which::Thread)))
+            .with_context(|| format!("the {}", m.thread.0))
     };
     let runs = ctx.interleave_by(plan, process_run, thread_run);
     let (ps, ts) = match runs {
@@ -339,6 +327,22 @@ fn pair<T>(
         }
     };
     Ok([ps.map(|s| ran(s, pa)), ts.map(|s| ran(s, ta))])
+}
+
+/// Starts a thread session, runs `f` on it and ends it: finished when `f` succeeds, failed
+/// (its partner's fate added to the error) when it does not.
+fn on_a_partner_thread<R>(
+    ctx: &Ctx,
+    m: &Mechanism,
+    place: Placement,
+    shape: Shape,
+    f: impl FnOnce(&mut Session) -> Result<R>,
+) -> Result<R> {
+    let mut t = start(ctx, Which::Thread, m, place, shape)?;
+    match f(&mut t) {
+        Ok(value) => t.finish(ctx.deadline()).context("ending a thread partner").map(|()| value),
+        Err(e) => Err(t.fail(e)),
+    }
 }
 
 /// What one side's runs saw, as they go (see `pair`).
