@@ -222,8 +222,9 @@ fn every_page_of_every_churn_is_faulted_in() {
         assert!(faults >= pages && faults <= pages * 1.1, "{side}: {faults} faults per op of {pages} pages");
         assert!(f["ops_per_worker"].as_u64().unwrap() >= 1);
         assert_eq!(u64s(&f["workers"]), counts_up_to(cpus), "{side}");
-        let seen = u64s(&f["most_cpus_seen"]);
-        assert!(seen.iter().all(|&c| c >= 1 && c <= cpus), "{side}: {seen:?}");
+        // Each worker pinned to a CPU of its own, and it stayed there: w workers ran on w CPUs.
+        assert_eq!(f["stayed_on_pinned_cpus"], true, "{side}: {f}");
+        assert_eq!(u64s(&f["most_cpus_seen"]), counts_up_to(cpus), "{side}: {f}");
     }
 }
 

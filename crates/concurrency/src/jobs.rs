@@ -194,6 +194,8 @@ pub struct Churn {
     pub cpus: u64,
     /// Ops whose mapping the kernel put at the address asked for ([`Places`]).
     pub where_asked: u64,
+    /// The CPU the worker was pinned to ([`pin_worker`]), if pinning was allowed.
+    pub pinned: Option<u64>,
 }
 
 /// Where the contention workers map: worker i's `bytes` right after worker i-1's, side by
@@ -257,6 +259,24 @@ impl Churn {
     pub fn cpus_seen(all: &[Churn]) -> u32 {
         all.iter().fold(0u64, |m, c| m | c.cpus).count_ones()
     }
+
+    /// Whether this worker was pinned and ran on its CPU only.
+    pub fn stayed_pinned(&self) -> bool {
+        self.pinned.is_some_and(|cpu| self.cpus == cpu_bit(cpu as usize))
+    }
+}
+
+/// Pins contention worker `i` to a CPU of its own: the `i`th this process may use, round
+/// robin, as will-it-scale pins each of its tasks. Unpinned, the scheduler placed the two
+/// sides' workers differently: threads woken together often shared one CPU for the first
+/// milliseconds of a run, and a process worker often started milliseconds after the other
+/// (docs/concurrency.md), so the verdict measured placement, not the address space. `None`
+/// where pinning is refused: the worker then runs where the scheduler puts it.
+pub fn pin_worker(i: usize) -> Option<u64> {
+    let cpus = cpu::allowed().ok()?;
+    let cpu = *cpus.get(i % cpus.len().max(1))?;
+    cpu::pin(cpu).ok()?;
+    Some(cpu as u64)
 }
 
 /// The will-it-scale page_fault1 pattern: each op maps `bytes` of anonymous private memory,
@@ -264,9 +284,10 @@ impl Churn {
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
 /// `at` is where this worker asks for its mapping, if anywhere ([`Places::of`]).
-pub fn churn(at: Option<usize>, bytes: usize, ops: u64) -> Result<Churn> {
+/// `pinned` is the CPU the worker was pinned to, if any ([`pin_worker`]).
+pub fn churn(at: Option<usize>, bytes: usize, pinned: Option<u64>, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
-    let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), ..Churn::default() };
+    let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), pinned, ..Churn::default() };
     for _ in 0..ops {
         let m = touched(at, bytes)?;
         c.where_asked += u64::from(Some(m.as_ptr() as usize) == at);
@@ -334,7 +355,7 @@ mod tests {
         let (first, second) = (places.of(0).unwrap(), places.of(1).unwrap());
         assert_eq!(second - first, 1 << 20, "side by side");
         assert_eq!(first % (2 << 20), 0, "2 MiB-aligned");
-        let c = churn(Some(second), 1 << 20, 3).unwrap();
+        let c = churn(Some(second), 1 << 20, None, 3).unwrap();
         assert_eq!(c.where_asked, 3, "every op's mapping at its place");
         let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
         assert_eq!(c.ops, 3);

@@ -558,15 +558,14 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // Every worker of either side maps at its own place, side by side (jobs::Places).
     let places = Places::side_by_side(most as usize, bytes);
     let ops = stats::iterations_for(budget(ctx, 60, 12), |n| {
-        let c = jobs::churn(places.of(0), bytes, n)?;
+        let c = jobs::churn(places.of(0), bytes, None, n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
     .max(1);
-    // With --quick, at least 16 runs a side at the judged count: its thread runs spread from
-    // 1.05 to 1.8 times the process side's, and with 8 the interval reached up past 0.95 in 3
-    // of 6 invocations (`tie`) though every median ratio was 0.67-0.85; with 16, 6 of 6 stayed
-    // below 0.91 (`reversed`), for 0.23 s more. A full run's 60 ms runs spread less.
-    let plan = if ctx.quick { ctx.plan().at_least(stats::NOISY_MIN_RUNS) } else { ctx.plan() };
+    // The plan's runs, also with --quick. Before the workers were pinned, --quick took 16 runs a
+    // side: its thread runs spread from 1.05 to 1.8 times the process side's, as the scheduler
+    // placed them. Pinned, 8 runs gave 0.94-0.96 (`tie`) in 4 invocations of 4, as 16 did.
+    let plan = ctx.plan();
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
     type Churning = fn(u64, Places, u64, Duration) -> Result<Vec<Churn>>;
     let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {
@@ -606,6 +605,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
                 .fact("ops_per_s_per_worker", sw.at.iter().map(per_worker_ops_s).collect::<Vec<_>>())
                 .fact("most_at_once", sw.most(|all| Churn::at_once(all) as u64))
                 .fact("most_cpus_seen", sw.most(|all| u64::from(Churn::cpus_seen(all))))
+                .fact("stayed_on_pinned_cpus", sw.all().flatten().all(Churn::stayed_pinned))
                 .fact("ops_per_worker", ops)
                 .fact("huge_page_kib_per_op", huge_kib)
                 .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64))
@@ -615,8 +615,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     let mut note = format!(
         "will-it-scale's page_fault1: each operation is mmap of {} MiB with huge pages off (MADV_NOHUGEPAGE), one \
          write per page (a page fault each: as many per op as the mapping over the page size), munmap; huge_page_kib_per_op is \
-         AnonHugePages of one such mapping in smaps, read once outside the timed runs. Workers start together \
-         from one pipe; the ratio is at as many workers as CPUs this run may use. Each worker asks for its \
+         AnonHugePages of one such mapping in smaps, read once outside the timed runs. Each worker is pinned \
+         to a CPU of its own before the start, as will-it-scale pins its tasks (stayed_on_pinned_cpus: every \
+         worker of every run ran only there); unpinned, threads woken together often shared one CPU for the \
+         first milliseconds of a run and a process worker often started milliseconds after the other, which \
+         with --quick's short runs made the thread side 25-70 % slower (docs/concurrency.md). Workers start \
+         together from one pipe; the ratio is at as many workers as CPUs this run may use. Each worker asks for its \
          mapping at an address of its own, right after the previous worker's (mapped_where_asked: every op's \
          mapping was there), as mmap places mappings made one after another with nothing between them: \
          between threads, mappings side by side made the thread side about 9 % slower than with something \
@@ -630,6 +634,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         note.push_str(&format!(" Only {most} workers fit here, not {cpus}: {}.", room.memory.why));
     }
     for (name, sw) in [("process", &pr), ("thread", &tr)] {
+        if !sw.all().flatten().all(Churn::stayed_pinned) {
+            note.push_str(&format!(
+                " On the {name} side not every worker was pinned or stayed on its CPU (sched_setaffinity refused, or \
+                 the CPUs allowed changed), so its figure is partly where the scheduler put the workers."
+            ));
+        }
         let (asked, done) = placed(sw);
         if asked < done {
             note.push_str(&format!(
