@@ -178,9 +178,20 @@ fn the_split_job_is_all_done_once_and_workers_overlap() {
         assert_eq!(f["every_number_hashed_once"], true, "{side}");
         let counts = u64s(&f["workers"]);
         let (at_once, cpus_seen) = (u64s(&f["most_at_once"]), u64s(&f["most_cpus_seen"]));
+        let on_one_cpu = f["share_of_runs_on_one_cpu"].as_array().unwrap();
+        assert_eq!(on_one_cpu.len(), counts.len(), "{side}");
         for (i, &w) in counts.iter().enumerate() {
             assert!((1..=w).contains(&at_once[i]), "{side}: {w} workers, {} at once", at_once[i]);
             assert!((1..=w.min(cpus)).contains(&cpus_seen[i]), "{side}: {w} workers seen on {} CPUs", cpus_seen[i]);
+            // A lone worker is always on one CPU: no share. With more, every run on one CPU
+            // (share 1) is exactly when no run saw a second CPU.
+            match on_one_cpu[i].as_f64() {
+                None => assert!(w == 1 && on_one_cpu[i].is_null(), "{side}: {w} workers, {}", on_one_cpu[i]),
+                Some(share) => {
+                    assert!(w > 1 && (0.0..=1.0).contains(&share), "{side}: {w} workers, share {share}");
+                    assert_eq!(share == 1.0, cpus_seen[i] == 1, "{side}: {w} workers, share {share}, {cpus_seen:?}");
+                }
+            }
         }
         // Over seven runs or more of every count, some CPU-bound workers were at work at the
         // same time (workers started and joined one by one never are). Not asked of every

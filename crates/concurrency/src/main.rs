@@ -407,6 +407,7 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
                 .fact("speedup", ms.iter().map(|m| m.map(|m| round2(one_worker / m))).collect::<Vec<_>>())
                 .fact("most_at_once", sw.most(|t| t.at_once as u64))
                 .fact("most_cpus_seen", sw.most(|t| u64::from(t.cpus_seen)))
+                .fact("share_of_runs_on_one_cpu", sw.at.iter().map(|(_, all)| on_one_cpu(all)).collect::<Vec<_>>())
                 .fact("numbers_hashed", numbers)
                 .fact("checksum_same_in_every_configuration", sw.all().all(|t| t.checksum == expected))
                 .fact("every_number_hashed_once", sw.all().all(|t| t.numbers == numbers)),
@@ -421,13 +422,25 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
              ratio is at as many workers as CPUs this run may use, the other counts have {} runs a side. Speed-up \
              is the median time with one worker over the median with w; the linear reference is min(w, CPUs). \
              Past the CPU count, extra workers only queue (Amdahl: the serial part, here the starts and the \
-             collection, bounds the speed-up).{}",
+             collection, bounds the speed-up). The workers are not pinned: they run where the kernel puts them, \
+             as in any program that starts workers, and share_of_runs_on_one_cpu says, per count, in what share \
+             of its runs (the untimed first ones too) every worker was seen on one and the same CPU, taking \
+             turns: with jobs this short that was most runs at two workers on some hosts, on both sides \
+             (docs/concurrency.md).{}",
             job_us(ctx) / 1e3,
             stats::MIN_RUNS,
             note_fewer.unwrap_or_default()
         )),
         ..Findings::default()
     })
+}
+
+/// Of a count's runs (the untimed first ones too), the share in which every worker was seen
+/// on one and the same CPU: the kernel placed them all there, so they took turns. None for a
+/// single worker, who is always on one CPU.
+fn on_one_cpu(runs: &[Together]) -> Option<f64> {
+    let many = runs.first().is_some_and(|t| t.workers > 1);
+    many.then(|| round2(runs.iter().filter(|t| t.cpus_seen == 1).count() as f64 / runs.len() as f64))
 }
 
 /// One way of running tasks: a new worker per task, or a pool (process.rs, thread.rs).
