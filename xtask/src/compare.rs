@@ -118,7 +118,11 @@ fn once_each(names: &[String]) -> Vec<String> {
 /// its own binary with `--json`: one [`Document`] per round. `compare` and `report` both run
 /// the suite through here.
 pub fn run_suite(rows: &[String], quick: bool, rounds: usize) -> Result<Vec<Document>> {
+    // The environment is read while cargo checks the build, so that neither its reading
+    // (rustc -V, systemd-detect-virt) runs beside a row nor the suite waits for it.
+    let probe = std::thread::spawn(|| machine::Machine::here(false));
     let binaries = run::build_release(rows)?;
+    let probed = probe.join().map_err(|_| anyhow::anyhow!("reading the machine's environment panicked"))?;
     let progress = Progress::new(rows.len() * rounds);
     let mut docs = Vec::new();
     for round in 0..rounds {
@@ -138,8 +142,8 @@ pub fn run_suite(rows: &[String], quick: bool, rounds: usize) -> Result<Vec<Docu
                 Err(e) => failures.push(Failure { row: row.clone(), error: format!("{e:#}") }),
             }
         }
-        let optimized = reports.iter().all(|r| r.optimized);
-        let mut machine = machine::Machine::here(optimized);
+        let mut machine = probed.clone();
+        machine.optimized = reports.iter().all(|r| r.optimized);
         machine.idle_cpus = machine::idle_while_measuring(&reports);
         docs.push(Document { machine, reports, failures });
     }

@@ -4,7 +4,7 @@
 use procfs::Current;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpu_model: String,
     pub logical_cpus: usize,
