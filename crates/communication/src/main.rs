@@ -380,11 +380,9 @@ fn end_both(
     e
 }
 
-/// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns;
-/// with --quick 4 a side, which took the row from 1.13-1.16 s to 0.96-1.08 s (the matrix's
-/// runs are short, so their cost is mostly each run's warm round trips and thread partner).
+/// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns.
 fn matrix_plan(ctx: &Ctx) -> Plan {
-    let runs = if ctx.quick { 4 } else { ctx.runs().next_multiple_of(2) };
+    let runs = ctx.runs().next_multiple_of(2);
     Plan::fixed(runs)
 }
 
