@@ -196,6 +196,10 @@ pub struct Churn {
     pub where_asked: u64,
     /// The CPU the worker was pinned to ([`pin_worker`]), if pinning was allowed.
     pub pinned: Option<u64>,
+    /// Looks at the CPU (one before the first op and one after each) that found the worker on
+    /// another CPU than the one it was pinned to: a count, not a bit mask, so that no CPU
+    /// number can alias another.
+    pub off_pinned_cpu: u64,
 }
 
 /// Where the contention workers map: worker i's `bytes` right after worker i-1's, side by
@@ -260,9 +264,11 @@ impl Churn {
         all.iter().fold(0u64, |m, c| m | c.cpus).count_ones()
     }
 
-    /// Whether this worker was pinned and ran on its CPU only.
-    pub fn stayed_pinned(&self) -> bool {
-        self.pinned.is_some_and(|cpu| self.cpus == cpu_bit(cpu as usize))
+    /// Whether every worker of one run was pinned, each to a CPU of its own (as long as there
+    /// were CPUs enough: `cpus` of them), and was seen on no other.
+    pub fn each_on_its_own_cpu(all: &[Churn], cpus: usize) -> bool {
+        let pinned: std::collections::BTreeSet<u64> = all.iter().filter_map(|c| c.pinned).collect();
+        all.iter().all(|c| c.pinned.is_some() && c.off_pinned_cpu == 0) && pinned.len() == all.len().min(cpus)
     }
 }
 
@@ -270,8 +276,9 @@ impl Churn {
 /// robin, as will-it-scale pins each of its tasks. Unpinned, the scheduler placed the two
 /// sides' workers differently: threads woken together often shared one CPU for the first
 /// milliseconds of a run, and a process worker often started milliseconds after the other
-/// (docs/concurrency.md), so the verdict measured placement, not the address space. `None`
-/// where pinning is refused: the worker then runs where the scheduler puts it.
+/// (docs/concurrency.md), so the verdict measured placement, not the address space. Called
+/// before the worker waits for the start signal. `None` where sched_setaffinity(2) fails:
+/// the worker then runs where the scheduler puts it, and the note says so.
 pub fn pin_worker(i: usize) -> Option<u64> {
     let cpus = cpu::allowed().ok()?;
     let cpu = *cpus.get(i % cpus.len().max(1))?;
@@ -287,12 +294,19 @@ pub fn pin_worker(i: usize) -> Option<u64> {
 /// `pinned` is the CPU the worker was pinned to, if any ([`pin_worker`]).
 pub fn churn(at: Option<usize>, bytes: usize, pinned: Option<u64>, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
-    let mut c = Churn { start_ns: monotonic_ns(), cpus: cpu_bit(cpu::current()?), pinned, ..Churn::default() };
+    let mut c = Churn { start_ns: monotonic_ns(), pinned, ..Churn::default() };
+    let look = |c: &mut Churn| -> Result<()> {
+        let now = cpu::current()?;
+        c.cpus |= cpu_bit(now);
+        c.off_pinned_cpu += u64::from(pinned.is_some_and(|p| p != now as u64));
+        Ok(())
+    };
+    look(&mut c)?;
     for _ in 0..ops {
         let m = touched(at, bytes)?;
         c.where_asked += u64::from(Some(m.as_ptr() as usize) == at);
         drop(m);
-        c.cpus |= cpu_bit(cpu::current()?);
+        look(&mut c)?;
         c.ops += 1;
     }
     c.end_ns = monotonic_ns();

@@ -618,7 +618,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
                 .fact("ops_per_s_per_worker", sw.at.iter().map(per_worker_ops_s).collect::<Vec<_>>())
                 .fact("most_at_once", sw.most(|all| Churn::at_once(all) as u64))
                 .fact("most_cpus_seen", sw.most(|all| u64::from(Churn::cpus_seen(all))))
-                .fact("stayed_on_pinned_cpus", sw.all().flatten().all(Churn::stayed_pinned))
+                .fact("stayed_on_pinned_cpus", each_on_its_own_cpu(sw, cpus))
                 .fact("ops_per_worker", ops)
                 .fact("huge_page_kib_per_op", huge_kib)
                 .fact("minor_faults_per_op", round1(faults as f64 / done.max(1) as f64))
@@ -628,11 +628,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     let mut note = format!(
         "will-it-scale's page_fault1: each operation is mmap of {} MiB with huge pages off (MADV_NOHUGEPAGE), one \
          write per page (a page fault each: as many per op as the mapping over the page size), munmap; huge_page_kib_per_op is \
-         AnonHugePages of one such mapping in smaps, read once outside the timed runs. Each worker is pinned \
-         to a CPU of its own before the start, as will-it-scale pins its tasks (stayed_on_pinned_cpus: every \
-         worker of every run ran only there); unpinned, threads woken together often shared one CPU for the \
-         first milliseconds of a run and a process worker often started milliseconds after the other, which \
-         with --quick's short runs made the thread side 25-70 % slower (docs/concurrency.md). Workers start \
+         AnonHugePages of one such mapping in smaps, read once outside the timed runs. Each worker pins \
+         itself to a CPU of its own before it waits for the start, as will-it-scale pins its tasks \
+         (stayed_on_pinned_cpus says whether every worker of every run did and ran only there); unpinned, \
+         threads woken together often shared one CPU for the first milliseconds of a run and a process worker \
+         often started milliseconds after the other, which with --quick's short runs made the thread side \
+         10-85 % slower (docs/concurrency.md). Workers start \
          together from one pipe; the ratio is at as many workers as CPUs this run may use. Each worker asks for its \
          mapping at an address of its own, right after the previous worker's (mapped_where_asked: every op's \
          mapping was there), as mmap places mappings made one after another with nothing between them: \
@@ -647,10 +648,10 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         note.push_str(&format!(" Only {most} workers fit here, not {cpus}: {}.", room.memory.why));
     }
     for (name, sw) in [("process", &pr), ("thread", &tr)] {
-        if !sw.all().flatten().all(Churn::stayed_pinned) {
+        if !each_on_its_own_cpu(sw, cpus) {
             note.push_str(&format!(
-                " On the {name} side not every worker was pinned or stayed on its CPU (sched_setaffinity refused, or \
-                 the CPUs allowed changed), so its figure is partly where the scheduler put the workers."
+                " On the {name} side not every worker was pinned to a CPU of its own (sched_setaffinity(2) failed) \
+                 or stayed there, so its figure is partly where the scheduler put the workers."
             ));
         }
         let (asked, done) = placed(sw);
@@ -663,6 +664,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
         }
     }
     Ok(Findings { process: side(&pr), thread: side(&tr), note: Some(note), ..Findings::default() })
+}
+
+/// Whether in every run of a side's sweep each worker was pinned to a CPU of its own and
+/// stayed there ([`Churn::each_on_its_own_cpu`]).
+fn each_on_its_own_cpu(sw: &Sweep<Vec<Churn>>, cpus: u64) -> bool {
+    sw.all().all(|all| Churn::each_on_its_own_cpu(all, cpus as usize))
 }
 
 /// Of all ops at every point of a side's sweep: how many had their mapping where asked, and

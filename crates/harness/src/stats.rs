@@ -16,8 +16,9 @@ use rand::{Rng, SeedableRng};
 pub const MIN_RUNS: usize = 7;
 
 /// The fewest timed runs a side for an experiment whose `--quick` runs (8) left its interval
-/// too wide for a steady verdict: switching's 2 MiB working set and baselines,
-/// communication's ring, concurrency's contention with `--quick` (each use says why).
+/// too wide for a steady verdict: switching's 2 MiB working set and baselines, and
+/// communication's ring (each use says why). Concurrency's contention took it with `--quick`
+/// until its workers were pinned (docs/concurrency.md).
 pub const NOISY_MIN_RUNS: usize = 16;
 
 /// The median of repeated runs with their spread.
