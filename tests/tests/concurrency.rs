@@ -84,6 +84,10 @@ fn json_report_matches_the_snapshot() {
             }
             if id == "granularity" {
                 assert_eq!((&f["workers_in_flight"], &f["tasks"]), (&json!(cpus), &json!(8 * cpus)), "{side}");
+                // A share, or null where the pool is one worker (one CPU allowed).
+                let pool = &f["share_of_pool_runs_on_one_cpu"];
+                assert!(if cpus == 1 { pool.is_null() } else { pool.is_number() }, "{side}: {pool}");
+                f["share_of_pool_runs_on_one_cpu"] = json!("[share, or null for a pool of one worker]");
                 f["workers_in_flight"] = json!("CPUs");
                 f["tasks"] = json!("8 × CPUs");
                 // Checked only when tasks of that size are short enough here: a number, or null
@@ -216,6 +220,18 @@ fn every_task_runs_once_in_both_ways_of_running_tasks() {
         assert_eq!(f["every_task_ran_once"], true, "{side}");
         let at_once = f["most_at_once"].as_u64().unwrap();
         assert!(at_once >= 1 && at_once <= f["workers_in_flight"].as_u64().unwrap(), "{side}: {f}");
+        // How often every worker of a run was on one CPU: a share, null for a pool of one
+        // worker; with one CPU allowed, every run of new workers was on it.
+        let in_flight = f["workers_in_flight"].as_u64().unwrap();
+        let new = f["share_of_new_worker_runs_on_one_cpu"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&new), "{side}: {f}");
+        match f["share_of_pool_runs_on_one_cpu"].as_f64() {
+            None => assert_eq!(in_flight, 1, "{side}: {f}"),
+            Some(pool) => assert!(in_flight > 1 && (0.0..=1.0).contains(&pool), "{side}: {f}"),
+        }
+        if allowed_cpus() == 1 {
+            assert_eq!(new, 1.0, "{side}: one CPU, so every run on it: {f}");
+        }
     }
 }
 

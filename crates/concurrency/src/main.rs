@@ -516,7 +516,15 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
             .fact("task_us_for_overhead_under_10pct", round1(threshold_us(g)))
             .fact("checksum_same_in_every_run", g.groups.iter().all(|t| t.checksum == expected))
             .fact("every_task_ran_once", g.groups.iter().all(|t| t.tasks == count))
-            .fact("most_at_once", g.groups.iter().map(|t| t.at_once).max().unwrap_or(0));
+            .fact("most_at_once", g.groups.iter().map(|t| t.at_once).max().unwrap_or(0))
+            .fact(
+                "share_of_new_worker_runs_on_one_cpu",
+                on_one_cpu(&g.groups.iter().copied().step_by(2).collect::<Vec<_>>()),
+            )
+            .fact(
+                "share_of_pool_runs_on_one_cpu",
+                on_one_cpu(&g.groups.iter().copied().skip(1).step_by(2).collect::<Vec<_>>()),
+            );
         // A number, or null with the reason beside it: one type under one name.
         match checked {
             Some(c) => side.set("overhead_share_at_that_size", round2(c.median)),
@@ -543,7 +551,9 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
              many workers, which take the tasks from a shared counter. The start-up overhead per task is the \
              extra time over the pool times the workers in flight over the tasks; it is under 10 % of the work \
              once a task is ten times that, and overhead_share_at_that_size checks it on tasks of that size \
-             (new over pool, minus one: the median of {} runs a side, the sides in turns).",
+             (new over pool, minus one: the median of {} runs a side, the sides in turns). Nothing is pinned: \
+             share_of_new_worker_runs_on_one_cpu and share_of_pool_runs_on_one_cpu say in what share of the runs \
+             the kernel put every worker of that way on one CPU, where they took turns (docs/concurrency.md).",
             stats::MIN_RUNS
         )),
         ..Findings::default()
