@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use harness::cpu;
+use harness::cpu::{self, Seat};
 use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, monotonic_ns};
 use serde::{Deserialize, Serialize};
@@ -194,12 +194,9 @@ pub struct Churn {
     pub cpus: u64,
     /// Ops whose mapping the kernel put at the address asked for ([`Places`]).
     pub where_asked: u64,
-    /// The CPU the worker was pinned to ([`pin_worker`]), if pinning was allowed.
-    pub pinned: Option<u64>,
-    /// Looks at the CPU (one before the first op and one after each) that found the worker on
-    /// another CPU than the one it was pinned to: a count, not a bit mask, so that no CPU
-    /// number can alias another.
-    pub off_pinned_cpu: u64,
+    /// The CPU the worker pinned itself to, and whether a look (one before the first op and
+    /// one after each) found it elsewhere.
+    pub seat: Seat,
 }
 
 /// Where the contention workers map: worker i's `bytes` right after worker i-1's, side by
@@ -267,23 +264,18 @@ impl Churn {
     /// Whether every worker of one run was pinned, each to a CPU of its own (as long as there
     /// were CPUs enough: `cpus` of them), and was seen on no other.
     pub fn each_on_its_own_cpu(all: &[Churn], cpus: usize) -> bool {
-        let pinned: std::collections::BTreeSet<u64> = all.iter().filter_map(|c| c.pinned).collect();
-        all.iter().all(|c| c.pinned.is_some() && c.off_pinned_cpu == 0) && pinned.len() == all.len().min(cpus)
+        Seat::each_own(&all.iter().map(|c| c.seat).collect::<Vec<_>>(), cpus)
     }
 }
 
-/// Pins contention worker `i` to a CPU of its own: the `i`th this process may use, round
-/// robin, as will-it-scale pins each of its tasks. Unpinned, the scheduler placed the two
-/// sides' workers differently: threads woken together often shared one CPU for the first
-/// milliseconds of a run, and a process worker often started milliseconds after the other
-/// (docs/concurrency.md), so the verdict measured placement, not the address space. Called
-/// before the worker waits for the start signal. `None` where sched_setaffinity(2) fails:
-/// the worker then runs where the scheduler puts it, and the note says so.
-pub fn pin_worker(i: usize) -> Option<u64> {
-    let cpus = cpu::allowed().ok()?;
-    let cpu = *cpus.get(i % cpus.len().max(1))?;
-    cpu::pin(cpu).ok()?;
-    Some(cpu as u64)
+/// Contention worker `i` takes a CPU of its own ([`Seat::take`]), before it waits for the
+/// start signal. Unpinned, the scheduler placed the two sides' workers differently: threads
+/// woken together often shared one CPU for the first milliseconds of a run, and a process
+/// worker often started milliseconds after the other (docs/concurrency.md), so the verdict
+/// measured placement, not the address space. Where sched_setaffinity(2) fails the worker
+/// runs where the scheduler puts it, and the note says so.
+pub fn pin_worker(i: usize) -> Seat {
+    Seat::take(i)
 }
 
 /// The will-it-scale page_fault1 pattern: each op maps `bytes` of anonymous private memory,
@@ -291,14 +283,13 @@ pub fn pin_worker(i: usize) -> Option<u64> {
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
 /// `at` is where this worker asks for its mapping, if anywhere ([`Places::of`]).
-/// `pinned` is the CPU the worker was pinned to, if any ([`pin_worker`]).
-pub fn churn(at: Option<usize>, bytes: usize, pinned: Option<u64>, ops: u64) -> Result<Churn> {
+/// `seat` is where the worker pinned itself ([`pin_worker`]).
+pub fn churn(at: Option<usize>, bytes: usize, seat: Seat, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
-    let mut c = Churn { start_ns: monotonic_ns(), pinned, ..Churn::default() };
+    let mut c = Churn { start_ns: monotonic_ns(), seat, ..Churn::default() };
     let look = |c: &mut Churn| -> Result<()> {
-        let now = cpu::current()?;
-        c.cpus |= cpu_bit(now);
-        c.off_pinned_cpu += u64::from(pinned.is_some_and(|p| p != now as u64));
+        c.cpus |= cpu_bit(cpu::current()?);
+        c.seat.look();
         Ok(())
     };
     look(&mut c)?;
@@ -369,7 +360,7 @@ mod tests {
         let (first, second) = (places.of(0).unwrap(), places.of(1).unwrap());
         assert_eq!(second - first, 1 << 20, "side by side");
         assert_eq!(first % (2 << 20), 0, "2 MiB-aligned");
-        let c = churn(Some(second), 1 << 20, None, 3).unwrap();
+        let c = churn(Some(second), 1 << 20, Seat::default(), 3).unwrap();
         assert_eq!(c.where_asked, 3, "every op's mapping at its place");
         let pages = 3 * (1 << 20) / harness::mem::page_size() as i64;
         assert_eq!(c.ops, 3);

@@ -581,7 +581,7 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // Every worker of either side maps at its own place, side by side (jobs::Places).
     let places = Places::side_by_side(most as usize, bytes);
     let ops = stats::iterations_for(budget(ctx, 60, 12), |n| {
-        let c = jobs::churn(places.of(0), bytes, None, n)?;
+        let c = jobs::churn(places.of(0), bytes, harness::cpu::Seat::default(), n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
     .max(1);

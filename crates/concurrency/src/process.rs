@@ -122,9 +122,9 @@ pub fn churn(workers: u64, places: Places, ops: u64, deadline: Duration) -> Resu
             // process: each worker maps and faults in an address space of its own, where its
             // mapping is alone.
             fork_child_keeping(&[go_rx.as_raw_fd()], || {
-                let pinned = jobs::pin_worker(i);
+                let seat = jobs::pin_worker(i);
                 wait_for_go(&go_rx)?;
-                deliver("churn", &jobs::churn(places.of(i), places.bytes(), pinned, ops)?);
+                deliver("churn", &jobs::churn(places.of(i), places.bytes(), seat, ops)?);
                 Ok(())
             })
         })

@@ -106,9 +106,9 @@ pub fn churn(workers: u64, places: Places, ops: u64, _deadline: Duration) -> Res
             .map(|i| {
                 let go_rx = &go_rx;
                 s.spawn(move || {
-                    let pinned = jobs::pin_worker(i);
+                    let seat = jobs::pin_worker(i);
                     wait_for_go(go_rx)?;
-                    jobs::churn(places.of(i), places.bytes(), pinned, ops)
+                    jobs::churn(places.of(i), places.bytes(), seat, ops)
                 })
             })
             .collect();

@@ -93,6 +93,49 @@ impl Placement {
     }
 }
 
+/// Where one of a group of workers ran: the CPU it pinned itself to and whether it was ever
+/// seen elsewhere. A worker takes its seat ([`Seat::take`]) as its first act and looks again
+/// ([`Seat::look`]) as often as it likes; the group's seats tell whether every worker had a
+/// CPU of its own ([`Seat::each_own`]). For experiments about something else than where the
+/// scheduler puts short-lived workers: left to it, two of them often shared one CPU, taking
+/// turns, in some runs and not in others (docs/concurrency.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seat {
+    /// The CPU pinned to, or None where sched_setaffinity(2) failed.
+    pub cpu: Option<u64>,
+    /// Looks that found the worker on another CPU (a count, so that no CPU number aliases).
+    pub elsewhere: u64,
+}
+
+impl Seat {
+    /// Pins the calling thread, worker `i` of a group, to the `i`th CPU this process may use
+    /// (round robin over them), as will-it-scale pins each of its tasks.
+    pub fn take(i: usize) -> Seat {
+        let pinned = || -> Option<u64> {
+            let cpus = allowed().ok()?;
+            let cpu = *cpus.get(i % cpus.len().max(1))?;
+            pin(cpu).ok()?;
+            Some(cpu as u64)
+        };
+        let mut seat = Seat { cpu: pinned(), elsewhere: 0 };
+        seat.look();
+        seat
+    }
+
+    /// Looks at the CPU the worker runs on now.
+    pub fn look(&mut self) {
+        let here = current().ok().map(|c| c as u64);
+        self.elsewhere += u64::from(self.cpu.is_some() && here != self.cpu);
+    }
+
+    /// Whether every worker of one group was pinned, each to a CPU of its own while there
+    /// were CPUs enough (`cpus` of them), and was never seen elsewhere.
+    pub fn each_own(seats: &[Seat], cpus: usize) -> bool {
+        let distinct: std::collections::BTreeSet<u64> = seats.iter().filter_map(|s| s.cpu).collect();
+        seats.iter().all(|s| s.cpu.is_some() && s.elsewhere == 0) && distinct.len() == seats.len().min(cpus)
+    }
+}
+
 /// Two distinct CPUs this process may use, if it may use two.
 pub fn two_distinct() -> Result<Option<(usize, usize)>> {
     let cpus = allowed()?;
@@ -120,6 +163,23 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn seats_are_one_cpu_each_round_robin() {
+        let cpus = allowed().unwrap();
+        let n = cpus.len().min(4);
+        let seats: Vec<Seat> = (0..n).map(|i| std::thread::spawn(move || Seat::take(i)).join().unwrap()).collect();
+        for (i, seat) in seats.iter().enumerate() {
+            assert_eq!(seat.cpu, Some(cpus[i] as u64), "worker {i}");
+        }
+        assert!(Seat::each_own(&seats, cpus.len()));
+        // Two on one CPU, one seen elsewhere, one not pinned: none of those is a CPU each.
+        let one = Seat { cpu: Some(cpus[0] as u64), elsewhere: 0 };
+        assert!(!Seat::each_own(&[one, one], 2));
+        assert!(Seat::each_own(&[one, one], 1), "with one CPU, sharing it is all there is");
+        assert!(!Seat::each_own(&[Seat { elsewhere: 1, ..one }], 1));
+        assert!(!Seat::each_own(&[Seat::default()], 1));
     }
 
     #[test]
