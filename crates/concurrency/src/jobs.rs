@@ -260,22 +260,6 @@ impl Churn {
     pub fn cpus_seen(all: &[Churn]) -> u32 {
         all.iter().fold(0u64, |m, c| m | c.cpus).count_ones()
     }
-
-    /// Whether every worker of one run was pinned, each to a CPU of its own (as long as there
-    /// were CPUs enough: `cpus` of them), and was seen on no other.
-    pub fn each_on_its_own_cpu(all: &[Churn], cpus: usize) -> bool {
-        Seat::each_own(&all.iter().map(|c| c.seat).collect::<Vec<_>>(), cpus)
-    }
-}
-
-/// Contention worker `i` takes a CPU of its own ([`Seat::take`]), before it waits for the
-/// start signal. Unpinned, the scheduler placed the two sides' workers differently: threads
-/// woken together often shared one CPU for the first milliseconds of a run, and a process
-/// worker often started milliseconds after the other (docs/concurrency.md), so the verdict
-/// measured placement, not the address space. Where sched_setaffinity(2) fails the worker
-/// runs where the scheduler puts it, and the note says so.
-pub fn pin_worker(i: usize) -> Seat {
-    Seat::take(i)
 }
 
 /// The will-it-scale page_fault1 pattern: each op maps `bytes` of anonymous private memory,
@@ -283,7 +267,12 @@ pub fn pin_worker(i: usize) -> Seat {
 /// munmap takes the address space's locks; munmap also flushes the TLB of every CPU that runs
 /// a task of this address space.
 /// `at` is where this worker asks for its mapping, if anywhere ([`Places::of`]).
-/// `seat` is where the worker pinned itself ([`pin_worker`]).
+/// `seat` is the CPU of its own the worker took before the start ([`Seat::take`]): unpinned,
+/// the scheduler placed the two sides' workers differently (threads woken together often
+/// shared one CPU for the first milliseconds of a run, a process worker often started
+/// milliseconds after the other: docs/concurrency.md), and the verdict measured placement,
+/// not the address space. Where sched_setaffinity(2) fails the worker runs where the
+/// scheduler puts it, and the note says so.
 pub fn churn(at: Option<usize>, bytes: usize, seat: Seat, ops: u64) -> Result<Churn> {
     let before = harness::Usage::of_thread()?;
     let mut c = Churn { start_ns: monotonic_ns(), seat, ..Churn::default() };

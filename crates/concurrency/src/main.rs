@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use harness::cpu::Seat;
 use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
 use harness::{Better, Ctx, Expected, Findings, Needs, Room, Row, Side, Spec};
@@ -425,8 +426,7 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
              collection, bounds the speed-up). The workers are not pinned: they run where the kernel puts them, \
              as in any program that starts workers, and share_of_runs_on_one_cpu says, per count, in what share \
              of its runs (the untimed first ones too) every worker was seen on one and the same CPU, taking \
-             turns: with jobs this short that was most runs at two workers on some hosts, on both sides \
-             (docs/concurrency.md).{}",
+             turns (docs/concurrency.md).{}",
             job_us(ctx) / 1e3,
             stats::MIN_RUNS,
             note_fewer.unwrap_or_default()
@@ -581,13 +581,14 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // Every worker of either side maps at its own place, side by side (jobs::Places).
     let places = Places::side_by_side(most as usize, bytes);
     let ops = stats::iterations_for(budget(ctx, 60, 12), |n| {
-        let c = jobs::churn(places.of(0), bytes, harness::cpu::Seat::default(), n)?;
+        let c = jobs::churn(places.of(0), bytes, Seat::default(), n)?;
         Ok(Duration::from_nanos(c.end_ns - c.start_ns))
     })?
     .max(1);
     // The plan's runs, also with --quick. Before the workers were pinned, --quick took 16 runs a
     // side: its thread runs spread from 1.05 to 1.8 times the process side's, as the scheduler
-    // placed them. Pinned, 8 runs gave 0.94-0.96 (`tie`) in 4 invocations of 4, as 16 did.
+    // placed them. Pinned, 8 runs read about as 16 did (0.94-0.96 in 4 invocations each); over
+    // later suites the ratio went 0.88-0.96, on the 0.95 line (docs/concurrency.md).
     let plan = ctx.plan();
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
     type Churning = fn(u64, Places, u64, Duration) -> Result<Vec<Churn>>;
@@ -677,9 +678,9 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
 }
 
 /// Whether in every run of a side's sweep each worker was pinned to a CPU of its own and
-/// stayed there ([`Churn::each_on_its_own_cpu`]).
+/// stayed there ([`Seat::each_own`]).
 fn each_on_its_own_cpu(sw: &Sweep<Vec<Churn>>, cpus: u64) -> bool {
-    sw.all().all(|all| Churn::each_on_its_own_cpu(all, cpus as usize))
+    sw.all().all(|all| Seat::each_own(&all.iter().map(|c| c.seat).collect::<Vec<_>>(), cpus as usize))
 }
 
 /// Of all ops at every point of a side's sweep: how many had their mapping where asked, and

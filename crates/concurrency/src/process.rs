@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use harness::cpu::Seat;
 use harness::mem::{Mapping, Sharing};
 use harness::stats::monotonic_ns;
 use harness::{Child, deliver, fork_child_keeping, wait_all};
@@ -122,7 +123,8 @@ pub fn churn(workers: u64, places: Places, ops: u64, deadline: Duration) -> Resu
             // process: each worker maps and faults in an address space of its own, where its
             // mapping is alone.
             fork_child_keeping(&[go_rx.as_raw_fd()], || {
-                let seat = jobs::pin_worker(i);
+                // A CPU of its own, taken before the start (jobs::churn says why).
+                let seat = Seat::take(i);
                 wait_for_go(&go_rx)?;
                 deliver("churn", &jobs::churn(places.of(i), places.bytes(), seat, ops)?);
                 Ok(())

@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use harness::cpu::Seat;
 use harness::stats::monotonic_ns;
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
@@ -106,7 +107,8 @@ pub fn churn(workers: u64, places: Places, ops: u64, _deadline: Duration) -> Res
             .map(|i| {
                 let go_rx = &go_rx;
                 s.spawn(move || {
-                    let seat = jobs::pin_worker(i);
+                    // A CPU of its own, taken before the start (jobs::churn says why).
+                    let seat = Seat::take(i);
                     wait_for_go(go_rx)?;
                     jobs::churn(places.of(i), places.bytes(), seat, ops)
                 })
