@@ -380,11 +380,12 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     });
     let note = (what == Baseline::Pipe).then(|| {
         "A thread looks up each descriptor in the table it shares with the other threads, so read(2) and \
-         write(2) take and drop a reference on the file (fdget); a single-threaded process skips that. \
-         ns_with_an_idle_second_thread is the process side again, in a child that first starts a second \
-         thread that only waits, and ratio_with_an_idle_second_thread is that against the thread (with its 95 % \
-         interval, ratio_with_an_idle_second_thread_interval): if the shared table is the whole difference, it \
-         is near 1."
+         write(2) take and drop a reference on the file (fdget), and glibc's read and write, being cancellation \
+         points, turn on asynchronous cancellation and off again around each call once a process has a second \
+         thread; a single-threaded process skips both. ns_with_an_idle_second_thread is the process side again, \
+         in a child that first starts a second thread that only waits, and ratio_with_an_idle_second_thread is \
+         that against the thread (with its 95 % interval, ratio_with_an_idle_second_thread_interval): if being \
+         a multi-threaded process is the whole difference, it is near 1."
             .to_string()
     });
     Ok(Findings { process, thread: t.map(|s| side(s, &ts)), note, ..Findings::default() })
