@@ -173,12 +173,18 @@ pub enum Alarm {
     Deadline,
 }
 
-/// A thread that watches a child while the caller talks to it through something with no
-/// end-of-file (a futex word, shared memory): if the child ends, or the deadline passes,
-/// first, it runs the alarm, which must wake the caller. Dropping the watch stops it.
-pub struct Watch<'scope> {
+/// A process that watches a child while the caller talks to it through something with no
+/// end-of-file (a futex word in shared memory): if the child ends, or the deadline passes,
+/// first, it runs the alarm, which must wake the caller. Dropping the watch stops the
+/// watcher and reaps it.
+///
+/// A process and not a thread, so that the caller stays single-threaded, in the kernel's
+/// eyes while it runs and in glibc's for good ([`glibc_single_threaded`]); the alarm runs in
+/// the watcher, so it reaches the caller only through memory both map shared or through
+/// the kernel (a futex wake).
+pub struct Watch {
     stop: Option<OwnedFd>,
-    thread: Option<std::thread::ScopedJoinHandle<'scope, ()>>,
+    watcher: Option<Child>,
 }
 
 impl Child {
@@ -188,52 +194,98 @@ impl Child {
         crate::poll::ready(self.pidfd.as_fd(), PollFlags::POLLIN, timeout).context("waiting on a pidfd")
     }
 
-    /// Starts a [`Watch`] on this child in the scope `s` (std::thread::scope).
-    pub fn watch<'scope>(
-        &self,
-        s: &'scope std::thread::Scope<'scope, '_>,
-        deadline: Duration,
-        alarm: impl FnOnce(Alarm) + Send + 'scope,
-    ) -> Result<Watch<'scope>> {
+    /// Starts a [`Watch`] on this child: a forked watcher process that polls the child's
+    /// pidfd (any process may poll a pidfd it holds) beside a stop pipe.
+    pub fn watch(&self, deadline: Duration, alarm: impl FnOnce(Alarm)) -> Result<Watch> {
         let pidfd = self.pidfd.try_clone().context("dup of a pidfd")?;
         let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a watch")?;
         let until = Instant::now() + deadline;
-        let thread = s.spawn(move || {
+        let keep = [pidfd.as_raw_fd(), stop_r.as_raw_fd()];
+        let watcher = fork_child_keeping(&keep, move || {
             loop {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return alarm(Alarm::Deadline);
+                    alarm(Alarm::Deadline);
+                    return Ok(());
                 }
                 let mut fds =
                     [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
                 let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
                 match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
                     // The stop pipe's writer was closed: the caller is done.
-                    _ if fds[1].any().unwrap_or(false) => return,
-                    _ if fds[0].any().unwrap_or(false) => return alarm(Alarm::Ended),
+                    _ if fds[1].any().unwrap_or(false) => return Ok(()),
+                    _ if fds[0].any().unwrap_or(false) => {
+                        alarm(Alarm::Ended);
+                        return Ok(());
+                    }
                     _ => {}
                 }
             }
-        });
-        Ok(Watch { stop: Some(stop_w), thread: Some(thread) })
+        })?;
+        Ok(Watch { stop: Some(stop_w), watcher: Some(watcher) })
     }
 }
 
-impl Drop for Watch<'_> {
+impl Drop for Watch {
     fn drop(&mut self) {
-        // Closing the write end makes the read end readable (end of file) for the poll.
+        // Closing the write end makes the read end readable (end of file) for the poll, and
+        // the watcher ends; it is reaped here, or killed and reaped should it not.
         drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.wait(WATCHER_GRACE);
         }
     }
 }
+
+/// How long a stopped watcher may take to end before it is killed.
+const WATCHER_GRACE: Duration = Duration::from_secs(5);
 
 /// Threads in this process now (/proc/self/stat, proc(5)): 1 when it is single-threaded,
 /// as a fork needs it, and as a process of its own is when it calls the kernel.
 pub fn threads_in_this_process() -> Result<u64> {
     let stat = procfs::process::Process::myself().and_then(|p| p.stat()).context("reading /proc/self/stat")?;
     Ok(u64::try_from(stat.num_threads).unwrap_or(0))
+}
+
+/// Whether glibc takes this process for single-threaded (`__libc_single_threaded`, glibc
+/// 2.32 and later). It starts true and turns false for good at the first thread a process
+/// starts, and a child forked later inherits the false: glibc then switches asynchronous
+/// cancellation on and off around every cancellation point (read, write, poll, send, ...)
+/// and takes its locks in malloc and stdio, in that process and in every child forked from
+/// it, however many threads they have left. See [`hosted`].
+pub fn glibc_single_threaded() -> bool {
+    unsafe extern "C" {
+        static __libc_single_threaded: std::ffi::c_char;
+    }
+    // Safety: a plain read of a variable glibc documents for reading (sys/single_threaded.h).
+    unsafe { std::ptr::read_volatile(&raw const __libc_single_threaded) != 0 }
+}
+
+/// The tag of a hosted run's result on its host's stdout.
+const HOSTED: &str = "hosted";
+
+/// Runs `work` in a forked child of this process (its host) and returns what it returned,
+/// sent back as JSON on the host's stdout ([`deliver`]); an error or a crash in the host is
+/// an error here, a host that outlives `deadline` is killed.
+///
+/// For a thread side's timed run: the threads it starts live and end in the host, and the
+/// row's own process never starts one, so it stays single-threaded in glibc's eyes
+/// ([`glibc_single_threaded`]). Had they started here, every later run of the process side,
+/// in this process and in the children it forks, would pay glibc's multi-threaded paths
+/// that no single-threaded program pays: on the Intel guest of 2026-12-07 a pipe write and
+/// read in a process cost 333 ns alone and 378 ns forked from a row that had run threads
+/// (docs/report.md, "Processes that glibc took for threads").
+pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
+    deadline: Duration,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let host = fork_child(|| {
+        deliver(HOSTED, &work()?);
+        Ok(())
+    })?;
+    let exit = host.wait(deadline)?;
+    exit.check("the process hosting a thread-side run")?;
+    exit.received_one(HOSTED)
 }
 
 /// Forks a child that runs `work` and ends with `_exit`: 0 when it returns `Ok`, 1 with the

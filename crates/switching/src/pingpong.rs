@@ -389,7 +389,7 @@ pub fn serve(link: &mut impl Partner, pinned: usize, own: &WorkingSet) -> Result
 }
 
 /// One timed run of a ping-pong, as the driver saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Run {
     pub ns_per_switch: f64,
     /// Round trips between the two marks: the timed ones and the closing mark.
@@ -400,7 +400,7 @@ pub struct Run {
 }
 
 /// One run of a ping-pong on both of its tasks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub run: Run,
     pub partner: TaskEvidence,

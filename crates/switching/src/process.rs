@@ -107,13 +107,14 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
         deliver("partner", &evidence);
         Ok(())
     })?;
-    let run = std::thread::scope(|s| {
+    let run = (|| {
         // process: a futex word has no end-of-file either way: should the child die (or hang
-        // past the deadline), a watch on it says GONE in the word, so the driver stops.
-        let _watch = child.watch(s, ctx.deadline(), |_| pingpong::Futex::abandon(word, ops))?;
+        // past the deadline), a watch on it (a process of its own, which shares the page)
+        // says GONE in the word, so the driver stops.
+        let _watch = child.watch(ctx.deadline(), |_| pingpong::Futex::abandon(word, ops))?;
         let mut link = pingpong::Futex::driver(word, ops, ctx.deadline());
         link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &WorkingSet::NONE))
-    });
+    })();
     finish(child, ctx, run)
 }
 
