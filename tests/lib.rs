@@ -485,6 +485,28 @@ pub fn headlines(report: &serde_json::Value) -> Vec<&str> {
 /// side's samples; the ratio is of the two medians and lies inside its interval. A row that
 /// summarised the wrong runs fails here; the order the runs were taken in is checked against
 /// the run's log by [`report`].
+/// Every measured process side says glibc took the row's process for single-threaded
+/// (`glibc_single_threaded`): the row hosts its thread sides' threads in processes of their
+/// own, so that no thread ever starts in the process that drives the process side and forks
+/// its children. One thread started there, and the fact reads false from that experiment on.
+pub fn assert_no_thread_started_in_the_row(report: &serde_json::Value) {
+    let mut checked = 0;
+    for e in report["experiments"].as_array().unwrap() {
+        let Some(p) = e.get("process") else { continue };
+        if e["kind"] != "measure" {
+            continue;
+        }
+        assert_eq!(p["facts"]["glibc_single_threaded"], true, "{}: a thread was started in the row's process", e["id"]);
+        assert!(
+            e["thread"]["facts"].get("glibc_single_threaded").is_none(),
+            "{}: the fact is the process side's",
+            e["id"]
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no measured process side to check");
+}
+
 pub fn assert_measures_are_sound(report: &serde_json::Value) {
     for e in report["experiments"].as_array().unwrap() {
         let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };

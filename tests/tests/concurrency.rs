@@ -124,6 +124,8 @@ fn every_experiment_ran_and_none_failed() {
     }
     let headlines = tests::headlines(report);
     assert_eq!(headlines, ["spawn", "spawn-vs-size", "contention"]);
+    // Every thread-side run is served by a process of its own (a host per experiment).
+    tests::assert_no_thread_started_in_the_row(report);
 }
 
 #[test]

@@ -132,7 +132,7 @@ pub fn piece(numbers: u64, parts: u64, k: u64) -> std::ops::Range<u64> {
 }
 
 /// The same job cut into `count` tasks of `numbers_each` numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tasks {
     pub count: u64,
     pub numbers_each: u64,
@@ -205,7 +205,7 @@ pub struct Churn {
 /// of something (not checked) sometimes lay between the two workers' mappings, and in those
 /// invocations the thread side was about 9 % faster (docs/concurrency.md). The same places
 /// serve both sides; in a process each worker's mapping is alone in its address space.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Places {
     first: Option<usize>,
     bytes: usize,

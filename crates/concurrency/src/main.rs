@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use harness::child::Host;
 use harness::cpu::Seat;
 use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
 }
 
 /// What a side of `spawn` measured in one call: `n` starts, one after the other.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Spawned {
     pub took: Duration,
     /// For each start: ns from just before the call to the worker's first instruction.
@@ -111,6 +113,23 @@ impl Started {
     }
 }
 
+/// The host of an experiment's thread-side runs (Ctx::thread_host), asked for a run: every
+/// thread.rs run of this row is served by a process of its own, so that this process never
+/// starts a thread and its forks, the process side's, are those of a single-threaded process
+/// to glibc (docs/report.md, "Processes that glibc took for threads").
+fn on<Req, Resp>(host: &mut Option<Host<Req, Resp>>) -> Result<&mut Host<Req, Resp>> {
+    host.as_mut().context("the thread side was not set up")
+}
+
+/// Ends a thread side's host, if there was one, and checks that it ended well.
+fn finish<Req, Resp>(host: Option<Host<Req, Resp>>) -> Result<()>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned,
+    Resp: serde::Serialize + serde::de::DeserializeOwned,
+{
+    host.map_or(Ok(()), Host::finish)
+}
+
 /// How long one timed run of an experiment lasts, in full and with --quick.
 fn budget(ctx: &Ctx, full_ms: u64, quick_ms: u64) -> Duration {
     Duration::from_millis(if ctx.quick { quick_ms } else { full_ms })
@@ -122,9 +141,9 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
     let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
     let (mut p_first, mut t_first) = (Latencies::new(), Latencies::new());
     let mut p_faults = 0;
-    // The thread side is settled: a thread run right after the forks pays a fault for each page
-    // it writes, which the forks left write-protected (11-12 % here). Nothing carries over the
-    // other way (docs/report.md).
+    // The thread side's runs are served by a process of their own (see `on`): the
+    // forks of the process side never write-protect its pages, so nothing carries over.
+    let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
     let (p, t) = ctx.interleave(
         || {
             let s = process::spawn_and_wait(n, deadline)?;
@@ -133,13 +152,12 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
         || {
-            // The settle run (stats::settled, spelled out so that its starts are not recorded).
-            thread::spawn_and_wait(n, deadline)?;
-            let s = thread::spawn_and_wait(n, deadline)?;
+            let s = on(&mut threads)?.call(&n)?;
             s.first_run_ns.iter().for_each(|&ns| t_first.record(Duration::from_nanos(ns)));
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
     )?;
+    finish(threads)?;
     let first = |l: &Latencies, side: Side| {
         side.fact("starts", l.len())
             .fact("first_run_us_p50", round1(l.percentile_ns(50.0) as f64 / 1e3))
@@ -230,16 +248,17 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
         // Each side starts as many workers per run as fill its own budget: at 1 GiB that is one
         // fork, and a run of one lone thread start measured 120-150 µs here against 40-46 µs a
         // start in a run of a hundred, at every size: the lone start timed the pause before it.
-        let own = |side: bool, run: fn(u64, Duration) -> Result<Spawned>| -> Result<u64> {
+        let own = |side: bool, run: &mut dyn FnMut(u64) -> Result<Spawned>| -> Result<u64> {
             if !side {
                 return Ok(1);
             }
-            Ok(stats::iterations_for(budget(ctx, 5, 2), |n| Ok(run(n, deadline)?.took))?.max(1))
+            Ok(stats::iterations_for(budget(ctx, 5, 2), |n| Ok(run(n)?.took))?.max(1))
         };
-        let (n, tn) = (own(ctx.process(), process::spawn_and_wait)?, own(ctx.thread(), thread::spawn_and_wait)?);
+        // The thread side's host is forked here, holding the same memory as the parent.
+        let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
+        let n = own(ctx.process(), &mut |n| process::spawn_and_wait(n, deadline))?;
+        let tn = own(ctx.thread(), &mut |n| on(&mut threads)?.call(&n))?;
         let (mut faults, mut forks) = (0i64, 0u64);
-        // The thread side is settled, as in spawn: right after a fork it pays for the pages the
-        // fork write-protected.
         let (p, t) = interleave_at(
             ctx,
             (bytes == largest).then(|| ctx.plan()),
@@ -249,8 +268,9 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
                 forks += n;
                 Ok(s.took.as_secs_f64() * 1e6 / n as f64)
             },
-            stats::settled(|| Ok(thread::spawn_and_wait(tn, deadline)?.took.as_secs_f64() * 1e6 / tn as f64)),
+            || Ok(on(&mut threads)?.call(&tn)?.took.as_secs_f64() * 1e6 / tn as f64),
         )?;
+        finish(threads)?;
         points.push(AtSize {
             bytes,
             rss_kib: status.vmrss.unwrap_or(0),
@@ -378,23 +398,23 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
     let numbers = (jobs::numbers_per_us()? * job_us(ctx)) as u64;
     let deadline = ctx.deadline();
     let (mut ps, mut ts) = (Sweep::new(), Sweep::new());
-    type Split = fn(u64, u64, Duration) -> Result<(Duration, Vec<Report>)>;
-    let one = |w: u64, seen: &mut Vec<Together>, split: Split| -> Result<f64> {
-        let (took, reports) = split(numbers, w, deadline)?;
+    let one = |seen: &mut Vec<Together>, (took, reports): (Duration, Vec<Report>)| -> Result<f64> {
         seen.push(Together::of(&reports));
         Ok(took.as_secs_f64() * 1e3)
     };
+    let mut threads = ctx.thread_host(|w| thread::split_job(numbers, w, deadline))?;
     for (i, &w) in counts.iter().enumerate() {
         let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
         let (p, t) = interleave_at(
             ctx,
             (i == at).then(|| ctx.plan()),
-            || one(w, &mut pseen, process::split_job),
-            || one(w, &mut tseen, thread::split_job),
+            || one(&mut pseen, process::split_job(numbers, w, deadline)?),
+            || one(&mut tseen, on(&mut threads)?.call(&w)?),
         )?;
         ps.at.push((p, pseen));
         ts.at.push((t, tseen));
     }
+    finish(threads)?;
     let expected = jobs::checksum(0..numbers);
     let side = |sw: &Sweep<Together>| {
         let judged = sw.at[at].0.as_ref()?;
@@ -443,8 +463,17 @@ fn on_one_cpu(runs: &[Together]) -> Option<f64> {
     many.then(|| round2(runs.iter().filter(|t| t.cpus_seen == 1).count() as f64 / runs.len() as f64))
 }
 
-/// One way of running tasks: a new worker per task, or a pool (process.rs, thread.rs).
-type Way = fn(Tasks, u64, Duration) -> Result<(Duration, Vec<Report>)>;
+/// One way of running tasks (process.rs, thread.rs).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum Way {
+    /// A new worker per task.
+    PerTask,
+    /// A pool of workers that take the tasks in turn.
+    Pool,
+}
+
+/// What one way of running the tasks gave: how long, and each worker's report.
+type Ran = (Duration, Vec<Report>);
 
 /// What one side of `granularity` saw over its runs.
 #[derive(Default)]
@@ -467,9 +496,9 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
     let deadline = ctx.deadline();
     // Each run: a new worker per task (timed: the number judged), then the same tasks on a pool
     // of `in_flight` workers, for the overhead.
-    let run = |into: &mut Granular, per_task: Way, pool: Way| -> Result<f64> {
-        let (new_took, new_reports) = per_task(tasks, in_flight, deadline)?;
-        let (pool_took, pool_reports) = pool(tasks, in_flight, deadline)?;
+    let run = |into: &mut Granular, way: &mut dyn FnMut(Way, Tasks) -> Result<Ran>| -> Result<f64> {
+        let (new_took, new_reports) = way(Way::PerTask, tasks)?;
+        let (pool_took, pool_reports) = way(Way::Pool, tasks)?;
         let extra = new_took.as_secs_f64() - pool_took.as_secs_f64();
         // Tasks run `in_flight` at a time, so each task's start-up delays the job by 1/in_flight of it.
         into.overhead_us.push(extra * 1e6 * in_flight as f64 / count as f64);
@@ -478,10 +507,16 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         Ok(new_took.as_secs_f64() * 1e6 / count as f64)
     };
     let (mut pg, mut tg) = (Granular::default(), Granular::default());
-    let (p, t) = ctx.interleave(
-        || run(&mut pg, process::worker_per_task, process::pool),
-        || run(&mut tg, thread::worker_per_task, thread::pool),
-    )?;
+    let mut processes = |way: Way, tasks: Tasks| match way {
+        Way::PerTask => process::worker_per_task(tasks, in_flight, deadline),
+        Way::Pool => process::pool(tasks, in_flight, deadline),
+    };
+    let threads = std::cell::RefCell::new(ctx.thread_host(|(way, tasks): (Way, Tasks)| match way {
+        Way::PerTask => thread::worker_per_task(tasks, in_flight, deadline),
+        Way::Pool => thread::pool(tasks, in_flight, deadline),
+    })?);
+    let mut threads_way = |way: Way, tasks: Tasks| on(&mut threads.borrow_mut())?.call(&(way, tasks));
+    let (p, t) = ctx.interleave(|| run(&mut pg, &mut processes), || run(&mut tg, &mut threads_way))?;
     // Check the estimate: tasks of each side's own threshold size, a new worker for each
     // against the pool, both sides in turns (warm-up, then the fewest runs a number may have).
     let most = if ctx.quick { 3_000.0 } else { 20_000.0 };
@@ -489,14 +524,14 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
     let checkable =
         |s: &Option<Summary>, g: &Granular| s.as_ref().map(|_| threshold_us(g)).filter(|&us| us > 0.0 && us <= most);
     let (p_size, t_size) = (checkable(&p, &pg), checkable(&t, &tg));
-    let share = |size_us: f64, per_task: Way, pool: Way| -> Result<f64> {
+    let share = |size_us: f64, way: &mut dyn FnMut(Way, Tasks) -> Result<Ran>| -> Result<f64> {
         let check = Tasks { count: 2 * in_flight, numbers_each: (per_us * size_us) as u64 };
-        let new = per_task(check, in_flight, deadline)?.0.as_secs_f64();
-        let pooled = pool(check, in_flight, deadline)?.0.as_secs_f64();
+        let new = way(Way::PerTask, check)?.0.as_secs_f64();
+        let pooled = way(Way::Pool, check)?.0.as_secs_f64();
         Ok(new / pooled - 1.0)
     };
-    let mut p_check = || share(p_size.unwrap_or(0.0), process::worker_per_task, process::pool);
-    let mut t_check = || share(t_size.unwrap_or(0.0), thread::worker_per_task, thread::pool);
+    let mut p_check = || share(p_size.unwrap_or(0.0), &mut processes);
+    let mut t_check = || share(t_size.unwrap_or(0.0), &mut threads_way);
     let plan = Plan::fixed(stats::MIN_RUNS);
     let (p_share, t_share) = stats::interleave(
         plan,
@@ -591,25 +626,25 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
     // later suites the ratio went 0.88-0.96, on the 0.95 line (docs/concurrency.md).
     let plan = ctx.plan();
     let (mut pr, mut tr) = (Sweep::new(), Sweep::new());
-    type Churning = fn(u64, Places, u64, Duration) -> Result<Vec<Churn>>;
-    let one = |w: u64, seen: &mut Vec<Vec<Churn>>, churn: Churning| -> Result<f64> {
-        let all = churn(w, places, ops, deadline)?;
+    let one = |seen: &mut Vec<Vec<Churn>>, all: Vec<Churn>| -> Result<f64> {
         ensure!(all.iter().all(|c| c.ops == ops), "a worker did not do all its operations");
         let us = us_per_op(&all);
         seen.push(all);
         Ok(us)
     };
+    let mut threads = ctx.thread_host(|w| thread::churn(w, places, ops, deadline))?;
     for (i, &w) in counts.iter().enumerate() {
         let (mut pseen, mut tseen) = (Vec::new(), Vec::new());
         let (p, t) = interleave_at(
             ctx,
             (i == at).then_some(plan),
-            || one(w, &mut pseen, process::churn),
-            || one(w, &mut tseen, thread::churn),
+            || one(&mut pseen, process::churn(w, places, ops, deadline)?),
+            || one(&mut tseen, on(&mut threads)?.call(&w)?),
         )?;
         pr.at.push((p, pseen));
         tr.at.push((t, tseen));
     }
+    finish(threads)?;
     // Observed once, here in the parent and outside every timed run: reading smaps takes the
     // mmap lock the workers contend on.
     let huge_kib = jobs::huge_kib_of_one_op(places.of(0), bytes)?;

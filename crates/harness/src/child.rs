@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -200,16 +200,17 @@ impl Child {
         let pidfd = self.pidfd.try_clone().context("dup of a pidfd")?;
         let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a watch")?;
         let until = Instant::now() + deadline;
-        let keep = [pidfd.as_raw_fd(), stop_r.as_raw_fd()];
-        let watcher = fork_child_keeping(&keep, move || {
+        // The stop pipe is the watcher's stdin: it holds 0, 1, 2 and the pidfd.
+        let watcher = fork_child_with(Some(stop_r.as_raw_fd()), &[pidfd.as_raw_fd()], move || {
+            // Safety: descriptor 0 is the watcher's stdin, the stop pipe (run_in_child).
+            let stop = unsafe { BorrowedFd::borrow_raw(0) };
             loop {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     alarm(Alarm::Deadline);
                     return Ok(());
                 }
-                let mut fds =
-                    [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(stop, PollFlags::POLLIN)];
                 let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
                 match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
                     // The stop pipe's writer was closed: the caller is done.
@@ -222,6 +223,7 @@ impl Child {
                 }
             }
         })?;
+        drop(stop_r);
         Ok(Watch { stop: Some(stop_w), watcher: Some(watcher) })
     }
 }
@@ -288,6 +290,122 @@ pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
     exit.received_one(HOSTED)
 }
 
+/// A process of its own that serves one side's runs on request, for a thread side whose
+/// runs should share one process, as a threaded program's would (its stacks cached, its pages
+/// its own), without a thread ever starting in the row's process ([`hosted`] forks one per
+/// run instead). Forked once, it reads requests, one JSON line each, runs `serve` on each and
+/// writes back its result, until the request pipe closes. Dropping it ends it and reaps it.
+pub struct Host<Req, Resp> {
+    requests: Option<std::fs::File>,
+    replies: std::io::BufReader<std::fs::File>,
+    host: Option<Child>,
+    deadline: Duration,
+    types: std::marker::PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Host<Req, Resp>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned,
+    Resp: serde::Serialize + serde::de::DeserializeOwned,
+{
+    /// Forks the host; a request it does not answer within `deadline` is an error, and the
+    /// host is then killed.
+    pub fn start(deadline: Duration, mut serve: impl FnMut(Req) -> Result<Resp>) -> Result<Self> {
+        use std::io::BufRead;
+        // The requests reach the host on its stdin and the replies leave on its stdout, so that
+        // it holds descriptors 0, 1 and 2 only, like every child of ours.
+        let (requests_r, requests_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a host's requests")?;
+        let mut host = fork_child_with(Some(requests_r.as_raw_fd()), &[], move || {
+            // Safety: descriptors 0 and 1 are the host's own (run_in_child set them up); the
+            // host ends with _exit, which closes them.
+            let mut requests = std::io::BufReader::new(unsafe { std::fs::File::from_raw_fd(0) });
+            let mut replies = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if requests.read_line(&mut line).context("reading a request")? == 0 {
+                    return Ok(());
+                }
+                let request: Req = serde_json::from_str(&line).context("a request that does not parse")?;
+                let reply: std::result::Result<Resp, String> = serve(request).map_err(|e| format!("{e:#}"));
+                let mut out = serde_json::to_string(&reply).context("a reply that does not serialize")?;
+                out.push('\n');
+                replies.write_all(out.as_bytes()).context("writing a reply")?;
+            }
+        })?;
+        drop(requests_r);
+        let replies = host.stdout.take().context("the host's stdout")?;
+        Ok(Host {
+            requests: Some(std::fs::File::from(requests_w)),
+            replies: std::io::BufReader::new(std::fs::File::from(replies)),
+            host: Some(host),
+            deadline,
+            types: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends one request and waits for its reply: what `serve` returned, or its error.
+    pub fn call(&mut self, request: &Req) -> Result<Resp> {
+        use std::io::BufRead;
+        let mut line = serde_json::to_string(request).context("a request that does not serialize")?;
+        line.push('\n');
+        let requests = self.requests.as_mut().context("the host was ended")?;
+        if let Err(e) = requests.write_all(line.as_bytes()) {
+            return Err(self.gone(anyhow::Error::new(e).context("sending a request to the host")));
+        }
+        if self.replies.buffer().is_empty()
+            && !crate::poll::ready(self.replies.get_ref().as_fd(), PollFlags::POLLIN, self.deadline)?
+        {
+            // Killed and reaped at once: it had its deadline.
+            drop(self.requests.take());
+            let host = self.host.take().context("the host was ended")?;
+            let pid = host.pid();
+            let _ = wait_all(vec![host], Duration::ZERO);
+            bail!(
+                "child {pid} (the host of a side's runs) did not answer within its deadline of {} ms: killed \
+                 with SIGKILL and reaped",
+                self.deadline.as_millis()
+            );
+        }
+        let mut reply = String::new();
+        if self.replies.read_line(&mut reply).context("reading the host's reply")? == 0 {
+            return Err(self.gone(anyhow::anyhow!("the host ended before it answered")));
+        }
+        let reply: std::result::Result<Resp, String> =
+            serde_json::from_str(&reply).context("a reply from the host that does not parse")?;
+        reply.map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Ends the host (its request pipe closes) and checks that it ended well.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.requests.take());
+        let host = self.host.take().context("the host was ended")?;
+        host.wait(self.deadline)?.check("the host of a side's runs")
+    }
+
+    /// `error`, with how the host ended: it is killed if it has not, and reaped.
+    fn gone(&mut self, error: anyhow::Error) -> anyhow::Error {
+        drop(self.requests.take());
+        match self.host.take().map(|h| wait_all(vec![h], Duration::from_secs(1))) {
+            Some(Ok(exits)) => match exits[0].check("the host of a side's runs") {
+                Err(why) => error.context(format!("{why:#}")),
+                Ok(()) => error,
+            },
+            Some(Err(why)) => error.context(format!("{why:#}")),
+            None => error,
+        }
+    }
+}
+
+impl<Req, Resp> Drop for Host<Req, Resp> {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(host) = self.host.take() {
+            let _ = host.wait(self.deadline);
+        }
+    }
+}
+
 /// Forks a child that runs `work` and ends with `_exit`: 0 when it returns `Ok`, 1 with the
 /// error on stderr when it returns `Err`, [`PANIC_EXIT_CODE`] when it panics.
 ///
@@ -304,6 +422,11 @@ pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
 /// parent made for it). The parent's copies of anything `work` owns are dropped when this
 /// returns, so a pipe end moved into `work` lives on in the child only.
 pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
+    fork_child_with(None, keep, work)
+}
+
+/// [`fork_child_keeping`], and the child reads `stdin` as its descriptor 0 if given.
+fn fork_child_with(stdin: Option<RawFd>, keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
     flush_before_fork();
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stdout")?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stderr")?;
@@ -316,7 +439,7 @@ pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> 
             ForkResult::Child => {
                 cleanup::reset_in_child();
                 die_with(parent);
-                let code = run_in_child(out_w.as_raw_fd(), err_w.as_raw_fd(), keep, hang, work);
+                let code = run_in_child(stdin, out_w.as_raw_fd(), err_w.as_raw_fd(), keep, hang, work);
                 // Safety: _exit ends the child at once, without running inherited destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -366,9 +489,18 @@ pub(crate) fn fork_error(e: nix::errno::Errno) -> anyhow::Error {
     anyhow::anyhow!("fork: {e}{hint}")
 }
 
-fn run_in_child(out: RawFd, err: RawFd, keep: &[RawFd], hang: bool, work: impl FnOnce() -> Result<()>) -> i32 {
-    // Safety: dup2(2) onto 1 and 2 replaces the inherited stdout and stderr with our pipes.
-    let redirected = unsafe { libc::dup2(out, 1) >= 0 && libc::dup2(err, 2) >= 0 };
+fn run_in_child(
+    stdin: Option<RawFd>,
+    out: RawFd,
+    err: RawFd,
+    keep: &[RawFd],
+    hang: bool,
+    work: impl FnOnce() -> Result<()>,
+) -> i32 {
+    // Safety: dup2(2) onto 0, 1 and 2 replaces the inherited stdin (if asked), stdout and
+    // stderr with our pipes.
+    let redirected =
+        unsafe { stdin.is_none_or(|fd| libc::dup2(fd, 0) >= 0) && libc::dup2(out, 1) >= 0 && libc::dup2(err, 2) >= 0 };
     if !redirected {
         return 1;
     }

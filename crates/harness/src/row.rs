@@ -163,6 +163,30 @@ impl Ctx {
             .unwrap_or(Duration::from_secs(if self.quick { 20 } else { 60 }))
     }
 
+    /// Runs one thread-side run in a process of its own and returns its result
+    /// ([`crate::child::hosted`]), so that this row's process never starts a thread and its
+    /// process side is never charged for glibc's multi-threaded paths.
+    pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        run: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        crate::child::hosted(self.deadline(), run)
+    }
+
+    /// A [`crate::child::Host`] that serves the thread side's runs of an experiment, with this
+    /// run's deadline, if the thread side was asked for: its threads start there and never in
+    /// this process, as with [`Ctx::hosted`].
+    pub fn thread_host<Req, Resp>(
+        &self,
+        serve: impl FnMut(Req) -> Result<Resp>,
+    ) -> Result<Option<crate::child::Host<Req, Resp>>>
+    where
+        Req: serde::Serialize + serde::de::DeserializeOwned,
+        Resp: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.thread_side(|| crate::child::Host::start(self.deadline(), serve))
+    }
+
     /// Runs the process side if it was asked for.
     pub fn process_side<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
         if self.process() { f().map(Some) } else { Ok(None) }
@@ -438,6 +462,13 @@ pub fn conclude(spec: &Spec, ctx: &Ctx, outcome: Result<Findings>) -> Experiment
     e.process = f.process;
     e.thread = f.thread;
     e.note = f.note;
+    // Every measured process side says whether glibc took this process (the driver, and the
+    // parent of every child it forked) for single-threaded: false for good once a thread has
+    // started in it, and then its read, write, poll and fork took glibc's multi-threaded paths
+    // (child::glibc_single_threaded, Ctx::hosted).
+    if spec.kind == Kind::Measure {
+        e.process = e.process.map(|s| s.fact("glibc_single_threaded", crate::child::glibc_single_threaded()));
+    }
     if let Some(reason) = f.skipped {
         e.verdict = Verdict::Skipped;
         e.note = Some(reason);

@@ -11,9 +11,9 @@ mod work;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use harness::cpu::{Pinned, Placement};
-use harness::stats::{self, Summary};
+use harness::stats::Summary;
 use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Row, Side, Spec, Status};
 use nix::sys::signal::Signal;
 
@@ -72,6 +72,7 @@ pub struct Aftermath {
 }
 
 /// What a panic under a lock did to the others.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Poisoning {
     pub crasher: String,
     /// The crasher took the lock and wrote under it (observed: its write, or its word).
@@ -85,7 +86,7 @@ pub struct Poisoning {
 }
 
 /// One job whose faulty worker was replaced.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Restart {
     /// The sum of the chunks' results: correct only if every chunk was done once.
     pub total: u64,
@@ -191,7 +192,9 @@ fn crash_side(a: Aftermath) -> Side {
 
 fn poison(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::poison(ctx.deadline()))?;
-    let thread = ctx.thread_side(thread::poison)?;
+    // The thread side's threads start in a process of its own (Ctx::hosted), not in this one,
+    // which forks the process side's (and restart's) children (docs/report.md).
+    let thread = ctx.thread_side(|| ctx.hosted(thread::poison))?;
     // The claim holds only if each crasher really panicked while holding the lock, and then
     // no process but every thread found the lock poisoned.
     let crashed_under_lock = |p: &Poisoning| p.crasher_held_lock && p.crasher_panicked;
@@ -246,12 +249,16 @@ fn restart(ctx: &Ctx) -> Result<Findings> {
     };
     let _pinned = Pinned::to(place.driver)?;
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
-    // The thread side is settled: each of its timed jobs follows an untimed one (a thread job
-    // right after the forks of a process job was 5-8 % slower; nothing carries over the other way).
+    // The thread side's jobs run in a process of their own, forked once (pinned like this one),
+    // so that this process, which forks the process side's workers, never starts a thread: glibc
+    // would take it for multi-threaded from then on, and its forks cost more (docs/report.md).
+    // The forks of the process jobs do not reach that process either, so nothing carries over.
+    let mut threads = ctx.thread_host(|()| thread::restart(ctx.deadline()))?;
     let (p, t) = ctx.interleave(
         || Ok(kept(&mut ps, process::restart(ctx.deadline())?)),
-        stats::settled(|| Ok(kept(&mut ts, thread::restart(ctx.deadline())?))),
+        || Ok(kept(&mut ts, threads.as_mut().context("the thread side was not set up")?.call(&())?)),
     )?;
+    threads.map_or(Ok(()), harness::child::Host::finish)?;
     let side = |summary: Summary, jobs: &[Restart]| -> Result<Side> {
         let correct = jobs.iter().filter(|r| r.total == work::expected_total()).count();
         anyhow::ensure!(correct == jobs.len(), "only {correct} of {} jobs had the correct result", jobs.len());

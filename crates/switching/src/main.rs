@@ -173,7 +173,7 @@ fn futex(ctx: &Ctx, thread_ops: FutexOps) -> Result<Findings> {
         ctx.plan(),
         1,
         |size| process::futex_pingpong(ctx, place, SHARED, size),
-        |size| hosted(ctx, || thread::futex_pingpong(ctx, place, thread_ops, size)),
+        |size| ctx.hosted(|| thread::futex_pingpong(ctx, place, thread_ops, size)),
     )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
@@ -216,7 +216,7 @@ fn pipe_cross_cpu(ctx: &Ctx) -> Result<Findings> {
     };
     let plan = Plan { warmup: CROSS_CPU_WARMUP, ..ctx.plan_in_full_at_least(CROSS_CPU_FULL_RUNS) };
     let none = &WorkingSets::NONE;
-    let thread_run = |size| hosted(ctx, || thread::pipe_pingpong(ctx, place, none, size));
+    let thread_run = |size| ctx.hosted(|| thread::pipe_pingpong(ctx, place, none, size));
     let (process, thread, size) = pingpong_sides(
         ctx,
         plan,
@@ -273,7 +273,7 @@ fn pipe_by(
         plan,
         calibrations,
         |size| process::pipe_pingpong(ctx, place, sets, size),
-        |size| hosted(ctx, || thread::pipe_pingpong(ctx, place, sets, size)),
+        |size| ctx.hosted(|| thread::pipe_pingpong(ctx, place, sets, size)),
     )?;
     Ok(Findings { process, thread, ..Findings::default() })
 }
@@ -344,7 +344,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     let cpu = place.driver;
     let size = Size::Count(calibrate(
         ctx,
-        |size| Ok(hosted(ctx, || thread::alone(ctx, cpu, what, size))?.n),
+        |size| Ok(ctx.hosted(|| thread::alone(ctx, cpu, what, size))?.n),
         |size| Ok(process::alone(ctx, cpu, what, size)?.n),
     )?);
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
@@ -353,7 +353,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     let (p, t) = ctx.interleave_by(
         ctx.plan().at_least(stats::NOISY_MIN_RUNS),
         || Ok(keep(&mut ps, process::alone(ctx, cpu, what, size)?).ns),
-        || Ok(keep(&mut ts, hosted(ctx, || thread::alone(ctx, cpu, what, size))?).ns),
+        || Ok(keep(&mut ts, ctx.hosted(|| thread::alone(ctx, cpu, what, size))?).ns),
     )?;
     // The pipe loop's cause, checked in every run: the same loop in a child that has a second,
     // idle thread, so that its descriptor table is shared as a thread's is, against the thread
@@ -361,7 +361,7 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
     let sibling = match (what, ctx.process() && ctx.thread()) {
         (Baseline::Pipe, true) => {
             let with_sibling = || Ok(process::alone_beside_an_idle_thread(ctx, cpu, what, size)?.ns);
-            let in_thread = || Ok(hosted(ctx, || thread::alone(ctx, cpu, what, size))?.ns);
+            let in_thread = || Ok(ctx.hosted(|| thread::alone(ctx, cpu, what, size))?.ns);
             match ctx.interleave_by(Plan::fixed(stats::MIN_RUNS), with_sibling, in_thread)? {
                 (Some(p2), Some(t2)) => Some((p2, t2)),
                 _ => None,
@@ -385,7 +385,6 @@ fn baseline(ctx: &Ctx, what: Baseline, unit: &str) -> Result<Findings> {
         Some((p2, t2)) => with_an_idle_second_thread(side(s, &ps), p2, t2),
         None => side(s, &ps),
     });
-    let process = process.map(single_threaded_to_glibc);
     let note = (what == Baseline::Pipe).then(|| {
         "A thread looks up each descriptor in the table it shares with the other threads, so read(2) and \
          write(2) take and drop a reference on the file (fdget), and glibc's read and write, being cancellation \
@@ -421,15 +420,7 @@ fn pingpong_sides(
         || Ok(keep(&mut ps, process(size)?).run.ns_per_switch),
         || Ok(keep(&mut ts, thread(size)?).run.ns_per_switch),
     )?;
-    let process = p.map(|s| single_threaded_to_glibc(pingpong_side(&s, &ps)));
-    Ok((process, t.map(|s| pingpong_side(&s, &ts)), size))
-}
-
-/// The process side's evidence that its tasks were single-threaded processes to glibc: this
-/// process, the driver, never started a thread (each thread-side run is [`hosted`]), so
-/// neither it nor a partner forked from it pays glibc's multi-threaded paths.
-fn single_threaded_to_glibc(side: Side) -> Side {
-    side.fact("glibc_single_threaded", harness::child::glibc_single_threaded())
+    Ok((p.map(|s| pingpong_side(&s, &ps)), t.map(|s| pingpong_side(&s, &ts)), size))
 }
 
 /// The loop size that fills one run's time budget, found by a run of whichever side is asked
@@ -437,13 +428,6 @@ fn single_threaded_to_glibc(side: Side) -> Side {
 fn calibrate(ctx: &Ctx, thread: impl Fn(Size) -> Result<u64>, process: impl Fn(Size) -> Result<u64>) -> Result<u64> {
     let budget = Size::Budget(pingpong::run_budget(ctx));
     if ctx.thread() { thread(budget) } else { process(budget) }
-}
-
-/// One thread-side run in a process of its own (harness::child::hosted), so that this row's
-/// process never starts a thread and its process side stays single-threaded, as glibc sees
-/// it, from the first run to the last.
-fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(ctx: &Ctx, run: impl FnOnce() -> Result<T>) -> Result<T> {
-    harness::child::hosted(ctx.deadline(), run)
 }
 
 fn keep<T: Copy>(all: &mut Vec<T>, one: T) -> T {
