@@ -95,6 +95,7 @@ const MIN_WORKERS: u64 = 4;
 const WORKER_MEMORY: u64 = 1 << 20;
 
 /// What a writer did, and what the observer saw at the same addresses afterwards.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PrivateWrite {
     pub writer: Writes,
     /// The global's and the heap value's addresses, as the observer sees them.
@@ -104,6 +105,7 @@ pub struct PrivateWrite {
 }
 
 /// One value shared between two tasks: what the observer read, and how.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SharedSegment {
     /// The value the observer read where the writer stored [`SEGMENT_VALUE`].
     pub seen: u64,
@@ -114,6 +116,7 @@ pub struct SharedSegment {
     pub segment: Option<SegmentFacts>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SegmentFacts {
     /// Permission bits of /dev/shm/NAME.
     pub mode: u32,
@@ -131,7 +134,10 @@ fn main() -> ExitCode {
 
 fn private_write(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::private_write(ctx.deadline()))?;
-    let thread = ctx.thread_side(thread::private_write)?;
+    // Every thread side of this row starts its threads in a process of its own (Ctx::hosted,
+    // Ctx::thread_host), so that this process, which forks the process sides' children, never
+    // starts one (docs/report.md, "Processes that glibc took for threads").
+    let thread = ctx.thread_side(|| ctx.hosted(thread::private_write))?;
     let wrote = |w: &PrivateWrite| w.writer.read_back == [WRITTEN, WRITTEN];
     // The claim: the child's write stays in the child, the thread's is the observer's too.
     let matches = process.as_ref().zip(thread.as_ref()).map(|(p, t)| {
@@ -174,7 +180,7 @@ fn private_write(ctx: &Ctx) -> Result<Findings> {
 
 fn shared_segment(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| process::shared_segment(ctx.deadline()))?;
-    let thread = ctx.thread_side(|| thread::shared_segment(ctx.deadline()))?;
+    let thread = ctx.thread_side(|| ctx.hosted(|| thread::shared_segment(ctx.deadline())))?;
     let seen = |s: &SharedSegment| s.seen == SEGMENT_VALUE;
     // The claim: processes share what they map on purpose, through a segment whose name is
     // private and short-lived, and the write arrives; a thread's plain store arrives as it is,
@@ -226,9 +232,27 @@ fn shared_segment(ctx: &Ctx) -> Result<Findings> {
 
 fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     let bytes = if ctx.quick { COW_BYTES_QUICK } else { COW_BYTES };
-    // Setup, once and outside the timed runs: each side's buffer, filled by its owner.
+    // Setup, once and outside the timed runs: each side's buffer, filled by its owner. The
+    // thread side's lives in the process that hosts its runs, made there on its first request.
     let process_buffer = ctx.process_side(|| process::cow_copy_buffer(bytes))?;
-    let thread_buffer = ctx.thread_side(|| thread::cow_copy_buffer(bytes))?;
+    let mut thread_buffer = None;
+    let mut threads = ctx.thread_host(move |ask: Ask| {
+        let buffer = match &thread_buffer {
+            Some(buffer) => buffer,
+            None => thread_buffer.insert(thread::cow_copy_buffer(bytes)?),
+        };
+        Ok(match ask {
+            Ask::Passes(passes) => Said::Pass(thread::cow_copy_pass(buffer, passes)?),
+            Ask::Owner => Said::Owner(Owned::of(buffer)),
+        })
+    })?;
+    let mut pass = |passes: u64| -> Result<Pass> {
+        match threads.as_mut().context("the thread side's host")?.call(&Ask::Passes(passes))? {
+            Said::Pass(pass) => Ok(pass),
+            Said::Owner(_) => anyhow::bail!("the thread side's host answered a pass with its buffer"),
+        }
+    };
+    let pages = bytes / harness::mem::page_size();
     let (mut ps, mut ts) = (Vec::new(), Vec::new());
     // A child's first write to each page is the copy, so a process run is one pass. A thread
     // pass over a present page is mostly a TLB miss a page, 0.13-0.3 ms for 64 MiB: timed
@@ -236,42 +260,48 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
     // thread side's median read 16-30 ns/page from one invocation to the next on a KVM guest;
     // with runs of 10 ms of passes, 8.3-9.0). So a thread run makes as many passes as fill its
     // budget, sized once on its buffer (these sizing runs count in the checksums too).
-    let passes = match &thread_buffer {
-        Some(buffer) => stats::iterations_for(Duration::from_millis(if ctx.quick { 2 } else { 10 }), |n| {
-            let pass = thread::cow_copy_pass(buffer, n)?;
+    let passes = if ctx.thread() {
+        stats::iterations_for(Duration::from_millis(if ctx.quick { 2 } else { 10 }), |n| {
+            let pass = pass(n)?;
             ts.push(pass);
             Ok(Duration::from_nanos(pass.took_ns))
-        })?,
-        None => 1,
+        })?
+    } else {
+        1
     };
-    // The process side forks only while this process is single-threaded: the thread side's
-    // writer is joined before its run returns.
     // The thread side is settled: each of its timed runs follows an untimed run of its own, since
-    // a thread pass right after a process pass (a fork and 64 MiB of copies) was 23-114 % slower.
-    // A process pass after a thread pass was not (docs/report.md), so it is not settled.
+    // a thread pass right after a process pass (a fork and 64 MiB of copies) was 23-114 % slower
+    // (docs/report.md), the caches full of the copies. A process pass after a thread pass was
+    // not, so it is not settled.
     let (p, t) = ctx.interleave(
         || {
             let buffer = process_buffer.as_ref().context("the process side's buffer")?;
-            Ok(ns_per_page(&mut ps, buffer, process::cow_copy_pass(buffer, ctx.deadline())?))
+            Ok(ns_per_page(&mut ps, pages, process::cow_copy_pass(buffer, ctx.deadline())?))
         },
-        stats::settled(|| {
-            let buffer = thread_buffer.as_ref().context("the thread side's buffer")?;
-            Ok(ns_per_page(&mut ts, buffer, thread::cow_copy_pass(buffer, passes)?))
-        }),
+        stats::settled(|| Ok(ns_per_page(&mut ts, pages, pass(passes)?))),
     )?;
+    let thread_buffer = match threads.as_mut() {
+        Some(host) => match host.call(&Ask::Owner)? {
+            Said::Owner(owned) => Some(owned),
+            Said::Pass(_) => anyhow::bail!("the thread side's host answered for its buffer with a pass"),
+        },
+        None => None,
+    };
+    threads.map_or(Ok(()), harness::child::Host::finish)?;
+    let process_buffer = process_buffer.as_ref().map(Owned::of);
     let process = p.zip(process_buffer).map(|(summary, buffer)| {
         // process: every child started from the parent's copy, so each pass was the first.
-        let ok = ps.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages(), 1));
-        cow_side(&summary, &buffer, &ps, PROCESS_CALLS_PER_RUN, ok)
+        let ok = ps.iter().all(|p| p.checksum == pages::expected_checksum(buffer.pages, 1));
+        cow_side(&summary, buffer, &ps, PROCESS_CALLS_PER_RUN, ok)
     });
     let thread = t.zip(thread_buffer).map(|(summary, buffer)| {
         // thread: every pass wrote the one shared buffer, so each run found all passes before it.
         let mut done = 0;
         let ok = ts.iter().all(|p| {
             done += p.passes;
-            p.checksum == pages::expected_checksum(buffer.pages(), done)
+            p.checksum == pages::expected_checksum(buffer.pages, done)
         });
-        cow_side(&summary, &buffer, &ts, THREAD_CALLS_PER_RUN, ok)
+        cow_side(&summary, buffer, &ts, THREAD_CALLS_PER_RUN, ok)
     });
     Ok(Findings {
         process,
@@ -294,9 +324,38 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
 }
 
 /// Keeps a run for the evidence and returns its time per page written.
-fn ns_per_page(all: &mut Vec<Pass>, buffer: &Buffer, pass: Pass) -> f64 {
+fn ns_per_page(all: &mut Vec<Pass>, pages: usize, pass: Pass) -> f64 {
     all.push(pass);
-    per_page_written(buffer.pages(), &pass)
+    per_page_written(pages, &pass)
+}
+
+/// What cow-copy's thread side asks the process that hosts it: a run of passes, or, at the
+/// end, what its buffer's owner sees.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Ask {
+    Passes(u64),
+    Owner,
+}
+
+/// The host's answer to an [`Ask`].
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Said {
+    Pass(Pass),
+    Owner(Owned),
+}
+
+/// A side's buffer as its owner sees it after the runs.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Owned {
+    pages: usize,
+    page: usize,
+    checksum: u64,
+}
+
+impl Owned {
+    fn of(buffer: &Buffer) -> Owned {
+        Owned { pages: buffer.pages(), page: buffer.page(), checksum: buffer.checksum() }
+    }
 }
 
 fn per_page_written(pages: usize, pass: &Pass) -> f64 {
@@ -322,13 +381,13 @@ fn timed_runs(runs: &[Pass], timed: usize, per_run: usize) -> Vec<&Pass> {
 
 /// One side of cow-copy from all of its `runs` (see [`timed_runs`]); `checksums_ok` is the
 /// side's own check of every run.
-fn cow_side(summary: &Summary, buffer: &Buffer, runs: &[Pass], per_run: usize, checksums_ok: bool) -> Side {
+fn cow_side(summary: &Summary, buffer: Owned, runs: &[Pass], per_run: usize, checksums_ok: bool) -> Side {
     let timed = timed_runs(runs, summary.runs, per_run);
     let faults = stats::median(&timed.iter().map(|p| p.minor_faults as f64).collect::<Vec<_>>()).round() as u64;
-    let pages = buffer.pages();
+    let pages = buffer.pages;
     Side::measured(summary, "ns/page")
         .fact("pages_written", pages)
-        .fact("page_bytes", buffer.page())
+        .fact("page_bytes", buffer.page)
         .fact("passes_per_run", timed.last().map_or(1, |p| p.passes))
         .fact("first_pass_ns_per_page", {
             let first: Vec<f64> = timed.iter().map(|p| p.first_pass_ns as f64 / pages as f64).collect();
@@ -341,7 +400,7 @@ fn cow_side(summary: &Summary, buffer: &Buffer, runs: &[Pass], per_run: usize, c
         .fact("minor_faults_per_page", (faults as f64 / pages as f64 * 1000.0).round() / 1000.0)
         .fact("checksum", timed.last().map_or(0, |p| p.checksum))
         .fact("checksums_ok", checksums_ok)
-        .fact("owner_sees_writes", buffer.checksum() != pages::expected_checksum(pages, 0))
+        .fact("owner_sees_writes", buffer.checksum != pages::expected_checksum(pages, 0))
 }
 
 fn footprint(ctx: &Ctx) -> Result<Findings> {
