@@ -480,11 +480,6 @@ pub fn headlines(report: &serde_json::Value) -> Vec<&str> {
     experiments.iter().filter(|e| e["headline"] == true).map(|e| e["id"].as_str().unwrap()).collect()
 }
 
-/// Checks every measured experiment of a report against its own samples: both sides took the
-/// same number of runs (they take turns), at least 7; each median is the median of the
-/// side's samples; the ratio is of the two medians and lies inside its interval. A row that
-/// summarised the wrong runs fails here; the order the runs were taken in is checked against
-/// the run's log by [`report`].
 /// Every measured process side says glibc took the row's process for single-threaded
 /// (`glibc_single_threaded`): the row hosts its thread sides' threads in processes of their
 /// own, so that no thread ever starts in the process that drives the process side and forks
@@ -507,6 +502,11 @@ pub fn assert_no_thread_started_in_the_row(report: &serde_json::Value) {
     assert!(checked > 0, "no measured process side to check");
 }
 
+/// Checks every measured experiment of a report against its own samples: both sides took the
+/// same number of runs (they take turns), at least 7; each median is the median of the
+/// side's samples; the ratio is of the two medians and lies inside its interval. A row that
+/// summarised the wrong runs fails here; the order the runs were taken in is checked against
+/// the run's log by [`report`].
 pub fn assert_measures_are_sound(report: &serde_json::Value) {
     for e in report["experiments"].as_array().unwrap() {
         let (Some(p), Some(t)) = (e.get("process"), e.get("thread")) else { continue };

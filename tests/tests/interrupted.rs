@@ -13,10 +13,14 @@ fn an_interrupt_while_a_segment_is_held_unlinks_it() {
         let child = tests::memory_row_mid_experiment(20000, &[]);
         let row = child.id();
         assert!(tests::wait_until(10, || tests::catches_signal(row, signal)), "no handler for {signal}");
-        // The row waits (asleep) on its one child, the hanging program: both are there to be
-        // counted when the signal comes.
+        // The row waits on its one child, the hanging program: both are there to be counted when
+        // the signal comes. The row looks at the child every millisecond, and the kernel may fire
+        // its timer and ours together (timer slack), so that every sample finds it runnable
+        // ('R') and none asleep: seen on an Intel guest on one CPU, ten seconds in a row. So
+        // what is required is the one child and a row that is running or asleep.
         let waiting = || {
-            tests::children_of(row).len() == 1 && tests::group_members(row).iter().any(|&(p, s)| p == row && s == 'S')
+            tests::children_of(row).len() == 1
+                && tests::group_members(row).iter().any(|&(p, s)| p == row && (s == 'S' || s == 'R'))
         };
         assert!(tests::wait_until(10, waiting), "{:?}", tests::group_members(row));
         assert_eq!(tests::segments_of(row).len(), 1, "the held segment");

@@ -538,6 +538,7 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         p_size.is_some().then_some(&mut p_check as TimedRun<'_>),
         t_size.is_some().then_some(&mut t_check as TimedRun<'_>),
     )?;
+    finish(threads.into_inner())?;
     let expected = jobs::checksum(0..tasks.numbers());
     let side = |s: &Summary, g: &Granular, checked: &Option<Summary>| -> Side {
         let overhead = stats::median(&g.overhead_us).max(0.0);

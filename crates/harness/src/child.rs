@@ -201,7 +201,7 @@ impl Child {
         let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a watch")?;
         let until = Instant::now() + deadline;
         // The stop pipe is the watcher's stdin: it holds 0, 1, 2 and the pidfd.
-        let watcher = fork_child_with(Some(stop_r.as_raw_fd()), &[pidfd.as_raw_fd()], move || {
+        let watcher = fork_helper(Some(stop_r.as_raw_fd()), &[pidfd.as_raw_fd()], move || {
             // Safety: descriptor 0 is the watcher's stdin, the stop pipe (run_in_child).
             let stop = unsafe { BorrowedFd::borrow_raw(0) };
             loop {
@@ -267,7 +267,8 @@ pub fn glibc_single_threaded() -> bool {
 const HOSTED: &str = "hosted";
 
 /// Runs `work` in a forked child of this process (its host) and returns what it returned,
-/// sent back as JSON on the host's stdout ([`deliver`]); an error or a crash in the host is
+/// sent back as JSON on the host's stdout (as [`deliver`] does, but of any length); an error
+/// or a crash in the host is
 /// an error here, a host that outlives `deadline` is killed.
 ///
 /// For a thread side's timed run: the threads it starts live and end in the host, and the
@@ -281,9 +282,14 @@ pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
     deadline: Duration,
     work: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let host = fork_child(|| {
-        deliver(HOSTED, &work()?);
-        Ok(())
+    let host = fork_helper(None, &[], || {
+        // Not `deliver`: a result may be longer than PIPE_BUF, and the host is its stdout's only
+        // writer, so it need not be written at once.
+        let line =
+            format!("{HOSTED} {}\n", serde_json::to_string(&work()?).context("a result that does not serialize")?);
+        // Safety: descriptor 1 is the host's stdout (run_in_child); ManuallyDrop leaves it open.
+        let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+        stdout.write_all(line.as_bytes()).context("writing the result")
     })?;
     let exit = host.wait(deadline)?;
     exit.check("the process hosting a thread-side run")?;
@@ -315,7 +321,7 @@ where
         // The requests reach the host on its stdin and the replies leave on its stdout, so that
         // it holds descriptors 0, 1 and 2 only, like every child of ours.
         let (requests_r, requests_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a host's requests")?;
-        let mut host = fork_child_with(Some(requests_r.as_raw_fd()), &[], move || {
+        let mut host = fork_helper(Some(requests_r.as_raw_fd()), &[], move || {
             // Safety: descriptors 0 and 1 are the host's own (run_in_child set them up); the
             // host ends with _exit, which closes them.
             let mut requests = std::io::BufReader::new(unsafe { std::fs::File::from_raw_fd(0) });
@@ -353,24 +359,28 @@ where
         if let Err(e) = requests.write_all(line.as_bytes()) {
             return Err(self.gone(anyhow::Error::new(e).context("sending a request to the host")));
         }
-        if self.replies.buffer().is_empty()
-            && !crate::poll::ready(self.replies.get_ref().as_fd(), PollFlags::POLLIN, self.deadline)?
-        {
-            // Killed and reaped at once: it had its deadline.
-            drop(self.requests.take());
-            let host = self.host.take().context("the host was ended")?;
-            let pid = host.pid();
-            let _ = wait_all(vec![host], Duration::ZERO);
-            bail!(
-                "child {pid} (the host of a side's runs) did not answer within its deadline of {} ms: killed \
-                 with SIGKILL and reaped",
-                self.deadline.as_millis()
-            );
+        // The host's stdout is non-blocking (adopt): a long reply comes in pieces, each waited
+        // for, all within the deadline.
+        let until = Instant::now() + self.deadline;
+        let mut reply = Vec::new();
+        loop {
+            match self.replies.read_until(b'\n', &mut reply) {
+                Ok(0) => return Err(self.gone(anyhow::anyhow!("the host ended before it answered"))),
+                Ok(_) if reply.ends_with(b"\n") => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    // A poll cut short by a signal says false too: the loop looks again until the
+                    // deadline has passed.
+                    if left.is_zero() {
+                        return Err(self.hung());
+                    }
+                    crate::poll::ready(self.replies.get_ref().as_fd(), PollFlags::POLLIN, left)?;
+                }
+                Err(e) => return Err(self.gone(anyhow::Error::new(e).context("reading the host's reply"))),
+            }
         }
-        let mut reply = String::new();
-        if self.replies.read_line(&mut reply).context("reading the host's reply")? == 0 {
-            return Err(self.gone(anyhow::anyhow!("the host ended before it answered")));
-        }
+        let reply = String::from_utf8(reply).context("a reply from the host that is not UTF-8")?;
         let reply: std::result::Result<Resp, String> =
             serde_json::from_str(&reply).context("a reply from the host that does not parse")?;
         reply.map_err(|e| anyhow::anyhow!(e))
@@ -381,6 +391,19 @@ where
         drop(self.requests.take());
         let host = self.host.take().context("the host was ended")?;
         host.wait(self.deadline)?.check("the host of a side's runs")
+    }
+
+    /// The host did not answer within its deadline: it is killed and reaped.
+    fn hung(&mut self) -> anyhow::Error {
+        drop(self.requests.take());
+        let Some(host) = self.host.take() else { return anyhow::anyhow!("the host was ended") };
+        let pid = host.pid();
+        let _ = wait_all(vec![host], Duration::ZERO);
+        anyhow::anyhow!(
+            "child {pid} (the host of a side's runs) did not answer within its deadline of {} ms: killed with \
+             SIGKILL and reaped",
+            self.deadline.as_millis()
+        )
     }
 
     /// `error`, with how the host ended: it is killed if it has not, and reaped.
@@ -422,15 +445,25 @@ pub fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
 /// parent made for it). The parent's copies of anything `work` owns are dropped when this
 /// returns, so a pipe end moved into `work` lives on in the child only.
 pub fn fork_child_keeping(keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
-    fork_child_with(None, keep, work)
+    fork_child_hanging(faults::take_hang(), None, keep, work)
 }
 
-/// [`fork_child_keeping`], and the child reads `stdin` as its descriptor 0 if given.
-fn fork_child_with(stdin: Option<RawFd>, keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
+/// [`fork_child_keeping`] for a process of the harness's own (a host, a watcher), which reads
+/// `stdin` as its descriptor 0 if given and never takes the injected hang (`PVT_HANG`): that
+/// stays for the experiment's own children, whose hang the reliability tests are about.
+fn fork_helper(stdin: Option<RawFd>, keep: &[RawFd], work: impl FnOnce() -> Result<()>) -> Result<Child> {
+    fork_child_hanging(false, stdin, keep, work)
+}
+
+fn fork_child_hanging(
+    hang: bool,
+    stdin: Option<RawFd>,
+    keep: &[RawFd],
+    work: impl FnOnce() -> Result<()>,
+) -> Result<Child> {
     flush_before_fork();
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stdout")?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for the child's stderr")?;
-    let hang = faults::take_hang();
     let parent = std::process::id() as libc::pid_t;
     let forked = cleanup::with_signals_blocked(|| -> Result<Pid> {
         // Safety: the caller guarantees the process is single-threaded (see above), so the

@@ -169,10 +169,13 @@ pub fn interleave(
 /// the second run's value, so that no timed run starts from what the other side's run left
 /// behind. Sides take turns, so without it every run of a side follows one of the other;
 /// where that was measured to matter (docs/report.md), the experiment wraps the side that
-/// pays: after a process side's fork the row's own pages are write-protected, and the thread
-/// side's next run, in the same process, pays a fault for each page it then writes. Nothing
-/// was seen to carry over the other way, so the process side is not wrapped: on a slow-fault
-/// host its settle runs (a fork of a 1 GiB parent, 64 MiB of copies) took a third of a row.
+/// pays: memory's cow-copy wraps its thread side, whose pass right after the process side's
+/// 64 MiB of copies found the caches full of them. (It used to be the forks too: they
+/// write-protected the row's own pages, and a thread run in the same process paid a fault
+/// for each page it then wrote; thread runs are now served by processes of their own, which
+/// the forks do not reach.) Nothing was seen to carry over the other way, so the process side
+/// is not wrapped: on a slow-fault host its settle runs (a fork of a 1 GiB parent, 64 MiB of
+/// copies) took a third of a row.
 pub fn settled(mut run: impl FnMut() -> Result<f64>) -> impl FnMut() -> Result<f64> {
     move || {
         run()?;

@@ -69,9 +69,10 @@ pub fn shared_segment(deadline: Duration) -> Result<SharedSegment> {
 /// The buffer the thread side's writers write: filled by its owner, so that every page is
 /// present and private.
 pub fn cow_copy_buffer(bytes: usize) -> Result<Buffer> {
-    // thread: the buffer is kept out of the process side's forks, which take turns with our
-    // passes: a fork would write-protect its pages here too, and our next pass would fault on
-    // every page because of the other side's run, not because of a thread.
+    // thread: the buffer is kept out of any fork: one would write-protect its pages, and our
+    // next pass would fault on every page because of a fork, not because of a thread. (The row
+    // runs the thread side in a process of its own, which does not fork; this keeps the
+    // function right wherever it runs.)
     Buffer::filled(bytes)?.kept_from_forks()
 }
 
