@@ -145,7 +145,12 @@ fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
 fn ctrl_c_while_the_ipc_channel_partner_is_to_connect_leaves_no_temporary_directory() {
     let args = ["--quick", "--json", "--only", "latency-channel"];
     let line = interrupt_row("communication", libc::SIGINT, &args, Some("latency-channel"));
-    assert!(line.contains("killed and reaped 1 child,"), "{line}");
+    // The partner, and, by the moment the signal comes, the thread side's host and the watch
+    // that would release the accept: one to three children.
+    assert!(
+        ["1 child,", "2 children,", "3 children,"].iter().any(|n| line.contains(&format!("killed and reaped {n}"))),
+        "{line}"
+    );
     assert!(line.ends_with("and removed 1 temporary directory"), "{line}");
 }
 

@@ -176,7 +176,7 @@ pub fn stop(link: &mut dyn Link) -> Result<()> {
 }
 
 /// What one timed run of round trips showed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Trips {
     pub p50_ns: f64,
     /// CPU time of both tasks per round trip, in ns.
@@ -262,7 +262,7 @@ pub fn trips(link: &mut dyn Link, n: u64, mut all: Option<&mut Latencies>, deadl
 }
 
 /// What one bulk run moved.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Moved {
     pub gb_per_s: f64,
     pub bytes_sent: u64,

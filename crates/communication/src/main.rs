@@ -231,14 +231,17 @@ impl<T> Ran<T> {
 
 /// Both sides of a pair, run in turns by `plan` (harness::stats::interleave). The process
 /// side's partner is forked once, while this process is single-threaded, and serves every
-/// process run. The thread side's partner is started for each thread run and ended after
-/// it: were it alive during the process runs, the driver would be one of two threads, and
-/// every system call on a descriptor would pay for the shared descriptor table (fdget's
-/// reference count, switching's baseline-pipe), which a process of its own does not: an
-/// idle second thread made latency-pipe's process side 5-7 % slower (docs/communication.md).
+/// process run. The thread side's runs are served by a process of their own (a host,
+/// `Ctx::thread_host`), forked with it: there each thread run starts a partner thread and
+/// ends it after the run, so the row's process never starts a thread (glibc would take it,
+/// and every partner it forks later, for multi-threaded for good: docs/report.md), and the
+/// host is a two-thread process only while a run is on (were the partner alive between runs,
+/// the driver would pay for a shared descriptor table in every system call on a descriptor,
+/// fdget's reference count, switching's baseline-pipe: an idle second thread made
+/// latency-pipe's process side 5-7 % slower, docs/communication.md).
 /// `size`, when given, sizes the runs before any run: on the process link first (its
-/// driver still alone), then on a thread link of its own, ended before the runs; both
-/// sides get the smaller count. Each run is `run` on one side's link with that count (0
+/// driver still alone), then on a thread link of its own in the host, ended before the runs;
+/// both sides get the smaller count. Each run is `run` on one side's link with that count (0
 /// when nothing was sized), after the same untimed round trips (exchange::warm), and returns
 /// the run's number and what else it saw.
 #[allow(clippy::type_complexity)]
@@ -250,10 +253,46 @@ fn pair<T>(
     plan: Plan,
     size: Option<&dyn Fn(&mut dyn exchange::Link) -> Result<u64>>,
     run: impl FnMut(&mut dyn exchange::Link, Which, u64) -> Result<(f64, T)>,
-) -> Result<[Option<Ran<T>>; 2]> {
-    // Both closures call `run`, one at a time.
+) -> Result<[Option<Ran<T>>; 2]>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    // Both sides call `run`, one at a time (the thread side in its host, on the host's copy).
     let run = std::cell::RefCell::new(run);
     let _pinned = Pinned::to(place.driver)?;
+    // Bulk runs are settled (harness::stats::settled): each timed run follows an untimed run
+    // of its own side, because a run leaves its 4 MiB of messages in the caches and the other
+    // side's next run started 7-14 % slower from that (docs/report.md). Round trips left
+    // nothing measurable.
+    let settle = shape.bulk > 0;
+    // One timed run of a side on its session: the warm round trips, the settle run for bulk,
+    // the run itself; then, untimed, the threads of this process and, when asked (after a
+    // side's first run), what smaps shows of a ring's memory, the same on both sides.
+    let one_side = |which: Which, session: &mut Session, sized: u64, memory: bool| -> Result<OneRun<T>> {
+        let link = &mut *session.link;
+        exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())?;
+        let mut once = || (run.borrow_mut())(link, which, sized);
+        let settled = if settle { Some(once()?.1) } else { None };
+        let (value, seen) = once()?;
+        let threads = harness::child::threads_in_this_process()?;
+        let memory = match (session.memory, memory) {
+            (Some(at), true) => Some(harness::mem::seen_at(at as *const u8)?),
+            _ => None,
+        };
+        Ok(OneRun { value, settle: settled, seen, threads, memory })
+    };
+    // The host is forked before the process partner, while this process is as it was.
+    let mut host = ctx.thread_host(|ask: Ask| -> Result<Said<T>> {
+        match ask {
+            Ask::Size => {
+                let size = size.context("no sizing for this pair")?;
+                Ok(Said::Sized(on_a_partner_thread(ctx, m, place, shape, |t| size(&mut *t.link))?))
+            }
+            Ask::Run { sized, memory } => {
+                Ok(Said::Ran(on_a_partner_thread(ctx, m, place, shape, |t| one_side(Which::Thread, t, sized, memory))?))
+            }
+        }
+    })?;
     let mut p = ctx.process_side(|| start(ctx, Which::Process, m, place, shape))?;
     let mut sized = 0;
     if let Some(size) = size {
@@ -264,8 +303,8 @@ fn pair<T>(
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
             }
         }
-        if ctx.thread() {
-            match on_a_partner_thread(ctx, m, place, shape, |t| size(&mut *t.link)) {
+        if let Some(h) = host.as_mut() {
+            match h.call(&Ask::Size).and_then(Said::sized) {
                 Ok(v) => n = n.min(v),
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
             }
@@ -273,39 +312,19 @@ fn pair<T>(
         sized = n;
     }
     let (mut pa, mut ta) = (Kept::default(), Kept::default());
-    // Bulk runs are settled (harness::stats::settled): each timed run follows an untimed run
-    // of its own side, because a run leaves its 4 MiB of messages in the caches and the other
-    // side's next run started 7-14 % slower from that (docs/report.md). Round trips left
-    // nothing measurable.
-    let settle = shape.bulk > 0;
     let failed = std::cell::Cell::new(None);
-    // One timed run of a side on its session: the warm round trips, the settle run for bulk,
-    // the run itself; then, untimed, the threads of this process and, after a side's first
-    // run, what smaps shows of a ring's memory, the same on both sides.
-    let one_side = |which: Which, session: &mut Session, kept: &mut Kept<T>| -> Result<f64> {
-        let link = &mut *session.link;
-        exchange::warm(link, exchange::RUN_WARM_TRIPS, ctx.deadline())?;
-        let mut once = || (run.borrow_mut())(link, which, sized);
-        if settle {
-            kept.settle.push(once()?.1);
-        }
-        let (value, seen) = once()?;
-        kept.runs.push(seen);
-        kept.threads = kept.threads.max(harness::child::threads_in_this_process()?);
-        if let (Some(at), None) = (session.memory, kept.memory) {
-            kept.memory = Some(harness::mem::seen_at(at as *const u8)?);
-        }
-        Ok(value)
-    };
     let process_run = || {
         let session = p.as_mut().expect("a side runs only when set up");
-        one_side(Which::Process, session, &mut pa)
+        one_side(Which::Process, session, sized, pa.memory.is_none())
+            .map(|r| pa.keep(r))
             .inspect_err(|_| failed.set(Some(Which::Process)))
             .with_context(|| format!("the {}", m.process.0))
     };
     let thread_run = || {
-        // thread: a partner of its own for each run (see above).
-        on_a_partner_thread(ctx, m, place, shape, |t| one_side(Which::Thread, t, &mut ta))
+        let h = host.as_mut().context("the thread side's host")?;
+        h.call(&Ask::Run { sized, memory: ta.memory.is_none() })
+            .and_then(Said::ran)
+            .map(|r| ta.keep(r))
             .inspect_err(|_| failed.set(Some(Which::Thread)))
             .with_context(|| format!("the {}", m.thread.0))
     };
@@ -315,6 +334,7 @@ fn pair<T>(
         Err(e) => return Err(end_both(ctx, p, None, failed.get(), e)),
     };
     p.map_or(Ok(()), |s| s.finish(ctx.deadline())).context("ending the process side")?;
+    host.map_or(Ok(()), harness::child::Host::finish).context("ending the thread side's host")?;
     let ran = |summary: Summary, mut kept: Kept<T>| {
         let timed = kept.runs.split_off(plan.warmup.min(kept.runs.len()));
         Ran {
@@ -327,6 +347,51 @@ fn pair<T>(
         }
     };
     Ok([ps.map(|s| ran(s, pa)), ts.map(|s| ran(s, ta))])
+}
+
+/// What the thread side's host is asked for: the runs' size on a link of its own, or a run.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Ask {
+    Size,
+    /// A run of `sized` (see `pair`); `memory`: read what smaps shows of a ring after it.
+    Run {
+        sized: u64,
+        memory: bool,
+    },
+}
+
+/// The host's answer to an [`Ask`].
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Said<T> {
+    Sized(u64),
+    Ran(OneRun<T>),
+}
+
+impl<T> Said<T> {
+    fn sized(self) -> Result<u64> {
+        match self {
+            Said::Sized(n) => Ok(n),
+            Said::Ran(_) => bail!("the thread side's host answered a sizing with a run"),
+        }
+    }
+
+    fn ran(self) -> Result<OneRun<T>> {
+        match self {
+            Said::Ran(r) => Ok(r),
+            Said::Sized(_) => bail!("the thread side's host answered a run with a size"),
+        }
+    }
+}
+
+/// One run of a side as `pair` keeps it: its number, the settle run's and its own evidence,
+/// the threads of the driver's process at its end, and a ring's memory if it was read.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OneRun<T> {
+    value: f64,
+    settle: Option<T>,
+    seen: T,
+    threads: u64,
+    memory: Option<harness::mem::Seen>,
 }
 
 /// Starts a thread session, runs `f` on it and ends it: finished when `f` succeeds, failed
@@ -356,6 +421,19 @@ struct Kept<T> {
 impl<T> Default for Kept<T> {
     fn default() -> Self {
         Kept { runs: Vec::new(), settle: Vec::new(), threads: 0, memory: None }
+    }
+}
+
+impl<T> Kept<T> {
+    /// Keeps a run's evidence and returns its number.
+    fn keep(&mut self, r: OneRun<T>) -> f64 {
+        self.settle.extend(r.settle);
+        self.runs.push(r.seen);
+        self.threads = self.threads.max(r.threads);
+        if self.memory.is_none() {
+            self.memory = r.memory;
+        }
+        r.value
     }
 }
 
@@ -401,23 +479,28 @@ struct LatencySide {
 }
 
 fn latency_pair(ctx: &Ctx, m: &Mechanism, place: Placement, plan: Plan) -> Result<[Option<LatencySide>; 2]> {
-    let mut all = [Latencies::new(), Latencies::new()];
-    let mut calls = [0usize; 2];
     let [p, t] =
-        pair(ctx, m, place, Shape::CONTROL, plan, Some(&|link| trips_per_run(ctx, link)), |link, which, trips| {
-            // The first `plan.warmup` runs of each side are warm-ups: their round trips go
-            // into no percentile.
-            let side = which as usize;
-            calls[side] += 1;
-            let timed = (calls[side] > plan.warmup).then_some(&mut all[side]);
-            let run = exchange::trips(link, trips, timed, ctx.deadline())?;
-            Ok((run.p50_ns / 1000.0, run))
+        pair(ctx, m, place, Shape::CONTROL, plan, Some(&|link| trips_per_run(ctx, link)), |link, _, trips| {
+            let mut round_trips = Latencies::new();
+            let run = exchange::trips(link, trips, Some(&mut round_trips), ctx.deadline())?;
+            Ok((run.p50_ns / 1000.0, (run, round_trips)))
         })?;
-    let [pa, ta] = all;
-    Ok([
-        p.map(|ran| LatencySide { name: m.process.0, ran, all: pa }),
-        t.map(|ran| LatencySide { name: m.thread.0, ran, all: ta }),
-    ])
+    // Every round trip of the timed runs goes into the percentiles; the warm-up runs' into none.
+    let side = |name: &'static str, ran: Ran<(Trips, Latencies)>| {
+        let mut all = Latencies::new();
+        ran.timed.iter().for_each(|(_, l)| all.add(l));
+        let trips = |v: Vec<(Trips, Latencies)>| v.into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        let ran = Ran {
+            summary: ran.summary,
+            warmup: trips(ran.warmup),
+            settle: trips(ran.settle),
+            timed: trips(ran.timed),
+            driver_process_threads: ran.driver_process_threads,
+            memory: ran.memory,
+        };
+        LatencySide { name, ran, all }
+    };
+    Ok([p.map(|ran| side(m.process.0, ran)), t.map(|ran| side(m.thread.0, ran))])
 }
 
 fn latency_side(s: &LatencySide, place: Placement) -> Side {
@@ -471,11 +554,13 @@ fn latency_experiment(ctx: &Ctx, m: &Mechanism, note: &str) -> Result<Findings> 
 /// Said by every experiment whose runs are sized by round trips.
 const SIZED: &str = "Both sides make the same number of round trips per run, sized before any run on the \
                      process link and on a thread link of its own (the smaller count), after 64 untimed \
-                     ones, and at least 16. The thread side's partner is started for each of its runs and \
-                     ended after it, so that during the process runs no second thread shares this process's \
-                     descriptor table (driver_process_threads: the threads of the driver's process at the end \
-                     of each run, the most seen); every run of either side begins with 8 untimed round \
-                     trips.";
+                     ones, and at least 16. The thread side's runs are served by a process of their own, in \
+                     which each run starts its partner thread and ends it after the run: the row's process, \
+                     the process side's driver, never starts a thread, so glibc takes it and its partners \
+                     for single-threaded (glibc_single_threaded), and the thread side's driver has its \
+                     descriptor table to itself between runs (driver_process_threads: the threads of the \
+                     driver's process at the end of each run, the most seen); every run of either side \
+                     begins with 8 untimed round trips.";
 
 fn latency_channel(ctx: &Ctx) -> Result<Findings> {
     latency_experiment(

@@ -108,7 +108,7 @@ pub fn channel(ctx: &Ctx, place: Placement, _shape: Shape) -> Result<Session> {
     let args = [rendezvous.name().to_string(), place.partner.to_string(), deadline.as_millis().to_string()];
     let child = spawn_sacrificial("ipc-partner", &args)?;
     let peer = Peer::process(child.pid())?;
-    let (rx, hello) = accept(rendezvous.take()?, rendezvous.name(), &peer, deadline)?;
+    let (rx, hello) = accept(rendezvous.take()?, rendezvous.name(), &child, deadline)?;
     let IpcMessage::Hello(tx) = hello else { bail!("the ipc-channel partner did not say hello first") };
     let link = IpcChannel { tx, rx, peer };
     // effort: end
@@ -129,40 +129,28 @@ pub fn ipc_partner(args: &[String]) -> Result<()> {
 }
 
 // effort: ipc-channel begin
-/// IpcOneShotServer::accept blocks with no deadline. It runs in a thread of its own, joined
-/// before we return (so no thread survives into a later fork): should the partner die or
-/// hang, we connect to the server ourselves to release it.
+/// IpcOneShotServer::accept blocks with no deadline: should the partner die or hang, a watch
+/// on it (a process of its own: no thread starts in this one) connects to the server itself
+/// to release it.
 fn accept(
     server: IpcOneShotServer<IpcMessage>,
     name: &str,
-    peer: &Peer,
+    partner: &harness::Child,
     deadline: Duration,
 ) -> Result<(ipc_channel::ipc::IpcReceiver<IpcMessage>, IpcMessage)> {
-    std::thread::scope(|s| {
-        let accepting = s.spawn(move || server.accept());
-        let connected = harness::poll::poll_until(
-            deadline,
-            "the ipc-channel partner to connect",
-            Duration::from_micros(200),
-            || {
-                if accepting.is_finished() {
-                    return Ok(Some(()));
-                }
-                ensure!(peer.alive(), "the ipc-channel partner ended before it connected");
-                Ok(None)
-            },
-        );
-        if let Err(e) = connected {
-            let release = IpcSender::<IpcMessage>::connect(name.to_string());
-            if let Ok(tx) = release {
-                let _ = tx.send(IpcMessage::Control([0; 8]));
-            }
-            let _ = accepting.join();
-            return Err(e);
+    let name = name.to_string();
+    let _watch = partner.watch(deadline, move |_| {
+        if let Ok(tx) = IpcSender::<IpcMessage>::connect(name) {
+            let _ = tx.send(IpcMessage::Control([0; 8]));
         }
-        let accepted = accepting.join().map_err(|_| anyhow!("IpcOneShotServer::accept panicked"))?;
-        accepted.map_err(|e| anyhow!("{e}")).context("IpcOneShotServer::accept")
-    })
+    })?;
+    let (rx, first) = server.accept().map_err(|e| anyhow!("{e}")).context("IpcOneShotServer::accept")?;
+    ensure!(
+        !matches!(first, IpcMessage::Control(_)),
+        "the ipc-channel partner ended, or did not connect within {} ms",
+        deadline.as_millis()
+    );
+    Ok((rx, first))
 }
 // effort: end
 

@@ -183,7 +183,6 @@ pub enum Alarm {
 /// the watcher, so it reaches the caller only through memory both map shared or through
 /// the kernel (a futex wake).
 pub struct Watch {
-    stop: Option<OwnedFd>,
     watcher: Option<Child>,
 }
 
@@ -195,52 +194,40 @@ impl Child {
     }
 
     /// Starts a [`Watch`] on this child: a forked watcher process that polls the child's
-    /// pidfd (any process may poll a pidfd it holds) beside a stop pipe.
+    /// pidfd (any process may poll a pidfd it holds), its stdin, until the child ends or the
+    /// deadline passes, and then runs `alarm`. It holds descriptors 0, 1 and 2 only.
     pub fn watch(&self, deadline: Duration, alarm: impl FnOnce(Alarm)) -> Result<Watch> {
         let pidfd = self.pidfd.try_clone().context("dup of a pidfd")?;
-        let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 for a watch")?;
         let until = Instant::now() + deadline;
-        // The stop pipe is the watcher's stdin: it holds 0, 1, 2 and the pidfd.
-        let watcher = fork_helper(Some(stop_r.as_raw_fd()), &[pidfd.as_raw_fd()], move || {
-            // Safety: descriptor 0 is the watcher's stdin, the stop pipe (run_in_child).
-            let stop = unsafe { BorrowedFd::borrow_raw(0) };
+        let watcher = fork_helper(Some(pidfd.as_raw_fd()), &[], move || {
+            // Safety: descriptor 0 is the watcher's stdin, the pidfd (run_in_child).
+            let pidfd = unsafe { BorrowedFd::borrow_raw(0) };
             loop {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     alarm(Alarm::Deadline);
                     return Ok(());
                 }
-                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(stop, PollFlags::POLLIN)];
-                let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-                    // The stop pipe's writer was closed: the caller is done.
-                    _ if fds[1].any().unwrap_or(false) => return Ok(()),
-                    _ if fds[0].any().unwrap_or(false) => {
-                        alarm(Alarm::Ended);
-                        return Ok(());
-                    }
-                    _ => {}
+                // A poll cut short by a signal says false: the loop looks again.
+                if crate::poll::ready(pidfd, PollFlags::POLLIN, left)? {
+                    alarm(Alarm::Ended);
+                    return Ok(());
                 }
             }
         })?;
-        drop(stop_r);
-        Ok(Watch { stop: Some(stop_w), watcher: Some(watcher) })
+        drop(pidfd);
+        Ok(Watch { watcher: Some(watcher) })
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // Closing the write end makes the read end readable (end of file) for the poll, and
-        // the watcher ends; it is reaped here, or killed and reaped should it not.
-        drop(self.stop.take());
+        // The caller is done: the watcher is killed (if its alarm has not ended it) and reaped.
         if let Some(watcher) = self.watcher.take() {
-            let _ = watcher.wait(WATCHER_GRACE);
+            let _ = wait_all(vec![watcher], Duration::ZERO);
         }
     }
 }
-
-/// How long a stopped watcher may take to end before it is killed.
-const WATCHER_GRACE: Duration = Duration::from_secs(5);
 
 /// Threads in this process now (/proc/self/stat, proc(5)): 1 when it is single-threaded,
 /// as a fork needs it, and as a process of its own is when it calls the kernel.

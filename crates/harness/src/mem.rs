@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
 
 /// Who sees the writes to a mapping after a fork(2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Sharing {
     /// MAP_PRIVATE: after a fork each process gets its own copy of a page on its first write.
     Private,
@@ -62,7 +62,7 @@ pub fn huge_kib_at(address: *const u8) -> Result<u64> {
 }
 
 /// What /proc/self/smaps shows of the mapping that holds `address`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     /// KiB backed by transparent huge pages ([`huge_kib_at`]).
     pub huge_kib: u64,

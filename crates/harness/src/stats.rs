@@ -372,6 +372,34 @@ impl Latencies {
     pub fn percentile_ns(&self, p: f64) -> u64 {
         self.histogram.value_at_quantile(p / 100.0)
     }
+
+    /// Adds every value `other` recorded.
+    pub fn add(&mut self, other: &Latencies) {
+        for v in other.histogram.iter_recorded() {
+            self.histogram.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
+    }
+}
+
+/// As the values recorded and their counts, `[[ns, count], ...]`: how a process that hosts a
+/// side's runs sends its latencies back (child::Host).
+impl serde::Serialize for Latencies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let pairs: Vec<(u64, u64)> =
+            self.histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        pairs.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Latencies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let pairs = Vec::<(u64, u64)>::deserialize(d)?;
+        let mut latencies = Latencies::new();
+        for (ns, count) in pairs {
+            latencies.histogram.saturating_record_n(ns.clamp(1, latencies.histogram.high()), count);
+        }
+        Ok(latencies)
+    }
 }
 
 /// Nanoseconds on the monotonic clock, comparable between processes on one machine
@@ -392,6 +420,23 @@ mod tests {
         assert_eq!(summarize_again(&of, &[30.0, 10.0, 20.0]).unwrap().median, 20.0);
         assert!(summarize_again(&of, &[1.0, 2.0]).is_err());
         assert!(summarize_again(&of, &[1.0, 2.0, 3.0, 4.0]).is_err());
+    }
+
+    #[test]
+    fn latencies_come_back_from_json_with_the_same_percentiles() {
+        let mut l = Latencies::new();
+        for ns in [900u64, 1_000, 1_000, 1_100, 5_000, 80_000] {
+            l.record(Duration::from_nanos(ns));
+        }
+        let back: Latencies = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back.len(), l.len());
+        for p in [10.0, 50.0, 90.0, 99.0] {
+            assert_eq!(back.percentile_ns(p), l.percentile_ns(p), "p{p}");
+        }
+        let mut both = Latencies::new();
+        both.add(&l);
+        both.add(&back);
+        assert_eq!(both.len(), 2 * l.len());
     }
 
     #[test]
