@@ -303,8 +303,8 @@ where
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
             }
         }
-        if let Some(h) = host.as_mut() {
-            match h.call(&Ask::Size).and_then(Said::sized) {
+        if host.is_running() {
+            match host.call(&Ask::Size).and_then(Said::sized) {
                 Ok(v) => n = n.min(v),
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),
             }
@@ -321,8 +321,7 @@ where
             .with_context(|| format!("the {}", m.process.0))
     };
     let thread_run = || {
-        let h = host.as_mut().context("the thread side's host")?;
-        h.call(&Ask::Run { sized, memory: ta.memory.is_none() })
+        host.call(&Ask::Run { sized, memory: ta.memory.is_none() })
             .and_then(Said::ran)
             .map(|r| ta.keep(r))
             .inspect_err(|_| failed.set(Some(Which::Thread)))
@@ -334,7 +333,7 @@ where
         Err(e) => return Err(end_both(ctx, p, None, failed.get(), e)),
     };
     p.map_or(Ok(()), |s| s.finish(ctx.deadline())).context("ending the process side")?;
-    host.map_or(Ok(()), harness::child::Host::finish).context("ending the thread side's host")?;
+    host.finish().context("ending the thread side's host")?;
     let ran = |summary: Summary, mut kept: Kept<T>| {
         let timed = kept.runs.split_off(plan.warmup.min(kept.runs.len()));
         Ran {

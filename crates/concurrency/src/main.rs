@@ -16,7 +16,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use harness::child::Host;
 use harness::cpu::Seat;
 use harness::mem::{Mapping, Sharing};
 use harness::stats::{self, Latencies, Plan, Summary, TimedRun};
@@ -113,23 +112,6 @@ impl Started {
     }
 }
 
-/// The host of an experiment's thread-side runs (Ctx::thread_host), asked for a run: every
-/// thread.rs run of this row is served by a process of its own, so that this process never
-/// starts a thread and its forks, the process side's, are those of a single-threaded process
-/// to glibc (docs/report.md, "Processes that glibc took for threads").
-fn on<Req, Resp>(host: &mut Option<Host<Req, Resp>>) -> Result<&mut Host<Req, Resp>> {
-    host.as_mut().context("the thread side was not set up")
-}
-
-/// Ends a thread side's host, if there was one, and checks that it ended well.
-fn finish<Req, Resp>(host: Option<Host<Req, Resp>>) -> Result<()>
-where
-    Req: serde::Serialize + serde::de::DeserializeOwned,
-    Resp: serde::Serialize + serde::de::DeserializeOwned,
-{
-    host.map_or(Ok(()), Host::finish)
-}
-
 /// How long one timed run of an experiment lasts, in full and with --quick.
 fn budget(ctx: &Ctx, full_ms: u64, quick_ms: u64) -> Duration {
     Duration::from_millis(if ctx.quick { quick_ms } else { full_ms })
@@ -141,7 +123,7 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
     let n = stats::iterations_for(budget(ctx, 6, 2), |n| Ok(process::spawn_and_wait(n, deadline)?.took))?.max(4);
     let (mut p_first, mut t_first) = (Latencies::new(), Latencies::new());
     let mut p_faults = 0;
-    // The thread side's runs are served by a process of their own (see `on`): the
+    // The thread side's runs are served by a process of their own (Ctx::thread_host): the
     // forks of the process side never write-protect its pages, so nothing carries over.
     let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
     let (p, t) = ctx.interleave(
@@ -152,12 +134,12 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
         || {
-            let s = on(&mut threads)?.call(&n)?;
+            let s = threads.call(&n)?;
             s.first_run_ns.iter().for_each(|&ns| t_first.record(Duration::from_nanos(ns)));
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
     )?;
-    finish(threads)?;
+    threads.finish()?;
     let first = |l: &Latencies, side: Side| {
         side.fact("starts", l.len())
             .fact("first_run_us_p50", round1(l.percentile_ns(50.0) as f64 / 1e3))
@@ -257,7 +239,7 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
         // The thread side's host is forked here, holding the same memory as the parent.
         let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
         let n = own(ctx.process(), &mut |n| process::spawn_and_wait(n, deadline))?;
-        let tn = own(ctx.thread(), &mut |n| on(&mut threads)?.call(&n))?;
+        let tn = own(ctx.thread(), &mut |n| threads.call(&n))?;
         let (mut faults, mut forks) = (0i64, 0u64);
         let (p, t) = interleave_at(
             ctx,
@@ -268,9 +250,9 @@ fn spawn_vs_size(ctx: &Ctx) -> Result<Findings> {
                 forks += n;
                 Ok(s.took.as_secs_f64() * 1e6 / n as f64)
             },
-            || Ok(on(&mut threads)?.call(&tn)?.took.as_secs_f64() * 1e6 / tn as f64),
+            || Ok(threads.call(&tn)?.took.as_secs_f64() * 1e6 / tn as f64),
         )?;
-        finish(threads)?;
+        threads.finish()?;
         points.push(AtSize {
             bytes,
             rss_kib: status.vmrss.unwrap_or(0),
@@ -409,12 +391,12 @@ fn speedup(ctx: &Ctx) -> Result<Findings> {
             ctx,
             (i == at).then(|| ctx.plan()),
             || one(&mut pseen, process::split_job(numbers, w, deadline)?),
-            || one(&mut tseen, on(&mut threads)?.call(&w)?),
+            || one(&mut tseen, threads.call(&w)?),
         )?;
         ps.at.push((p, pseen));
         ts.at.push((t, tseen));
     }
-    finish(threads)?;
+    threads.finish()?;
     let expected = jobs::checksum(0..numbers);
     let side = |sw: &Sweep<Together>| {
         let judged = sw.at[at].0.as_ref()?;
@@ -515,7 +497,7 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         Way::PerTask => thread::worker_per_task(tasks, in_flight, deadline),
         Way::Pool => thread::pool(tasks, in_flight, deadline),
     })?);
-    let mut threads_way = |way: Way, tasks: Tasks| on(&mut threads.borrow_mut())?.call(&(way, tasks));
+    let mut threads_way = |way: Way, tasks: Tasks| threads.borrow_mut().call(&(way, tasks));
     let (p, t) = ctx.interleave(|| run(&mut pg, &mut processes), || run(&mut tg, &mut threads_way))?;
     // Check the estimate: tasks of each side's own threshold size, a new worker for each
     // against the pool, both sides in turns (warm-up, then the fewest runs a number may have).
@@ -538,7 +520,7 @@ fn granularity(ctx: &Ctx) -> Result<Findings> {
         p_size.is_some().then_some(&mut p_check as TimedRun<'_>),
         t_size.is_some().then_some(&mut t_check as TimedRun<'_>),
     )?;
-    finish(threads.into_inner())?;
+    threads.into_inner().finish()?;
     let expected = jobs::checksum(0..tasks.numbers());
     let side = |s: &Summary, g: &Granular, checked: &Option<Summary>| -> Side {
         let overhead = stats::median(&g.overhead_us).max(0.0);
@@ -640,12 +622,12 @@ fn contention(ctx: &Ctx) -> Result<Findings> {
             ctx,
             (i == at).then_some(plan),
             || one(&mut pseen, process::churn(w, places, ops, deadline)?),
-            || one(&mut tseen, on(&mut threads)?.call(&w)?),
+            || one(&mut tseen, threads.call(&w)?),
         )?;
         pr.at.push((p, pseen));
         tr.at.push((t, tseen));
     }
-    finish(threads)?;
+    threads.finish()?;
     // Observed once, here in the parent and outside every timed run: reading smaps takes the
     // mmap lock the workers contend on.
     let huge_kib = jobs::huge_kib_of_one_op(places.of(0), bytes)?;

@@ -407,6 +407,35 @@ where
     }
 }
 
+/// The host of the thread side's runs of an experiment, if that side was asked for
+/// (`Ctx::thread_host`): a call when it was not is an error, and so is a host that ended badly.
+pub struct ThreadHost<Req, Resp>(Option<Host<Req, Resp>>);
+
+impl<Req, Resp> ThreadHost<Req, Resp>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned,
+    Resp: serde::Serialize + serde::de::DeserializeOwned,
+{
+    pub(crate) fn new(host: Option<Host<Req, Resp>>) -> Self {
+        ThreadHost(host)
+    }
+
+    /// Whether the thread side was asked for, and so has a host.
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// One request to the host ([`Host::call`]).
+    pub fn call(&mut self, request: &Req) -> Result<Resp> {
+        self.0.as_mut().context("the thread side was not asked for")?.call(request)
+    }
+
+    /// Ends the host, if there is one ([`Host::finish`]).
+    pub fn finish(self) -> Result<()> {
+        self.0.map_or(Ok(()), Host::finish)
+    }
+}
+
 impl<Req, Resp> Drop for Host<Req, Resp> {
     fn drop(&mut self) {
         drop(self.requests.take());

@@ -179,12 +179,12 @@ impl Ctx {
     pub fn thread_host<Req, Resp>(
         &self,
         serve: impl FnMut(Req) -> Result<Resp>,
-    ) -> Result<Option<crate::child::Host<Req, Resp>>>
+    ) -> Result<crate::child::ThreadHost<Req, Resp>>
     where
         Req: serde::Serialize + serde::de::DeserializeOwned,
         Resp: serde::Serialize + serde::de::DeserializeOwned,
     {
-        self.thread_side(|| crate::child::Host::start(self.deadline(), serve))
+        self.thread_side(|| crate::child::Host::start(self.deadline(), serve)).map(crate::child::ThreadHost::new)
     }
 
     /// Runs the process side if it was asked for.

@@ -247,7 +247,7 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
         })
     })?;
     let mut pass = |passes: u64| -> Result<Pass> {
-        match threads.as_mut().context("the thread side's host")?.call(&Ask::Passes(passes))? {
+        match threads.call(&Ask::Passes(passes))? {
             Said::Pass(pass) => Ok(pass),
             Said::Owner(_) => anyhow::bail!("the thread side's host answered a pass with its buffer"),
         }
@@ -280,14 +280,14 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
         },
         stats::settled(|| Ok(ns_per_page(&mut ts, pages, pass(passes)?))),
     )?;
-    let thread_buffer = match threads.as_mut() {
-        Some(host) => match host.call(&Ask::Owner)? {
+    let thread_buffer = match threads.is_running() {
+        true => match threads.call(&Ask::Owner)? {
             Said::Owner(owned) => Some(owned),
             Said::Pass(_) => anyhow::bail!("the thread side's host answered for its buffer with a pass"),
         },
-        None => None,
+        false => None,
     };
-    threads.map_or(Ok(()), harness::child::Host::finish)?;
+    threads.finish()?;
     let process_buffer = process_buffer.as_ref().map(Owned::of);
     let process = p.zip(process_buffer).map(|(summary, buffer)| {
         // process: every child started from the parent's copy, so each pass was the first.

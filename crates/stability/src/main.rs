@@ -11,7 +11,7 @@ mod work;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use harness::cpu::{Pinned, Placement};
 use harness::stats::Summary;
 use harness::{Better, Ctx, Expected, Findings, Kind, Needs, Row, Side, Spec, Status};
@@ -256,9 +256,9 @@ fn restart(ctx: &Ctx) -> Result<Findings> {
     let mut threads = ctx.thread_host(|()| thread::restart(ctx.deadline()))?;
     let (p, t) = ctx.interleave(
         || Ok(kept(&mut ps, process::restart(ctx.deadline())?)),
-        || Ok(kept(&mut ts, threads.as_mut().context("the thread side was not set up")?.call(&())?)),
+        || Ok(kept(&mut ts, threads.call(&())?)),
     )?;
-    threads.map_or(Ok(()), harness::child::Host::finish)?;
+    threads.finish()?;
     let side = |summary: Summary, jobs: &[Restart]| -> Result<Side> {
         let correct = jobs.iter().filter(|r| r.total == work::expected_total()).count();
         anyhow::ensure!(correct == jobs.len(), "only {correct} of {} jobs had the correct result", jobs.len());

@@ -107,14 +107,13 @@ pub fn futex_pingpong(ctx: &Ctx, place: Placement, ops: FutexOps, size: Size) ->
         deliver("partner", &evidence);
         Ok(())
     })?;
-    let run = (|| {
-        // process: a futex word has no end-of-file either way: should the child die (or hang
-        // past the deadline), a watch on it (a process of its own, which shares the page)
-        // says GONE in the word, so the driver stops.
-        let _watch = child.watch(ctx.deadline(), |_| pingpong::Futex::abandon(word, ops))?;
+    // process: a futex word has no end-of-file either way: should the child die (or hang
+    // past the deadline), a watch on it (a process of its own, which shares the page) says
+    // GONE in the word, so the driver stops. It ends with the run.
+    let run = child.watch(ctx.deadline(), |_| pingpong::Futex::abandon(word, ops)).and_then(|_watch| {
         let mut link = pingpong::Futex::driver(word, ops, ctx.deadline());
         link.wait_ready(ctx.deadline()).and_then(|()| pingpong::drive(&mut link, size, place.driver, &WorkingSet::NONE))
-    })();
+    });
     finish(child, ctx, run)
 }
 
