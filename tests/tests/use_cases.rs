@@ -35,6 +35,9 @@ const KEEP: &[&str] = &[
 #[test]
 fn json_report_matches_the_snapshot() {
     let mut report = quick_report().clone();
+    // The load generators, the bad input and shared-frame's threads start in processes of
+    // their own: the sandbox's and the filter's children are forked from a single-threaded row.
+    tests::assert_no_thread_started_in_the_row(&report);
     for e in report["experiments"].as_array_mut().unwrap() {
         for side in ["process", "thread"] {
             let Some(f) = e.get_mut(side).and_then(|s| s.get_mut("facts")) else { continue };

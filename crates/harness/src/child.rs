@@ -339,13 +339,26 @@ where
 
     /// Sends one request and waits for its reply: what `serve` returned, or its error.
     pub fn call(&mut self, request: &Req) -> Result<Resp> {
-        use std::io::BufRead;
+        self.send(request)?;
+        self.reply()
+    }
+
+    /// Sends one request without waiting for its reply, so that this process can work while
+    /// the host does; [`Host::reply`] then waits for it. A request sent must be replied to
+    /// before the next is sent.
+    pub fn send(&mut self, request: &Req) -> Result<()> {
         let mut line = serde_json::to_string(request).context("a request that does not serialize")?;
         line.push('\n');
         let requests = self.requests.as_mut().context("the host was ended")?;
         if let Err(e) = requests.write_all(line.as_bytes()) {
             return Err(self.gone(anyhow::Error::new(e).context("sending a request to the host")));
         }
+        Ok(())
+    }
+
+    /// Waits for the reply to the request sent last: what `serve` returned, or its error.
+    pub fn reply(&mut self) -> Result<Resp> {
+        use std::io::BufRead;
         // The host's stdout is non-blocking (adopt): a long reply comes in pieces, each waited
         // for, all within the deadline.
         let until = Instant::now() + self.deadline;
@@ -427,7 +440,21 @@ where
 
     /// One request to the host ([`Host::call`]).
     pub fn call(&mut self, request: &Req) -> Result<Resp> {
-        self.0.as_mut().context("the thread side was not asked for")?.call(request)
+        self.host()?.call(request)
+    }
+
+    /// A request the host works on while this process does ([`Host::send`]).
+    pub fn send(&mut self, request: &Req) -> Result<()> {
+        self.host()?.send(request)
+    }
+
+    /// The reply to the request sent last ([`Host::reply`]).
+    pub fn reply(&mut self) -> Result<Resp> {
+        self.host()?.reply()
+    }
+
+    fn host(&mut self) -> Result<&mut Host<Req, Resp>> {
+        self.0.as_mut().context("the thread side was not asked for")
     }
 
     /// Ends the host, if there is one ([`Host::finish`]).

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::stats::Latencies;
+use serde::{Deserialize, Serialize};
 
 use crate::http::{self, IDLE};
 
@@ -78,6 +79,35 @@ impl Outcome {
         let pids = tasks.iter().filter_map(|t| t.split('/').next().map(str::to_string)).collect();
         (tasks, pids)
     }
+
+    /// What the run comes to, small enough to send from the process that ran it.
+    pub fn tally(&self) -> Tally {
+        let mut latencies = Latencies::default();
+        self.record_latencies(&mut latencies);
+        let (tasks, pids) = self.servers();
+        Tally {
+            ok: self.ok(),
+            per_second: self.per_second(),
+            us_per_request: self.elapsed.as_secs_f64() * 1e6 / self.ok().max(1) as f64,
+            latencies,
+            tasks,
+            pids,
+        }
+    }
+}
+
+/// What a load run came to ([`Outcome::tally`]).
+#[derive(Serialize, Deserialize)]
+pub struct Tally {
+    pub ok: u64,
+    pub per_second: f64,
+    /// From the start to the last answer, per request answered.
+    pub us_per_request: f64,
+    /// Of the requests answered.
+    pub latencies: Latencies,
+    /// The workers (pid/tid) that answered, and the processes they belong to.
+    pub tasks: BTreeSet<String>,
+    pub pids: BTreeSet<String>,
 }
 
 /// Runs the load: every connection connects first, then all start together.
@@ -238,9 +268,9 @@ pub const BAD_INPUT: [&str; 4] =
     ["request line of 1 MiB", "header with no end", "connects and says nothing", "half-closed after a request"];
 
 /// What became of one piece of bad input.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BadOutcome {
-    pub what: &'static str,
+    pub what: String,
     /// "answered 414", "dropped", "answered 200 then closed".
     pub result: String,
     /// From the first byte sent (or the connect) to the server's answer or close.
@@ -286,7 +316,7 @@ fn send_bad(addr: SocketAddr, what: &'static str) -> Result<BadOutcome> {
         Err(e) if !got.is_empty() => format!("answered {}, then {}", status_of(&got), reason(&e)),
         Err(e) => format!("dropped ({})", reason(&e)),
     };
-    Ok(BadOutcome { what, result, took: start.elapsed() })
+    Ok(BadOutcome { what: what.to_string(), result, took: start.elapsed() })
 }
 
 fn status_of(response: &[u8]) -> String {

@@ -20,12 +20,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use harness::child::Host;
 use harness::row::Which;
 use harness::stats::{Latencies, Plan, median};
-use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver};
+use harness::{
+    Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver, fork_child,
+};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::pipe2;
+use serde::{Deserialize, Serialize};
 
 use http::ServerReport;
 use load::Load;
@@ -59,9 +63,10 @@ static ROW: Row = Row {
             kind: Kind::Measure,
             unit: Some(("µs/request", Better::Lower)),
             expected: Expected::Same,
-            // Two servers, their master and host, 64 client threads, and for each server a
-            // bad-input thread with a client thread per piece.
-            needs: Needs::tasks(2 * SERVER_WORKERS as u64 + 2 + 64 + 2 * (1 + load::BAD_INPUT.len() as u64)),
+            // Two servers, their master and host, two load generators with 64 client threads at
+            // most between them, and for each server a bad-input process with a client thread
+            // per piece.
+            needs: Needs::tasks(2 * SERVER_WORKERS as u64 + 2 + 2 + 64 + 2 * (1 + load::BAD_INPUT.len() as u64)),
             headline: false,
             run: web_server,
         },
@@ -195,6 +200,23 @@ fn run_server(
     }
 }
 
+/// A load generator, a process of its own as wrk is: each request is a server's address and a
+/// connection count, and its answer what a load of `per_level` at that count came to. Every
+/// request of a load must succeed (a failed one is an error of the experiment), and at least
+/// one.
+type Generator = Host<(SocketAddr, usize), load::Tally>;
+
+fn load_generator(per_level: Duration, deadline: Duration) -> Result<Generator> {
+    Host::start(deadline, move |(addr, connections): (SocketAddr, usize)| {
+        let out = load::run(addr, Load { connections, max_requests: 1_000_000, max_time: per_level, poison_at: None })?;
+        if let Some(r) = out.requests.iter().find(|r| r.outcome.is_err()) {
+            bail!("request {} to {addr} failed: {}", r.number, r.outcome.clone().unwrap_err());
+        }
+        ensure!(out.ok() > 0, "no request was answered in {} ms", per_level.as_millis());
+        Ok(out.tally())
+    })
+}
+
 /// What one side's load runs added up to.
 #[derive(Default)]
 struct Loaded {
@@ -207,52 +229,69 @@ struct Loaded {
 
 impl Loaded {
     /// One timed run: the load at each level in turn; the value is µs per request at the last.
-    fn run(&mut self, addr: SocketAddr, per_level: Duration) -> Result<f64> {
+    fn run(&mut self, generator: Option<&mut Generator>, addr: SocketAddr) -> Result<f64> {
+        let generator = generator.context("no load generator")?;
         let mut last = 0.0;
         for (i, connections) in LEVELS.into_iter().enumerate() {
-            let load = Load { connections, max_requests: 1_000_000, max_time: per_level, poison_at: None };
-            let out = load::run(addr, load)?;
-            if let Some(r) = out.requests.iter().find(|r| r.outcome.is_err()) {
-                bail!("request {} to {addr} failed: {}", r.number, r.outcome.clone().unwrap_err());
-            }
-            ensure!(out.ok() > 0, "no request was answered in {} ms", per_level.as_millis());
-            out.record_latencies(&mut self.latencies[i]);
-            self.per_second[i].push(out.per_second());
-            self.ok += out.ok();
-            let (tasks, pids) = out.servers();
-            self.tasks.extend(tasks);
-            self.pids.extend(pids);
-            last = out.elapsed.as_secs_f64() * 1e6 / out.ok() as f64;
+            let tally = generator.call(&(addr, connections))?;
+            self.latencies[i].add(&tally.latencies);
+            self.per_second[i].push(tally.per_second);
+            self.ok += tally.ok;
+            self.tasks.extend(tally.tasks);
+            self.pids.extend(tally.pids);
+            last = tally.us_per_request;
         }
         Ok(last)
     }
 }
 
+/// Sends the bad input to the server at `addr` from a process of its own, as it would come from
+/// elsewhere on the internet; what became of it is delivered when the process ends.
+fn send_bad_input(addr: SocketAddr) -> Result<Child> {
+    fork_child(move || {
+        deliver(BAD_INPUT, &load::bad_input(addr)?);
+        Ok(())
+    })
+}
+
+/// The tag of the bad input's outcomes on its process's stdout.
+const BAD_INPUT: &str = "bad-input";
+
 fn web_server(ctx: &Ctx) -> Result<Findings> {
     let per_level = Duration::from_millis(if ctx.quick { 2 } else { 10 });
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
+    // The load generator's and the bad input's threads start in processes of their own, never
+    // in this one, which forks the sandbox's and the filter's children later: glibc takes a
+    // process that ever started a thread, and every child it forks, for multi-threaded for
+    // good (docs/report.md, "Processes that glibc took for threads").
+    let mut generator_p = ctx.process_side(|| load_generator(per_level, ctx.deadline()))?;
+    let mut generator_t = ctx.thread_side(|| load_generator(per_level, ctx.deadline()))?;
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
-    // The bad input goes to both servers while the load runs, as it would on the internet: a
-    // thread per server, started just before the first warm-up pair, each piece settling at
-    // its own pace (a piece may hold a worker for up to the server's IDLE), and the servers
-    // have a worker for each piece besides one for every connection of the load. Every
-    // request of the timed runs must still succeed: a failed one is an error of the experiment.
-    let ((ps, ts), bad_p, bad_t) = std::thread::scope(|s| -> Result<_> {
-        let send = |addr: Option<SocketAddr>| addr.map(|addr| (addr, s.spawn(move || load::bad_input(addr))));
-        let (bad_p, bad_t) = (send(prefork.as_ref().map(|s| s.addr)), send(pool.as_ref().map(|s| s.addr)));
-        let timed = ctx.interleave(
-            || p.run(prefork.as_ref().context("no prefork server")?.addr, per_level),
-            || t.run(pool.as_ref().context("no thread-pool server")?.addr, per_level),
-        );
-        let join = |bad: Option<(SocketAddr, std::thread::ScopedJoinHandle<'_, Result<Vec<load::BadOutcome>>>)>| {
-            bad.map(|(addr, h)| h.join().unwrap_or_else(|_| bail!("the bad-input thread for {addr} panicked")))
-                .transpose()
-        };
-        // Joined before the timed runs' result is looked at: no thread outlives the servers.
-        let (bad_p, bad_t) = (join(bad_p), join(bad_t));
-        Ok((timed?, bad_p?, bad_t?))
-    })?;
+    // The bad input goes to both servers while the load runs, as it would on the internet,
+    // sent just before the first warm-up pair, each piece settling at its own pace (a piece
+    // may hold a worker for up to the server's IDLE), and the servers have a worker for each
+    // piece besides one for every connection of the load. Every request of the timed runs must
+    // still succeed: a failed one is an error of the experiment.
+    let bad_p = prefork.as_ref().map(|s| send_bad_input(s.addr)).transpose()?;
+    let bad_t = pool.as_ref().map(|s| send_bad_input(s.addr)).transpose()?;
+    let timed = ctx.interleave(
+        || p.run(generator_p.as_mut(), prefork.as_ref().context("no prefork server")?.addr),
+        || t.run(generator_t.as_mut(), pool.as_ref().context("no thread-pool server")?.addr),
+    );
+    // Waited for before the timed runs' result is looked at: no client outlives the servers.
+    let settled = |bad: Option<Child>| -> Result<Option<Vec<load::BadOutcome>>> {
+        let Some(bad) = bad else { return Ok(None) };
+        let exit = bad.wait(ctx.deadline())?;
+        exit.check("the bad-input client")?;
+        exit.received_one(BAD_INPUT).map(Some)
+    };
+    let (bad_p, bad_t) = (settled(bad_p), settled(bad_t));
+    let (ps, ts) = timed?;
+    let (bad_p, bad_t) = (bad_p?, bad_t?);
+    for generator in [generator_p, generator_t].into_iter().flatten() {
+        generator.finish()?;
+    }
     let stopped = |server: Option<Server>| -> Result<Option<ServerReport>> {
         let Some(server) = server else { return Ok(None) };
         let (exit, report) = server.stop(ctx.deadline())?;
@@ -295,10 +334,11 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
         note: Some(
             "The textbook puts servers in both columns; both models make the same system calls per request, so \
              no difference in speed is expected. Each connection has a worker of its own (one connection at a \
-             time per worker, as Apache's prefork MPM): the load generator is in the row process, the servers \
-             are child processes. Bad input (a 1 MiB request line, a head with no end, a silent client, a \
-             half-closed client) goes to each server from a thread of its own, started just before the \
-             first (warm-up) pair of runs, the prefork server's a moment before the pool's; each piece \
+             time per worker, as Apache's prefork MPM): the servers are child processes, and each side's load \
+             generator is a process of its own, its clients threads of it, as wrk's are. Bad input (a 1 MiB \
+             request line, a head with no end, a silent client, a half-closed client) goes to each server \
+             from another process, a thread a piece, started just before the first (warm-up) pair of runs, \
+             the prefork server's a moment before the pool's; each piece \
              settles at its own pace while the runs go on (bad_input_settled_within_ms: the slowest piece, \
              from its connection), and every request of the timed runs had to succeed (a failed one is an \
              error of the experiment); each server has a worker for each piece of bad input besides the 64 \
@@ -314,29 +354,49 @@ fn web_server(ctx: &Ctx) -> Result<Findings> {
 
 /// What one model did with the poison request.
 struct Poisoned {
+    load: AfterPoison,
+    server: String,
+    report: Option<ServerReport>,
+}
+
+/// What the load generator saw of the poison request and after it.
+#[derive(Serialize, Deserialize)]
+struct AfterPoison {
     poison: String,
     after_ok: u64,
     after_failed: u64,
     casualties: u64,
     recovered: bool,
     unavailable: Duration,
-    server: String,
-    report: Option<ServerReport>,
 }
 
 fn poison_run(model: Model, ctx: &Ctx) -> Result<Poisoned> {
     let requests = if ctx.quick { 400 } else { 2000 };
-    let poison_at = requests / 2;
     let server = Server::start(model, POISON_WORKERS, ctx.deadline())?;
+    // The load generator's threads start in a process of their own, as in web-server.
+    let load = ctx.hosted(|| poison_load(server.addr, requests));
+    let (exit, report) = server.stop(ctx.deadline())?;
+    Ok(Poisoned {
+        load: load?,
+        server: match exit.message() {
+            Some(m) if !exit.status.success() && exit.status.signal().is_none() => format!("{}: {m}", exit.status),
+            _ => exit.status.to_string(),
+        },
+        report,
+    })
+}
+
+/// `requests` requests to the server at `addr` on [`POISON_WORKERS`] connections; the one
+/// in the middle is the poison.
+fn poison_load(addr: SocketAddr, requests: u64) -> Result<AfterPoison> {
+    let poison_at = requests / 2;
     let load = Load {
         connections: POISON_WORKERS,
         max_requests: requests,
         max_time: Duration::from_secs(5),
         poison_at: Some(poison_at),
     };
-    let out = load::run(server.addr, load);
-    let (exit, report) = server.stop(ctx.deadline())?;
-    let out = out?;
+    let out = load::run(addr, load)?;
     let poison = out.requests.iter().find(|r| r.number == poison_at).context("the poison request was not sent")?;
     // The generator holds back every request numbered after the poison until the poison's
     // client has seen what became of it: "after" means after the crash.
@@ -344,7 +404,7 @@ fn poison_run(model: Model, ctx: &Ctx) -> Result<Poisoned> {
     let casualties = out.requests.iter().filter(|r| r.number < poison_at && r.outcome.is_err()).count();
     let first_ok = after.iter().filter(|r| r.outcome.is_ok()).map(|r| r.sent + r.latency).min();
     let end = out.requests.iter().map(|r| r.sent + r.latency).max().unwrap_or(poison.sent);
-    Ok(Poisoned {
+    Ok(AfterPoison {
         poison: match &poison.outcome {
             Ok(()) => "answered".to_string(),
             Err(e) => format!("failed: {e}"),
@@ -354,11 +414,6 @@ fn poison_run(model: Model, ctx: &Ctx) -> Result<Poisoned> {
         casualties: casualties as u64,
         recovered: first_ok.is_some(),
         unavailable: first_ok.unwrap_or(end).saturating_sub(poison.sent),
-        server: match exit.message() {
-            Some(m) if !exit.status.success() && exit.status.signal().is_none() => format!("{}: {m}", exit.status),
-            _ => exit.status.to_string(),
-        },
-        report,
     })
 }
 
@@ -366,16 +421,17 @@ fn poison_request(ctx: &Ctx) -> Result<Findings> {
     let process = ctx.process_side(|| poison_run(Model::Prefork, ctx))?;
     let thread = ctx.thread_side(|| poison_run(Model::ThreadPool, ctx))?;
     let side = |p: &Poisoned| {
+        let l = &p.load;
         let mut s = Side::observed(format!(
             "poison {}; after it: {} ok, {} failed; server {}",
-            p.poison, p.after_ok, p.after_failed, p.server
+            l.poison, l.after_ok, l.after_failed, p.server
         ))
-        .fact("poison_request", &p.poison)
-        .fact("after_poison_ok", p.after_ok)
-        .fact("after_poison_failed", p.after_failed)
-        .fact("in_flight_failed", p.casualties)
-        .fact("recovered", p.recovered)
-        .fact("unavailable_ms", (p.unavailable.as_secs_f64() * 1e4).round() / 10.0)
+        .fact("poison_request", &l.poison)
+        .fact("after_poison_ok", l.after_ok)
+        .fact("after_poison_failed", l.after_failed)
+        .fact("in_flight_failed", l.casualties)
+        .fact("recovered", l.recovered)
+        .fact("unavailable_ms", (l.unavailable.as_secs_f64() * 1e4).round() / 10.0)
         .fact("server", &p.server);
         if let Some(r) = &p.report {
             s.set("workers_replaced", r.replaced);
@@ -387,13 +443,16 @@ fn poison_request(ctx: &Ctx) -> Result<Findings> {
     // replaced and every later request succeeded; the thread pool's process died of it, and
     // every later request failed.
     let isolated = process.as_ref().map(|p| {
-        p.poison.starts_with("failed")
-            && p.after_failed == 0
-            && p.after_ok > 0
+        p.load.poison.starts_with("failed")
+            && p.load.after_failed == 0
+            && p.load.after_ok > 0
             && p.report.as_ref().is_some_and(|r| r.replaced == 1 && r.deaths == ["killed by SIGSEGV"])
     });
     let shared_fate = thread.as_ref().map(|t| {
-        t.poison.starts_with("failed") && t.after_ok == 0 && t.after_failed > 0 && t.server == "killed by SIGSEGV"
+        t.load.poison.starts_with("failed")
+            && t.load.after_ok == 0
+            && t.load.after_failed > 0
+            && t.server == "killed by SIGSEGV"
     });
     Ok(Findings {
         process: process.as_ref().map(side),
@@ -588,6 +647,17 @@ impl<'a> Clip<'a> {
         Ok(run.elapsed.as_secs_f64() * 1e3)
     }
 
+    /// What the runs left: the clip's checksum, the timed runs' faults, and the huge pages
+    /// behind its frames now.
+    fn seen(&self) -> Result<ClipSeen> {
+        Ok(ClipSeen {
+            runs: self.runs,
+            checksum: self.checksum,
+            minor_faults_per_run: median(&self.faults).round(),
+            huge_kib: harness::mem::huge_kib_at(self.frames.as_ptr())?,
+        })
+    }
+
     /// Gives every frame back the pixels it was filled with (untimed): a frame filtered an
     /// odd number of times is filtered once more, the other way.
     fn restore(&mut self, filter: impl Fn(&mut [u8], i8) -> Result<FilterRun>) -> Result<()> {
@@ -598,6 +668,34 @@ impl<'a> Clip<'a> {
         }
         Ok(())
     }
+}
+
+/// What one side's clip showed after its runs ([`Clip::seen`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct ClipSeen {
+    runs: usize,
+    checksum: Option<u64>,
+    minor_faults_per_run: f64,
+    huge_kib: u64,
+}
+
+/// What the thread side's host is asked in shared-frame, and what it answers.
+#[derive(Debug, Serialize, Deserialize)]
+enum ClipAsk {
+    /// Fill the clip (untimed).
+    Fill,
+    /// One run, warm-up or timed: filter the clip's next frame.
+    Filter,
+    /// What the runs left.
+    Seen,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ClipSaid {
+    Filled,
+    /// The run's time in ms.
+    Filtered(f64),
+    Seen(ClipSeen),
 }
 
 /// Memory shared-frame touches at once with a clip of `frames` and `workers` filter workers:
@@ -623,25 +721,19 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let deadline = ctx.deadline();
     let mut segment = ctx.process_side(|| process::frames(len))?;
     let buffer = ctx.thread_side(|| thread::frames(len))?;
-    // Safety: each slice covers exactly its own mapping, which lives until the end of this
-    // function, and nothing else refers to that memory meanwhile.
+    // Safety: each slice covers exactly its own mapping, and nothing else refers to that
+    // memory meanwhile. The segment lives until the end of this function; the buffer's slice
+    // goes to the thread side's host below, and this process drops it unused there, before
+    // it unmaps the buffer.
     let mut p_frames = segment.as_mut().map(|s| unsafe { std::slice::from_raw_parts_mut(s.as_ptr(), len) });
     // Safety: as above.
     let mut t_frames = buffer.as_ref().map(|m| unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), len) });
     // Setup, untimed: the pages of every frame of both clips are mapped in turns, a page of
     // each frame at a time, so that every frame of either side lies on the same mix of
-    // physical memory; then both clips are filled at once, a thread each, and the threads have
-    // ended before the process side forks.
+    // physical memory.
     let mut every_frame: Vec<&mut [u8]> =
         p_frames.iter_mut().chain(t_frames.iter_mut()).flat_map(|f| f.chunks_mut(frame::FRAME_BYTES)).collect();
     harness::mem::populate_in_turns(&mut every_frame)?;
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            p_frames.iter_mut().chain(t_frames.iter_mut()).map(|f| s.spawn(move || frame::fill(f))).collect();
-        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a fill thread panicked")))
-    })?;
-    let p_filter = |f: &mut [u8], delta: i8| process::filter_frame(f, delta, workers, deadline);
-    let t_filter = |f: &mut [u8], delta: i8| thread::filter_frame(f, delta, workers, deadline);
     // The warm-up goes once through the whole clip: the first filtering of each frame after
     // the fill was slower than every later one (on the segment about 7 ms a frame against 5.5,
     // in the buffer 3.7 against 3.4: the Intel guest, 2026-12-02), and with 2 warm-up runs the
@@ -649,18 +741,55 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     // interval's upper end was 1.95-2.10 in 9 of 10 invocations, on ratios of 1.5-1.7.
     let plan = Plan { warmup: ctx.warmup().max(frames), ..ctx.plan() };
     let clip = |f| Clip::new(f, frame::FRAME_BYTES, plan.warmup);
-    let (mut p, mut t) = (p_frames.map(clip), t_frames.map(clip));
+    let (mut p, t) = (p_frames.map(clip), t_frames.map(clip));
+    // The thread side's clip and its filter threads live in a process of their own, forked
+    // now with the buffer's pages in place: this process lets go of the buffer at once, so
+    // that those pages are the host's alone, and never starts a thread, so that glibc takes
+    // it and the workers it forks for single-threaded (docs/report.md, "Processes that glibc
+    // took for threads").
+    let mut threads = ctx.thread_host({
+        let mut t = t;
+        move |ask: ClipAsk| {
+            let clip = t.as_mut().context("no buffer")?;
+            Ok(match ask {
+                ClipAsk::Fill => {
+                    frame::fill(clip.frames);
+                    ClipSaid::Filled
+                }
+                ClipAsk::Filter => {
+                    ClipSaid::Filtered(clip.filter_next(|f, delta| thread::filter_frame(f, delta, workers, deadline))?)
+                }
+                ClipAsk::Seen => ClipSaid::Seen(clip.seen()?),
+            })
+        }
+    })?;
+    drop(buffer);
+    // Both clips are filled at once, the buffer by its host while this process fills the
+    // segment.
+    ctx.thread_side(|| threads.send(&ClipAsk::Fill))?;
+    if let Some(clip) = p.as_mut() {
+        frame::fill(clip.frames);
+    }
+    ctx.thread_side(|| threads.reply())?;
+    let p_filter = |f: &mut [u8], delta: i8| process::filter_frame(f, delta, workers, deadline);
     let (ps, ts) = ctx.interleave_by(
         plan,
         || p.as_mut().context("no segment")?.filter_next(p_filter),
-        || t.as_mut().context("no buffer")?.filter_next(t_filter),
+        || match threads.call(&ClipAsk::Filter)? {
+            ClipSaid::Filtered(ms) => Ok(ms),
+            other => bail!("the thread side's host answered a filter run with {other:?}"),
+        },
     )?;
-    for clip in p.iter().chain(t.iter()) {
-        ensure!(clip.checksum.is_some(), "{} runs did not go once through the clip of {frames} frames", clip.runs);
+    // What the runs left, huge pages included: both asked for base pages only.
+    let p_seen = p.as_ref().map(Clip::seen).transpose()?;
+    let t_seen = ctx.thread_side(|| match threads.call(&ClipAsk::Seen)? {
+        ClipSaid::Seen(seen) => Ok(seen),
+        other => bail!("the thread side's host answered with {other:?} instead of its clip"),
+    })?;
+    threads.finish()?;
+    for seen in p_seen.iter().chain(t_seen.iter()) {
+        ensure!(seen.checksum.is_some(), "{} runs did not go once through the clip of {frames} frames", seen.runs);
     }
-    // Huge pages behind the frames, read after the runs: both asked for base pages only.
-    let huge_p = p.as_ref().map(|c| harness::mem::huge_kib_at(c.frames.as_ptr())).transpose()?;
-    let huge_t = t.as_ref().map(|c| harness::mem::huge_kib_at(c.frames.as_ptr())).transpose()?;
     // For contrast, the process side filters its clip once more, untimed, from the pixels it
     // was filled with, but with copies through pipes instead of the segment: the bytes that
     // went through, and the checksum, which must be the first pass's.
@@ -678,21 +807,21 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         }
         None => None,
     };
-    let (p_sum, t_sum) = (p.as_ref().and_then(|c| c.checksum), t.as_ref().and_then(|c| c.checksum));
+    let (p_sum, t_sum) = (p_seen.as_ref().and_then(|c| c.checksum), t_seen.as_ref().and_then(|c| c.checksum));
     let hex = |c: Option<u64>| c.map(|c| format!("{c:016x}")).unwrap_or_default();
-    let common = |s: Side, clip: &Clip, huge: Option<u64>| {
+    let common = |s: Side, seen: &ClipSeen| {
         s.fact("frames", frames)
             .fact("bytes", len)
             .fact("memory_left_mib", room.memory.amount >> 20)
             .fact("filter_workers", workers)
-            .fact("checksum", hex(clip.checksum))
-            .fact("minor_faults_per_run", median(&clip.faults).round())
-            .fact("huge_kib", huge.unwrap_or(0))
+            .fact("checksum", hex(seen.checksum))
+            .fact("minor_faults_per_run", seen.minor_faults_per_run)
+            .fact("huge_kib", seen.huge_kib)
     };
     let same_checksums = p_sum.is_some() && p_sum == t_sum && piped.as_ref().is_none_or(|(_, _, c)| Some(*c) == p_sum);
-    let process = ps.zip(p.as_ref()).map(|(s, clip)| {
-        let mut side = common(Side::measured(&s, "ms/frame"), clip, huge_p)
-            .fact("mechanism", "shared-memory segment (shm_open, mmap)");
+    let process = ps.zip(p_seen.as_ref()).map(|(s, seen)| {
+        let mut side =
+            common(Side::measured(&s, "ms/frame"), seen).fact("mechanism", "shared-memory segment (shm_open, mmap)");
         if let Some((copied, capacity, checksum)) = piped {
             side.set("through_pipes_bytes_copied", copied);
             side.set("through_pipes_capacity_bytes", capacity);
@@ -701,8 +830,8 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
         side.set("checksums_equal", same_checksums);
         side
     });
-    let thread = ts.zip(t.as_ref()).map(|(s, clip)| {
-        common(Side::measured(&s, "ms/frame"), clip, huge_t)
+    let thread = ts.zip(t_seen.as_ref()).map(|(s, seen)| {
+        common(Side::measured(&s, "ms/frame"), seen)
             .fact("mechanism", "one buffer, scoped threads on disjoint chunks")
             .fact("checksums_equal", same_checksums)
     });
@@ -726,7 +855,10 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
              through_pipes_capacity_bytes is the smallest that F_GETPIPE_SZ then gave. Both sides ask for base \
              pages (MADV_NOHUGEPAGE); huge_kib is what /proc/self/smaps shows behind the frames after the runs. \
              The pages of every frame of both clips are mapped in turns, a page of each frame at a time, so that \
-             every frame of either side lies on the same mix of physical memory. The clip has {wanted} \
+             every frame of either side lies on the same mix of physical memory. The thread side's clip and \
+             its threads then go to a process of their own, forked with those pages in place, which fills the \
+             buffer while the row fills the segment: the row, which forks the process side's workers, never \
+             starts a thread (glibc_single_threaded). The clip has {wanted} \
              unless the room left here holds fewer (half of memory_left_mib, the tightest of MemAvailable and the cgroup's limit; ulimit -v), \
              counting both clips and, for each piped worker, its MiB and a MiB in its pipes.{}",
             shorter.unwrap_or_default(),

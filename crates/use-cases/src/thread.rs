@@ -83,13 +83,11 @@ pub fn sandbox_host(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The clip's frames the filter runs over: ordinary private memory of this process.
+/// The clip's frames the filter runs over: ordinary private memory, mapped in the row and
+/// then kept by the process that hosts the thread side's runs (a fork keeps it).
 pub fn frames(len: usize) -> Result<Mapping> {
     // thread: every thread of the process sees private memory; nothing needs to be shared.
     let buffer = Mapping::anonymous(len, Sharing::Private)?;
-    // MADV_DONTFORK keeps it out of the process side's forks, which would otherwise copy its
-    // page tables (and write-protect it) on every run.
-    buffer.dont_fork()?;
     // Base pages on both sides, so that only the mechanism differs (huge pages are observed).
     buffer.no_huge_pages()?;
     Ok(buffer)
