@@ -60,6 +60,9 @@ pub struct Room {
     pub address_space: Option<Left>,
 }
 
+/// Tasks kept aside for the harness's own helpers: a host and a watcher.
+const HELPER_TASKS: u64 = 2;
+
 /// Never plan to use more than this share of the memory that is left: the machine must stay
 /// usable while the experiment runs.
 const MEMORY_SHARE: u64 = 2;
@@ -68,8 +71,7 @@ impl Room {
     /// Reads the limits now.
     pub fn probe() -> Result<Room> {
         let cpus = crate::cpu::allowed()?.len();
-        let tasks =
-            [nproc_left()?, cgroup_pids_left(), kernel_tasks_left()].into_iter().flatten().min_by_key(|l| l.amount);
+        let tasks = tasks_left([nproc_left()?, cgroup_pids_left(), kernel_tasks_left()]);
         let mut memory = mem_available()?;
         if let Some(c) = cgroup_memory_left().filter(|c| c.amount < memory.amount) {
             memory = c;
@@ -120,6 +122,16 @@ impl Room {
         }
         n
     }
+}
+
+/// The tightest of the task limits, less the tasks the harness's own helpers take: a thread
+/// side's host and a watcher (Ctx::thread_host, Child::watch) are processes beside the
+/// experiment's.
+fn tasks_left(limits: impl IntoIterator<Item = Option<Left>>) -> Option<Left> {
+    limits.into_iter().flatten().min_by_key(|l| l.amount).map(|l| Left {
+        amount: l.amount.saturating_sub(HELPER_TASKS),
+        why: format!("{}, less {HELPER_TASKS} for the harness's host and watcher", l.why),
+    })
 }
 
 fn mib(bytes: u64) -> String {
@@ -301,6 +313,12 @@ mod tests {
     #[test]
     fn fit_takes_the_tightest_limit() {
         assert_eq!(room(None, 1 << 30, None).fit(64, 0), 64);
+        let left = |amount: u64| Some(Left { amount, why: format!("{amount} left") });
+        let tasks = tasks_left([left(10), None, left(5)]).unwrap();
+        assert_eq!(tasks.amount, 3, "the tightest limit, less the harness's host and watcher");
+        assert_eq!(tasks.why, "5 left, less 2 for the harness's host and watcher");
+        assert_eq!(tasks_left([left(1)]).unwrap().amount, 0);
+        assert!(tasks_left([None, None]).is_none(), "nothing limits tasks");
         assert_eq!(room(Some(5), 1 << 30, None).fit(64, 0), 5);
         assert_eq!(room(None, 100 << 20, None).fit(64, 10 << 20), 5);
         assert_eq!(room(None, 1 << 30, Some(40 << 20)).fit(64, 0), 10);
