@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
@@ -258,8 +258,9 @@ const HOSTED: &str = "hosted";
 /// or a crash in the host is
 /// an error here, a host that outlives `deadline` is killed.
 ///
-/// For a thread side's timed run: the threads it starts live and end in the host, and the
-/// row's own process never starts one, so it stays single-threaded in glibc's eyes
+/// For a thread side's timed run, or any work with threads of its own (use-cases'
+/// poison-request load): the threads it starts live and end in the host, and the row's own
+/// process never starts one, so it stays single-threaded in glibc's eyes
 /// ([`glibc_single_threaded`]). Had they started here, every later run of the process side,
 /// in this process and in the children it forks, would pay glibc's multi-threaded paths
 /// that no single-threaded program pays: on the Intel guest of 2026-12-07 a pipe write and
@@ -283,16 +284,20 @@ pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
     exit.received_one(HOSTED)
 }
 
-/// A process of its own that serves one side's runs on request, for a thread side whose
-/// runs should share one process, as a threaded program's would (its stacks cached, its pages
-/// its own), without a thread ever starting in the row's process ([`hosted`] forks one per
-/// run instead). Forked once, it reads requests, one JSON line each, runs `serve` on each and
-/// writes back its result, until the request pipe closes. Dropping it ends it and reaps it.
+/// A process of its own that serves runs on request, so that threads never start in the
+/// row's process: a thread side whose runs should share one process, as a threaded program's
+/// would (its stacks cached, its pages its own), or a driver with threads of its own, such as
+/// use-cases' load generator ([`hosted`] forks one per run instead). Forked once, it reads
+/// requests, one JSON line each, runs `serve` on each and writes back its result, until the
+/// request pipe closes. The closure `serve` is dropped unrun in this process before `start`
+/// returns. Dropping the host ends it and reaps it.
 pub struct Host<Req, Resp> {
     requests: Option<std::fs::File>,
     replies: std::io::BufReader<std::fs::File>,
     host: Option<Child>,
     deadline: Duration,
+    /// When the request that has no reply yet was sent ([`Host::send`]).
+    pending: Option<Instant>,
     types: std::marker::PhantomData<fn(Req) -> Resp>,
 }
 
@@ -333,6 +338,7 @@ where
             replies: std::io::BufReader::new(std::fs::File::from(replies)),
             host: Some(host),
             deadline,
+            pending: None,
             types: std::marker::PhantomData,
         })
     }
@@ -344,24 +350,27 @@ where
     }
 
     /// Sends one request without waiting for its reply, so that this process can work while
-    /// the host does; [`Host::reply`] then waits for it. A request sent must be replied to
-    /// before the next is sent.
+    /// the host does; [`Host::reply`] then waits for it, within the deadline from now. A
+    /// request sent must be replied to before the next is sent.
     pub fn send(&mut self, request: &Req) -> Result<()> {
+        ensure!(self.pending.is_none(), "a request to the host was sent before the last one's reply was read");
         let mut line = serde_json::to_string(request).context("a request that does not serialize")?;
         line.push('\n');
         let requests = self.requests.as_mut().context("the host was ended")?;
         if let Err(e) = requests.write_all(line.as_bytes()) {
             return Err(self.gone(anyhow::Error::new(e).context("sending a request to the host")));
         }
+        self.pending = Some(Instant::now());
         Ok(())
     }
 
     /// Waits for the reply to the request sent last: what `serve` returned, or its error.
     pub fn reply(&mut self) -> Result<Resp> {
         use std::io::BufRead;
+        let sent = self.pending.take().context("a reply was waited for, but no request to the host is unanswered")?;
         // The host's stdout is non-blocking (adopt): a long reply comes in pieces, each waited
-        // for, all within the deadline.
-        let until = Instant::now() + self.deadline;
+        // for, all within the deadline from the request.
+        let until = sent + self.deadline;
         let mut reply = Vec::new();
         loop {
             match self.replies.read_until(b'\n', &mut reply) {

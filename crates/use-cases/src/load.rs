@@ -4,7 +4,8 @@
 //! without an answer, a wrong body) is counted, and its connection is opened again for the
 //! next request, as a browser would.
 //!
-//! It also sends the bad input a server on the internet gets ([`bad_input`]).
+//! It runs in a process of its own ([`Generator`]), and it also sends the bad input a server on
+//! the internet gets ([`bad_input`]), from another.
 //!
 //! See also: wrk(1), which `cargo xtask anchors use-cases` runs against the same servers.
 
@@ -15,8 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Result, bail, ensure};
+use harness::child::Host;
 use harness::stats::Latencies;
+use harness::{Child, deliver, fork_child};
 use serde::{Deserialize, Serialize};
 
 use crate::http::{self, IDLE};
@@ -263,6 +266,25 @@ fn reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A load generator, a process of its own as wrk is (a harness Host forked from the row, so
+/// that its clients' threads never start in the row's process): each request is a server's
+/// address and a connection count, and its answer what `per_level` of load at that count came
+/// to. Every request of a load must succeed (a failed one is an error of the experiment), and
+/// at least one.
+pub type Generator = Host<(SocketAddr, usize), Tally>;
+
+/// Forks a [`Generator`].
+pub fn generator(per_level: Duration, deadline: Duration) -> Result<Generator> {
+    Host::start(deadline, move |(addr, connections): (SocketAddr, usize)| {
+        let out = run(addr, Load { connections, max_requests: 1_000_000, max_time: per_level, poison_at: None })?;
+        if let Some(r) = out.requests.iter().find(|r| r.outcome.is_err()) {
+            bail!("request {} to {addr} failed: {}", r.number, r.outcome.clone().unwrap_err());
+        }
+        ensure!(out.ok() > 0, "no request was answered in {} ms", per_level.as_millis());
+        Ok(out.tally())
+    })
+}
+
 /// The bad input a server on the internet gets, each on a connection of its own.
 pub const BAD_INPUT: [&str; 4] =
     ["request line of 1 MiB", "header with no end", "connects and says nothing", "half-closed after a request"];
@@ -284,6 +306,26 @@ pub fn bad_input(addr: SocketAddr) -> Result<Vec<BadOutcome>> {
         let handles: Vec<_> = BAD_INPUT.iter().map(|&what| s.spawn(move || send_bad(addr, what))).collect();
         handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a bad-input client panicked"))?).collect()
     })
+}
+
+/// The tag of the bad input's outcomes on its sender's stdout.
+const BAD_OUTCOMES: &str = "bad-input";
+
+/// Sends [`bad_input`] to the server at `addr` from a forked process of its own, as it would
+/// come from elsewhere on the internet, while this process goes on.
+pub fn send_bad_input(addr: SocketAddr) -> Result<Child> {
+    fork_child(move || {
+        deliver(BAD_OUTCOMES, &bad_input(addr)?);
+        Ok(())
+    })
+}
+
+/// What became of the bad input that `sender` sent ([`send_bad_input`]), once it has ended
+/// (within `deadline`, or it is killed).
+pub fn bad_input_outcomes(sender: Child, deadline: Duration) -> Result<Vec<BadOutcome>> {
+    let exit = sender.wait(deadline)?;
+    exit.check("the bad-input client")?;
+    exit.received_one(BAD_OUTCOMES)
 }
 
 fn send_bad(addr: SocketAddr, what: &'static str) -> Result<BadOutcome> {

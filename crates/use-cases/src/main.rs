@@ -20,12 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harness::child::Host;
 use harness::row::Which;
 use harness::stats::{Latencies, Plan, median};
-use harness::{
-    Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver, fork_child,
-};
+use harness::{Better, Child, Ctx, Exit, Expected, Findings, Kind, Needs, Room, Row, Side, Spec, Status, cpu, deliver};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::pipe2;
@@ -166,8 +163,8 @@ struct Server {
 
 impl Server {
     /// Starts `use-cases __child serve MODEL WORKERS DEADLINE_MS` and waits for its port.
-    /// A new program, not a fork: the thread pool may crash its whole process, and DESIGN
-    /// forks only single-threaded processes; the row has client threads by now.
+    /// A new program, not a fork: the thread pool may crash its whole process, and a server
+    /// forked from the row would carry the row's memory.
     fn start(model: Model, workers: usize, deadline: Duration) -> Result<Server> {
         let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
         let args = [model.name().to_string(), workers.to_string(), deadline.as_millis().to_string()];
@@ -200,23 +197,6 @@ fn run_server(
     }
 }
 
-/// A load generator, a process of its own as wrk is: each request is a server's address and a
-/// connection count, and its answer what a load of `per_level` at that count came to. Every
-/// request of a load must succeed (a failed one is an error of the experiment), and at least
-/// one.
-type Generator = Host<(SocketAddr, usize), load::Tally>;
-
-fn load_generator(per_level: Duration, deadline: Duration) -> Result<Generator> {
-    Host::start(deadline, move |(addr, connections): (SocketAddr, usize)| {
-        let out = load::run(addr, Load { connections, max_requests: 1_000_000, max_time: per_level, poison_at: None })?;
-        if let Some(r) = out.requests.iter().find(|r| r.outcome.is_err()) {
-            bail!("request {} to {addr} failed: {}", r.number, r.outcome.clone().unwrap_err());
-        }
-        ensure!(out.ok() > 0, "no request was answered in {} ms", per_level.as_millis());
-        Ok(out.tally())
-    })
-}
-
 /// What one side's load runs added up to.
 #[derive(Default)]
 struct Loaded {
@@ -229,8 +209,7 @@ struct Loaded {
 
 impl Loaded {
     /// One timed run: the load at each level in turn; the value is µs per request at the last.
-    fn run(&mut self, generator: Option<&mut Generator>, addr: SocketAddr) -> Result<f64> {
-        let generator = generator.context("no load generator")?;
+    fn run(&mut self, generator: &mut load::Generator, addr: SocketAddr) -> Result<f64> {
         let mut last = 0.0;
         for (i, connections) in LEVELS.into_iter().enumerate() {
             let tally = generator.call(&(addr, connections))?;
@@ -245,47 +224,36 @@ impl Loaded {
     }
 }
 
-/// Sends the bad input to the server at `addr` from a process of its own, as it would come from
-/// elsewhere on the internet; what became of it is delivered when the process ends.
-fn send_bad_input(addr: SocketAddr) -> Result<Child> {
-    fork_child(move || {
-        deliver(BAD_INPUT, &load::bad_input(addr)?);
-        Ok(())
-    })
-}
-
-/// The tag of the bad input's outcomes on its process's stdout.
-const BAD_INPUT: &str = "bad-input";
-
 fn web_server(ctx: &Ctx) -> Result<Findings> {
     let per_level = Duration::from_millis(if ctx.quick { 2 } else { 10 });
     let prefork = ctx.process_side(|| Server::start(Model::Prefork, SERVER_WORKERS, ctx.deadline()))?;
     let pool = ctx.thread_side(|| Server::start(Model::ThreadPool, SERVER_WORKERS, ctx.deadline()))?;
     // The load generator's and the bad input's threads start in processes of their own, never
-    // in this one, which forks the sandbox's and the filter's children later: glibc takes a
-    // process that ever started a thread, and every child it forks, for multi-threaded for
-    // good (docs/report.md, "Processes that glibc took for threads").
-    let mut generator_p = ctx.process_side(|| load_generator(per_level, ctx.deadline()))?;
-    let mut generator_t = ctx.thread_side(|| load_generator(per_level, ctx.deadline()))?;
+    // in this one, which forks shared-frame's filter workers later: glibc takes a process that
+    // ever started a thread, and every child it forks, for multi-threaded for good
+    // (docs/report.md, "Processes that glibc took for threads").
+    let mut generator_p = ctx.process_side(|| load::generator(per_level, ctx.deadline()))?;
+    let mut generator_t = ctx.thread_side(|| load::generator(per_level, ctx.deadline()))?;
     let (mut p, mut t) = (Loaded::default(), Loaded::default());
     // The bad input goes to both servers while the load runs, as it would on the internet,
     // sent just before the first warm-up pair, each piece settling at its own pace (a piece
     // may hold a worker for up to the server's IDLE), and the servers have a worker for each
     // piece besides one for every connection of the load. Every request of the timed runs must
     // still succeed: a failed one is an error of the experiment.
-    let bad_p = prefork.as_ref().map(|s| send_bad_input(s.addr)).transpose()?;
-    let bad_t = pool.as_ref().map(|s| send_bad_input(s.addr)).transpose()?;
+    let bad_p = prefork.as_ref().map(|s| load::send_bad_input(s.addr)).transpose()?;
+    let bad_t = pool.as_ref().map(|s| load::send_bad_input(s.addr)).transpose()?;
     let timed = ctx.interleave(
-        || p.run(generator_p.as_mut(), prefork.as_ref().context("no prefork server")?.addr),
-        || t.run(generator_t.as_mut(), pool.as_ref().context("no thread-pool server")?.addr),
+        || {
+            let generator = generator_p.as_mut().context("no load generator")?;
+            p.run(generator, prefork.as_ref().context("no prefork server")?.addr)
+        },
+        || {
+            let generator = generator_t.as_mut().context("no load generator")?;
+            t.run(generator, pool.as_ref().context("no thread-pool server")?.addr)
+        },
     );
     // Waited for before the timed runs' result is looked at: no client outlives the servers.
-    let settled = |bad: Option<Child>| -> Result<Option<Vec<load::BadOutcome>>> {
-        let Some(bad) = bad else { return Ok(None) };
-        let exit = bad.wait(ctx.deadline())?;
-        exit.check("the bad-input client")?;
-        exit.received_one(BAD_INPUT).map(Some)
-    };
+    let settled = |bad: Option<Child>| bad.map(|b| load::bad_input_outcomes(b, ctx.deadline())).transpose();
     let (bad_p, bad_t) = (settled(bad_p), settled(bad_t));
     let (ps, ts) = timed?;
     let (bad_p, bad_t) = (bad_p?, bad_t?);
@@ -723,8 +691,7 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let buffer = ctx.thread_side(|| thread::frames(len))?;
     // Safety: each slice covers exactly its own mapping, and nothing else refers to that
     // memory meanwhile. The segment lives until the end of this function; the buffer's slice
-    // goes to the thread side's host below, and this process drops it unused there, before
-    // it unmaps the buffer.
+    // goes, with the buffer itself, into the thread side's host below.
     let mut p_frames = segment.as_mut().map(|s| unsafe { std::slice::from_raw_parts_mut(s.as_ptr(), len) });
     // Safety: as above.
     let mut t_frames = buffer.as_ref().map(|m| unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), len) });
@@ -743,14 +710,16 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
     let clip = |f| Clip::new(f, frame::FRAME_BYTES, plan.warmup);
     let (mut p, t) = (p_frames.map(clip), t_frames.map(clip));
     // The thread side's clip and its filter threads live in a process of their own, forked
-    // now with the buffer's pages in place: this process lets go of the buffer at once, so
-    // that those pages are the host's alone, and never starts a thread, so that glibc takes
-    // it and the workers it forks for single-threaded (docs/report.md, "Processes that glibc
-    // took for threads").
+    // now with the buffer's pages in place. Its closure owns the clip and the buffer: this
+    // process drops both unused once the host is forked (Host::start), which unmaps the buffer
+    // here, so that its pages are the host's alone; and it never starts a thread, so that
+    // glibc takes it and the workers it forks for single-threaded (docs/report.md, "Processes
+    // that glibc took for threads").
     let mut threads = ctx.thread_host({
-        let mut t = t;
+        // The clip before the mapping it lies in, so that it goes first.
+        let mut t = t.zip(buffer);
         move |ask: ClipAsk| {
-            let clip = t.as_mut().context("no buffer")?;
+            let (clip, _mapping) = t.as_mut().context("no buffer")?;
             Ok(match ask {
                 ClipAsk::Fill => {
                     frame::fill(clip.frames);
@@ -763,7 +732,6 @@ fn shared_frame(ctx: &Ctx) -> Result<Findings> {
             })
         }
     })?;
-    drop(buffer);
     // Both clips are filled at once, the buffer by its host while this process fills the
     // segment.
     ctx.thread_side(|| threads.send(&ClipAsk::Fill))?;
