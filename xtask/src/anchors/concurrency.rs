@@ -11,9 +11,15 @@
 //! setpgid four times an op (`strace -f -c stress-ng --fork 1 --fork-ops 200`: 800 setpgid,
 //! 200 each of the others). Its page tables are not what differs: its worker had 80 KiB of
 //! VmPTE against about 60 for the concurrency row (`parent_vm_pte_kib` at size 0), on an AMD
-//! EPYC guest. So ours should come out faster, and did: 0.51 on the Intel guest, 0.447-0.507
-//! on the AMD one (three runs), at the band's floor of 0.5 (0.5–2 ×), which was set before this was known
-//! and is left as it is, a `NO` below it included.
+//! EPYC guest. Its mappings are: 168 in stress-ng's fork stressor against 43 in the
+//! concurrency row (/proc/PID/maps while they fork, the Intel guest, 2026-12-07), and a fork
+//! copies every mapping. A C loop of fork + `_exit` + waitpid there took 128 µs with 24
+//! mappings, 176-187 with 88 and 256-259 with 152: about 1 µs a mapping, so stress-ng's 125
+//! more account for most of the gap, its child's five calls for the rest. So ours should
+//! come out faster, and did: 0.51 on the Intel guest, 0.447-0.507 on the AMD one (three
+//! runs), and 0.43-0.45 since the row forks from a single-threaded process (135 µs against
+//! 315), below the band's floor of 0.5 (0.5–2 ×), which was set before this was known and is
+//! left as it is, a `NO` below it included.
 
 use anyhow::Result;
 
