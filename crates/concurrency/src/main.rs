@@ -126,6 +126,10 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
     // The thread side's runs are served by a process of their own (Ctx::thread_host): the
     // forks of the process side never write-protect its pages, so nothing carries over.
     let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
+    // Every mapping of the parent is copied by each fork (about 1 µs a mapping on the Intel
+    // guest: docs/concurrency.md), so how many it holds is part of what a fork costs here.
+    let mappings =
+        procfs::process::Process::myself().and_then(|me| me.maps()).context("reading /proc/self/maps")?.len();
     let (p, t) = ctx.interleave(
         || {
             let s = process::spawn_and_wait(n, deadline)?;
@@ -150,6 +154,7 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             let mut side = first(&p_first, Side::measured(&s, "µs"));
             // Warm-up runs recorded faults too: per fork over everything recorded.
             side.set("child_minor_faults_per_fork", round1(p_faults as f64 / p_first.len().max(1) as f64));
+            side.set("parent_mappings", mappings);
             contrast(ctx, &mut side)?;
             Some(side)
         }
@@ -163,7 +168,8 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
             "Each run starts workers one after the other and waits for each. first_run_us is the LEBench measure: \
              the clock read just before fork(2) or pthread_create(3), against the one the new worker reads first \
              (through a MAP_SHARED page for a child, which reads it after the harness's few calls every forked \
-             child makes first: its signals reset and die-with-parent, prctl(2), so a little late). For \
+             child makes first: its signals reset and die-with-parent, prctl(2), so a little late). A fork \
+             copies every mapping of its parent: parent_mappings is how many the row held. For \
              contrast, the process side also starts /bin/true with fork + execve, posix_spawn(3) (vfork-style: no page tables copied) and std::process::Command."
                 .to_string(),
         ),
