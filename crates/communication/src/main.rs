@@ -458,11 +458,9 @@ fn end_both(
 }
 
 /// The plan of a matrix line: fewer runs than a headline pair, no verdict, still in turns.
-/// `--quick` takes 2 a side: the two matrices are 5 mechanisms at 3 sizes and at 2
-/// placements, each a pair of sessions, and with 8 runs they took 0.42 s of the quick suite's
-/// 5 (0.21 with 2); their lines are figures to read, not verdicts, and the full run keeps 12.
 fn matrix_plan(ctx: &Ctx) -> Plan {
-    Plan::fixed(if ctx.quick { 2 } else { ctx.runs().next_multiple_of(2) })
+    let runs = ctx.runs().next_multiple_of(2);
+    Plan::fixed(runs)
 }
 
 /// The round trips a run makes on `link` to fill the budget, sized after 64 untimed ones
@@ -807,10 +805,9 @@ fn matrix_bulk(ctx: &Ctx, m: &Mechanism) -> Result<[Option<(String, bool)>; 2]> 
             }
             sides.side = Some(Which::Thread);
         }
-        let plan = matrix_plan(ctx);
-        let count = (matrix_total(ctx) / (plan.warmup + plan.max_runs)).div_ceil(size).max(1) as u64;
+        let count = (matrix_total(ctx) / (1 + ctx.runs())).div_ceil(size).max(1) as u64;
         let mut seed = 1000;
-        let ran = pair(&sides, m, place, Shape { bulk: size }, plan, None, |link, _, _| {
+        let ran = pair(&sides, m, place, Shape { bulk: size }, matrix_plan(ctx), None, |link, _, _| {
             let (_, moved) = bulk_run(link, size, count, &mut seed, ctx)?;
             Ok((moved.gb_per_s, moved))
         })?;
