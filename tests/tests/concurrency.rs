@@ -140,8 +140,8 @@ fn every_start_was_timed_and_a_forked_child_faults_on_its_first_writes() {
     // The child's first writes (its stack, the shared stamp's page-table entry) fault: copy-on-write.
     assert!(p["child_minor_faults_per_fork"].as_f64().unwrap() >= 1.0, "{p}");
     // The row's own mappings, which every fork copies: at least its program's segments, its
-    // heap and stack, the vDSO and libc's.
-    assert!(p["parent_mappings"].as_u64().unwrap() >= 10, "{p}");
+    // heap and stack, the vDSO and libc's, and not thousands (a count of bytes or pages).
+    assert!((10..1000).contains(&p["parent_mappings"].as_u64().unwrap()), "{p}");
     assert!(t.get("parent_mappings").is_none(), "a thread copies no mapping: {t}");
     for contrast in ["fork_exec_us", "posix_spawn_us", "command_us"] {
         assert!(p[contrast].as_f64().unwrap() > 0.0, "{contrast}: {p}");

@@ -98,6 +98,9 @@ pub struct Spawned {
     pub first_run_ns: Vec<u64>,
     /// Page faults of all the children together (wait4's rusage); threads have none of their own.
     pub child_minor_faults: Option<i64>,
+    /// The mappings of the parent as it forked (/proc/self/maps), each of which a fork copies;
+    /// a thread copies none.
+    pub parent_mappings: Option<usize>,
 }
 
 /// `n` starts of another program (process only).
@@ -126,15 +129,13 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
     // The thread side's runs are served by a process of their own (Ctx::thread_host): the
     // forks of the process side never write-protect its pages, so nothing carries over.
     let mut threads = ctx.thread_host(|n| thread::spawn_and_wait(n, deadline))?;
-    // Every mapping of the parent is copied by each fork (about 1 µs a mapping on the Intel
-    // guest: docs/concurrency.md), so how many it holds is part of what a fork costs here.
-    let mappings =
-        procfs::process::Process::myself().and_then(|me| me.maps()).context("reading /proc/self/maps")?.len();
+    let mut mappings = 0;
     let (p, t) = ctx.interleave(
         || {
             let s = process::spawn_and_wait(n, deadline)?;
             s.first_run_ns.iter().for_each(|&ns| p_first.record(Duration::from_nanos(ns)));
             p_faults += s.child_minor_faults.unwrap_or(0);
+            mappings = mappings.max(s.parent_mappings.unwrap_or(0));
             Ok(s.took.as_secs_f64() * 1e6 / n as f64)
         },
         || {
@@ -169,7 +170,8 @@ fn spawn(ctx: &Ctx) -> Result<Findings> {
              the clock read just before fork(2) or pthread_create(3), against the one the new worker reads first \
              (through a MAP_SHARED page for a child, which reads it after the harness's few calls every forked \
              child makes first: its signals reset and die-with-parent, prctl(2), so a little late). A fork \
-             copies every mapping of its parent: parent_mappings is how many the row held. For \
+             copies every mapping of its parent: parent_mappings is how many the row held as it forked (the \
+             most of any run). For \
              contrast, the process side also starts /bin/true with fork + execve, posix_spawn(3) (vfork-style: no page tables copied) and std::process::Command."
                 .to_string(),
         ),

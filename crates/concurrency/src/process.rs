@@ -38,6 +38,10 @@ pub fn spawn_and_wait(n: u64, deadline: Duration) -> Result<Spawned> {
     // process: the child has no memory of ours to write to, unless it is mapped shared.
     let stamp = SharedStamp::new()?;
     let slot = stamp.slot();
+    // process: a fork copies every mapping of its parent (docs/concurrency.md, "How much the
+    // mappings weigh"); counted before the clock starts.
+    let mappings =
+        procfs::process::Process::myself().and_then(|me| me.maps()).context("reading /proc/self/maps")?.len();
     let mut first_run_ns = Vec::with_capacity(n as usize);
     let mut minor_faults = 0;
     let start = Instant::now();
@@ -54,7 +58,7 @@ pub fn spawn_and_wait(n: u64, deadline: Duration) -> Result<Spawned> {
         minor_faults += exit.minor_faults;
     }
     let took = start.elapsed();
-    Ok(Spawned { took, first_run_ns, child_minor_faults: Some(minor_faults) })
+    Ok(Spawned { took, first_run_ns, child_minor_faults: Some(minor_faults), parent_mappings: Some(mappings) })
 }
 
 /// The job split over `workers` workers started at once; the clock runs from the first start

@@ -49,7 +49,7 @@ pub fn spawn_and_wait(n: u64, _deadline: Duration) -> Result<Spawned> {
         first_run_ns.push(slot.load(Ordering::Relaxed).saturating_sub(before));
     }
     let took = start.elapsed();
-    Ok(Spawned { took, first_run_ns, child_minor_faults: None })
+    Ok(Spawned { took, first_run_ns, child_minor_faults: None, parent_mappings: None })
 }
 
 /// The job split over `workers` workers started at once; the clock runs from the first start

@@ -9,17 +9,19 @@
 //! stress-ng's bogo op does more than ours: in stress-ng 0.15 (Debian 12) each child also
 //! calls setsid, vhangup, getpgid, sched_yield and prctl before it exits, and the parent
 //! setpgid four times an op (`strace -f -c stress-ng --fork 1 --fork-ops 200`: 800 setpgid,
-//! 200 each of the others). Its page tables are not what differs: its worker had 80 KiB of
-//! VmPTE against about 60 for the concurrency row (`parent_vm_pte_kib` at size 0), on an AMD
-//! EPYC guest. Its mappings are: 168 in stress-ng's fork stressor against 43 in the
-//! concurrency row (/proc/PID/maps while they fork, the Intel guest, 2026-12-07), and a fork
-//! copies every mapping. A C loop of fork + `_exit` + waitpid there took 128 µs with 24
-//! mappings, 176-187 with 88 and 256-259 with 152: about 1 µs a mapping, so stress-ng's 125
-//! more account for most of the gap, its child's five calls for the rest. So ours should
-//! come out faster, and did: 0.51 on the Intel guest, 0.447-0.507 on the AMD one (three
-//! runs), and 0.43-0.45 since the row forks from a single-threaded process (135 µs against
-//! 315), below the band's floor of 0.5 (0.5–2 ×), which was set before this was known and is
-//! left as it is, a `NO` below it included.
+//! 200 each of the others). On an AMD EPYC guest its worker had 80 KiB of VmPTE against
+//! about 60 for the concurrency row (`parent_vm_pte_kib` at size 0). It also holds more
+//! mappings, each of which a fork copies: on the Intel guest (2026-12-07) 168 while it forked
+//! (148 of files, 15 anonymous, 6 others), against the row's 32 (spawn's `parent_mappings`:
+//! 20 of files, 6 anonymous, 6 others).
+//! A C loop of fork + `_exit` + waitpid there paid about 1.1 µs for each anonymous mapping
+//! with a touched page and about 0.35 µs for each read-only file mapping (128 extra of
+//! either), which puts some 60 µs of the 180 µs gap on the mappings; the rest (the five calls,
+//! the four setpgid, the rest of the stressor's op) was not broken down. So ours should come
+//! out faster, and did: 0.51 on the Intel guest, 0.447-0.507 on the AMD one (three runs), and
+//! 0.43-0.45 since the row forks from a single-threaded process (135 µs against 315), below
+//! the band's floor of 0.5 (0.5–2 ×), which was set before this was known and is left as it
+//! is, a `NO` below it included.
 
 use anyhow::Result;
 
