@@ -303,7 +303,7 @@ where
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Process), e)),
             }
         }
-        if host.is_running() {
+        if ctx.thread() {
             match host.call(&Ask::Size).and_then(Said::sized) {
                 Ok(v) => n = n.min(v),
                 Err(e) => return Err(end_both(ctx, p, None, Some(Which::Thread), e)),

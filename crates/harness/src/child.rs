@@ -280,7 +280,7 @@ pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
         stdout.write_all(line.as_bytes()).context("writing the result")
     })?;
     let exit = host.wait(deadline)?;
-    exit.check("the process hosting a thread-side run")?;
+    exit.check("the process hosting a run")?;
     exit.received_one(HOSTED)
 }
 
@@ -440,11 +440,6 @@ where
 {
     pub(crate) fn new(host: Option<Host<Req, Resp>>) -> Self {
         ThreadHost(host)
-    }
-
-    /// Whether the thread side was asked for, and so has a host.
-    pub fn is_running(&self) -> bool {
-        self.0.is_some()
     }
 
     /// One request to the host ([`Host::call`]).

@@ -163,9 +163,9 @@ impl Ctx {
             .unwrap_or(Duration::from_secs(if self.quick { 20 } else { 60 }))
     }
 
-    /// Runs one thread-side run in a process of its own and returns its result
-    /// ([`crate::child::hosted`]), so that this row's process never starts a thread and its
-    /// process side is never charged for glibc's multi-threaded paths.
+    /// Runs `run` in a process of its own and returns its result ([`crate::child::hosted`]):
+    /// for a thread-side run, or any work that starts threads, so that this row's process
+    /// never starts one and its process side is never charged for glibc's multi-threaded paths.
     pub fn hosted<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         run: impl FnOnce() -> Result<T>,

@@ -280,13 +280,10 @@ fn cow_copy(ctx: &Ctx) -> Result<Findings> {
         },
         stats::settled(|| Ok(ns_per_page(&mut ts, pages, pass(passes)?))),
     )?;
-    let thread_buffer = match threads.is_running() {
-        true => match threads.call(&Ask::Owner)? {
-            Said::Owner(owned) => Some(owned),
-            Said::Pass(_) => anyhow::bail!("the thread side's host answered for its buffer with a pass"),
-        },
-        false => None,
-    };
+    let thread_buffer = ctx.thread_side(|| match threads.call(&Ask::Owner)? {
+        Said::Owner(owned) => Ok(owned),
+        Said::Pass(_) => anyhow::bail!("the thread side's host answered for its buffer with a pass"),
+    })?;
     threads.finish()?;
     let process_buffer = process_buffer.as_ref().map(Owned::of);
     let process = p.zip(process_buffer).map(|(summary, buffer)| {
