@@ -44,14 +44,20 @@ fn a_hung_sacrificial_child_hosting_threads_is_killed_at_its_deadline() {
 
 /// Interrupts a stability run at a point (see [`interrupt_row`]).
 fn interrupt(signal: i32, args: &[&str], hang: Option<&str>) -> String {
-    interrupt_row("stability", signal, args, hang)
+    interrupt_row("stability", signal, args, hang, |_| true)
 }
 
 /// Interrupts a run of `row` at a point, then checks the one line, the exit code, and that
 /// nothing of the run is left: no process, no segment, nothing in its temporary directory
 /// (a TMPDIR of its own, hidden files included). `hang` holds the run at a known point with
-/// live children.
-fn interrupt_row(row: &str, signal: i32, args: &[&str], hang: Option<&str>) -> String {
+/// live children; the signal waits, besides, until `ready` holds of that TMPDIR.
+fn interrupt_row(
+    row: &str,
+    signal: i32,
+    args: &[&str],
+    hang: Option<&str>,
+    ready: impl Fn(&std::path::Path) -> bool,
+) -> String {
     let tmp = TempDir::new();
     let mut envs = vec![("PVT_DEADLINE_MS", "20000"), ("TMPDIR", tmp.path.to_str().unwrap())];
     if let Some(id) = hang {
@@ -78,6 +84,7 @@ fn interrupt_row(row: &str, signal: i32, args: &[&str], hang: Option<&str>) -> S
             assert!(settled && (fds.is_empty() || fds == ["0", "1", "2"]), "child {member} inherited: {fds:?}");
         }
     }
+    assert!(tests::wait_until(10, || ready(&tmp.path)), "the run never reached the point to interrupt");
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, signal) };
     let (code, _, stderr) = finish(child);
@@ -144,8 +151,11 @@ fn ctrl_c_while_a_sacrificial_child_hosts_threads() {
 #[test]
 fn ctrl_c_while_the_ipc_channel_partner_is_to_connect_leaves_no_temporary_directory() {
     let args = ["--quick", "--json", "--only", "latency-channel"];
-    let line = interrupt_row("communication", libc::SIGINT, &args, Some("latency-channel"));
-    // The partner, and, by the moment the signal comes, the thread side's host and the watch
+    // The thread side's host is forked first, so a child alone does not say the rendezvous
+    // is there yet: the signal waits for its directory.
+    let made = |tmp: &std::path::Path| std::fs::read_dir(tmp).is_ok_and(|mut d| d.next().is_some());
+    let line = interrupt_row("communication", libc::SIGINT, &args, Some("latency-channel"), made);
+    // The thread side's host, and, by the moment the signal comes, the partner and the watch
     // that would release the accept: one to three children.
     assert!(
         ["1 child,", "2 children,", "3 children,"].iter().any(|n| line.contains(&format!("killed and reaped {n}"))),
