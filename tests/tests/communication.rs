@@ -350,7 +350,10 @@ fn sigkill_in_the_middle_of_a_shared_memory_exchange_leaves_nothing_behind() {
         &[("PVT_COMM_FAULT", "stall"), ("PVT_DEADLINE_MS", "30000")],
     );
     let pid = child.id();
-    assert!(tests::wait_until(30, || tests::group_members(pid).len() >= 2), "the partner never started");
+    // The partner is forked after the segment is made, and the name goes once both have it
+    // mapped: a child and no name say the exchange can begin.
+    let started = || tests::group_members(pid).len() >= 2 && tests::segments_of(pid).is_empty();
+    assert!(tests::wait_until(30, started), "the partner never started");
     std::thread::sleep(Duration::from_millis(300));
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };

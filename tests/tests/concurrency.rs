@@ -317,7 +317,7 @@ fn a_hung_worker_is_killed_at_its_deadline_and_reported() {
     let child = tests::spawn_in_own_group(
         "concurrency",
         &["--quick", "--json", "--only", "contention", "--only", "spawn"],
-        &[("PVT_HANG", "contention"), ("PVT_DEADLINE_MS", "400")],
+        &[("PVT_HANG", "contention"), ("PVT_DEADLINE_MS", "1500")],
     );
     let pgid = child.id();
     let out = child.wait_with_output().unwrap();
@@ -325,7 +325,7 @@ fn a_hung_worker_is_killed_at_its_deadline_and_reported() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("still one JSON report");
     let hung = experiment(&report, "contention");
     assert_eq!(hung["verdict"], "error");
-    assert!(hung["note"].as_str().unwrap().contains("deadline of 400 ms"), "{hung}");
+    assert!(hung["note"].as_str().unwrap().contains("deadline of 1500 ms"), "{hung}");
     assert_ne!(experiment(&report, "spawn")["verdict"], "error", "the other experiment still ran");
     assert!(tests::group_members(pgid).is_empty(), "left: {:?}", tests::group_members(pgid));
 }

@@ -13,7 +13,7 @@ fn a_hung_worker_process_is_killed_at_its_deadline_and_the_run_goes_on() {
     let child = tests::spawn_in_own_group(
         "stability",
         &["--quick", "--json", "--only", "segfault", "--only", "abort"],
-        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "400")],
+        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "1500")],
     );
     let pgid = child.id();
     let (code, stdout, stderr) = finish(child);
@@ -21,7 +21,7 @@ fn a_hung_worker_process_is_killed_at_its_deadline_and_the_run_goes_on() {
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("still one JSON report");
     let hung = experiment(&report, "segfault");
     assert_eq!(hung["verdict"], "error");
-    assert!(hung["note"].as_str().unwrap().contains("deadline of 400 ms"), "{hung}");
+    assert!(hung["note"].as_str().unwrap().contains("deadline of 1500 ms"), "{hung}");
     assert_eq!(experiment(&report, "abort")["verdict"], "holds", "the next experiment still ran");
     assert!(tests::group_members(pgid).is_empty(), "left: {:?}", tests::group_members(pgid));
 }
@@ -31,7 +31,7 @@ fn a_hung_sacrificial_child_hosting_threads_is_killed_at_its_deadline() {
     let child = tests::spawn_in_own_group(
         "stability",
         &["--quick", "--json", "--side", "thread", "--only", "segfault", "--only", "abort"],
-        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "400")],
+        &[("PVT_HANG", "segfault"), ("PVT_DEADLINE_MS", "1500")],
     );
     let pgid = child.id();
     let (code, stdout, _) = finish(child);
@@ -79,9 +79,14 @@ fn interrupt_row(
             };
             // A child caught between fork(2) and its close_range(2) still holds the parent's
             // descriptors for a moment; once set up (or gone), it must hold 0, 1 and 2 only.
-            let settled = tests::wait_until(2, || matches!(fds().as_slice(), [] | [_, _, _]));
-            let fds = fds();
-            assert!(settled && (fds.is_empty() || fds == ["0", "1", "2"]), "child {member} inherited: {fds:?}");
+            // What is checked is what the wait saw: a program just exec'd opens a file or two
+            // of its own as it starts (/proc/self/maps), which are not inherited.
+            let mut seen = Vec::new();
+            let settled = tests::wait_until(2, || {
+                seen = fds();
+                matches!(seen.as_slice(), [] | [_, _, _])
+            });
+            assert!(settled && (seen.is_empty() || seen == ["0", "1", "2"]), "child {member} inherited: {seen:?}");
         }
     }
     assert!(tests::wait_until(10, || ready(&tmp.path)), "the run never reached the point to interrupt");

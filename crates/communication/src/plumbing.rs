@@ -147,8 +147,12 @@ pub fn remove_stale_queues() -> Result<usize> {
         let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()) else { continue };
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
         if gone {
-            mq_unlink(format!("/{name}").as_str()).with_context(|| format!("removing stale queue {name}"))?;
-            removed += 1;
+            // Another run starting now may remove it first: then it is gone, as wanted.
+            match mq_unlink(format!("/{name}").as_str()) {
+                Ok(()) => removed += 1,
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing stale queue {name}")),
+            }
         }
     }
     Ok(removed)

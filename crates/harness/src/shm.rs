@@ -96,8 +96,12 @@ pub fn remove_stale() -> Result<usize> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(owner) = owner_pid(&name) else { continue };
         if !process_exists(owner) {
-            std::fs::remove_file(entry.path()).with_context(|| format!("removing stale segment {name}"))?;
-            removed += 1;
+            // Another run starting now may remove it first: then it is gone, as wanted.
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing stale segment {name}")),
+            }
         }
     }
     Ok(removed)

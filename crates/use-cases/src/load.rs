@@ -2,7 +2,8 @@
 //! sending `GET /n/K` for consecutive K until a request count or a time limit is reached,
 //! and checking every response's status and body. A failed request (refused, reset, closed
 //! without an answer, a wrong body) is counted, and its connection is opened again for the
-//! next request, as a browser would.
+//! next request, as a browser would; so is one left idle long enough that the server may
+//! close it (half its [`IDLE`]).
 //!
 //! It runs in a process of its own ([`Generator`]), and it also sends the bad input a server on
 //! the internet gets ([`bad_input`]), from another.
@@ -130,6 +131,7 @@ pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
             let (next, ready, start, all, poison_seen) = (&next, &ready, &start, &all, &poison_seen);
             let client = std::thread::Builder::new().name("load".into()).spawn_scoped(s, move || {
                 let mut conn = connect(addr).ok();
+                let mut last_used = Instant::now();
                 ready.wait();
                 // None only if the run was given up before its start.
                 let t0 = start.read().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
@@ -143,6 +145,13 @@ pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
                     }
                     if load.poison_at.is_some_and(|p| number > p) {
                         wait_for(poison_seen, until + ANSWER_DEADLINE);
+                    }
+                    // A connection left idle for half the time a worker waits for a request
+                    // (http::IDLE) may be closed under it: a client drops it first, as an HTTP
+                    // client's pool does with its idle timeout (on a busy machine the wait at
+                    // the start, or for the poison, can last that long).
+                    if last_used.elapsed() >= IDLE / 2 {
+                        conn = None;
                     }
                     let sent = Instant::now();
                     let crash = load.poison_at == Some(number);
@@ -161,6 +170,7 @@ pub fn run(addr: SocketAddr, load: Load) -> Result<Outcome> {
                         // This connection is spoilt; the next request gets a new one.
                         conn = None;
                     }
+                    last_used = Instant::now();
                     mine.push(Request { number, sent: sent - t0, latency: sent.elapsed(), outcome, served_by });
                 }
                 all.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
