@@ -350,10 +350,11 @@ fn sigkill_in_the_middle_of_a_shared_memory_exchange_leaves_nothing_behind() {
         &[("PVT_COMM_FAULT", "stall"), ("PVT_DEADLINE_MS", "30000")],
     );
     let pid = child.id();
-    // The partner is forked after the segment is made, and the name goes once both have it
-    // mapped: a child and no name say the exchange can begin.
+    // With `--side process` the row's one child is the partner, forked after the segment is
+    // made, and the name goes once both have it mapped: a child and no name say the exchange
+    // can begin.
     let started = || tests::group_members(pid).len() >= 2 && tests::segments_of(pid).is_empty();
-    assert!(tests::wait_until(30, started), "the partner never started");
+    assert!(tests::wait_until(30, started), "the partner never started, or the segment's name never went");
     std::thread::sleep(Duration::from_millis(300));
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -67,6 +67,7 @@ fn interrupt_row(
     let child = tests::spawn_in_own_group(row, args, &envs);
     let pid = child.id();
     assert!(tests::wait_until(10, || tests::catches_signal(pid, signal)), "the row never installed its handler");
+    assert!(tests::wait_until(10, || ready(pid, &tmp.path)), "the run never reached the point to interrupt");
     if hang.is_some() {
         // Hold on until the run has children: the hung one and its siblings.
         assert!(tests::wait_until(10, || tests::group_members(pid).len() >= 2), "no child appeared");
@@ -90,7 +91,6 @@ fn interrupt_row(
             assert!(settled && (seen.is_empty() || seen == ["0", "1", "2"]), "child {member} inherited: {seen:?}");
         }
     }
-    assert!(tests::wait_until(10, || ready(pid, &tmp.path)), "the run never reached the point to interrupt");
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, signal) };
     let (code, _, stderr) = finish(child);

@@ -30,9 +30,9 @@ fn json_report_matches_the_snapshot() {
     experiments.retain(|e| e["id"] != "pipe-cross-cpu");
     // The switch counts are the evidence, and their band does not depend on the machine:
     // two switches per round trip, a few more for the marks and stray preemptions. Where other
-    // programs took the pinned CPU (others_cpu, the row's busy rule), their preemptions count
-    // too: two_switches_happen_per_round_trip_on_every_side leaves the band out there, and so
-    // does the snapshot.
+    // programs took the pinned CPU (others_cpu over a quarter), their preemptions count too:
+    // two_switches_happen_per_round_trip_on_every_side leaves the band out there, and so does
+    // the snapshot.
     for e in experiments.iter_mut() {
         let busy = e["others_cpu"].as_f64().unwrap_or(0.0) > 0.25;
         for side in ["process", "thread"] {
