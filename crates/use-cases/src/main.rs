@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use harness::row::Which;
@@ -40,6 +40,10 @@ const SERVER_WORKERS: usize = 64 + load::BAD_INPUT.len();
 const LEVELS: [usize; 3] = [1, 8, 64];
 /// Workers and connections of the poison-request experiment.
 const POISON_WORKERS: usize = 8;
+
+/// How long poison-request's prefork server may take to replace its crashed worker before it
+/// is told to stop (it takes well under a millisecond on an idle machine).
+const REPLACEMENT_WAIT: Duration = Duration::from_secs(2);
 /// Frames of 3840 × 2160 RGBA in the clip the filter runs over, a frame per timed run; fewer
 /// where the memory left holds fewer (shared_frame checks).
 const FRAMES: usize = 8;
@@ -172,6 +176,17 @@ impl Server {
         let line = plumbing::read_line(&mut said, deadline, "the server's port")?;
         let port: u16 = harness::received(&line, "listening")?.into_iter().next().context("no port")?;
         Ok(Server { child, stop: stop_w, said, addr: SocketAddr::from(([127, 0, 0, 1], port)) })
+    }
+
+    /// Reads what the server says until a message with `tag`, for at most `wait` (or until
+    /// the server ends).
+    fn wait_for(&mut self, tag: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        while let Ok(line) = plumbing::read_line(&mut self.said, until.saturating_duration_since(Instant::now()), tag) {
+            if line.starts_with(tag) {
+                return;
+            }
+        }
     }
 
     /// Tells the server to stop and waits for it; its report, or how it ended.
@@ -340,9 +355,15 @@ struct AfterPoison {
 
 fn poison_run(model: Model, ctx: &Ctx) -> Result<Poisoned> {
     let requests = if ctx.quick { 400 } else { 2000 };
-    let server = Server::start(model, POISON_WORKERS, ctx.deadline())?;
+    let mut server = Server::start(model, POISON_WORKERS, ctx.deadline())?;
     // The load generator's threads start in a process of their own, as in web-server.
     let load = ctx.hosted(|| poison_load(server.addr, requests));
+    // The prefork master hears of a death from the worker's pidfd, readable once the worker
+    // has finished exiting: a moment after its connection closed, and on a busy machine after
+    // the rest of the load. The order to stop waits for it to say it replaced the worker.
+    if model == Model::Prefork && load.as_ref().is_ok_and(|l| l.poison.starts_with("failed")) {
+        server.wait_for("replaced", REPLACEMENT_WAIT);
+    }
     let (exit, report) = server.stop(ctx.deadline())?;
     Ok(Poisoned {
         load: load?,
@@ -429,10 +450,12 @@ fn poison_request(ctx: &Ctx) -> Result<Findings> {
         note: Some(format!(
             "{POISON_WORKERS} keep-alive connections, {} requests, request {} is GET /crash. Requests numbered \
              after it wait until its client has seen it fail; a failed connection is opened again for \
-             the next request. Nothing restarts the thread pool's process here: a supervisor (systemd, say) \
+             the next request. The prefork server is told to stop once its master has said it replaced \
+             the worker (or {} s have passed). Nothing restarts the thread pool's process here: a supervisor (systemd, say) \
              would restart it whole, dropping every connection it held.",
             if ctx.quick { 400 } else { 2000 },
-            if ctx.quick { 200 } else { 1000 }
+            if ctx.quick { 200 } else { 1000 },
+            REPLACEMENT_WAIT.as_secs()
         )),
         skipped: None,
     })

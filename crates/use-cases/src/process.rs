@@ -69,6 +69,8 @@ pub fn serve(listener: TcpListener, workers: usize, stop: OwnedFd, deadline: Dur
             // process: a new worker replaces the dead one; the others never noticed.
             pool.push(start_worker(&listener)?);
             report.replaced += 1;
+            // Said as it happens, for whoever waits on it (poison-request).
+            harness::deliver("replaced", &report.replaced);
         }
         if stopping {
             break true;
